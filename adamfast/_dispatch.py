@@ -1,0 +1,156 @@
+"""Backend registry, import probes, the ``"auto"`` order and the thread knob.
+
+The kernel contract
+===================
+Every backend provides one callable with this signature::
+
+    adam_kernel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                l2, param_scale, grad_sign, step_size, inv_bc2_sqrt,
+                amsgrad, num_threads) -> None
+
+* Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
+  length; ``grads`` is only read; ``max_exp_avg_sq`` has length 0 and is never
+  touched unless ``amsgrad``.  They have been validated by
+  :mod:`adamfast._validate`; kernels check nothing.
+* The scalars are Python floats computed once per step in float64 by
+  :func:`adamfast.reference.step_scalars`; each kernel rounds them to the
+  buffer dtype once and computes in that dtype.
+* Kernels keep no state between calls.  ``num_threads`` is the thread count
+  to use; the work is split into fixed chunks, and the update is element-wise,
+  so the result is bit-identical for any thread count.
+
+The dispatcher only picks a callable; it never converts or copies data.  A
+backend that is asked for and not available is an error, never a silent
+fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+# Fastest first: "auto" takes the first that is available.  Both compiled
+# backends run at memory bandwidth on large buffers; Cython has the lower
+# per-call overhead, so it leads.
+AUTO_ORDER = ("cython", "numba", "numpy")
+BACKENDS = ("numpy", "numba", "cython")
+
+_MODULES = {
+    "numpy": "adamfast.reference",
+    "numba": "adamfast._numba",
+    "cython": "adamfast._cython",
+}
+
+_HINTS = {
+    "numpy": "numpy is a hard dependency of adamfast; reinstall it",
+    "numba": "install it with `pip install numba` (numba>=0.59)",
+    "cython": ("the compiled extension adamfast._cython is missing: reinstall adamfast from "
+               "source with a C compiler present (`pip install .` builds it) or, in a source "
+               "checkout, run `python setup.py build_ext --inplace`"),
+}
+
+_kernels = {}
+_available = None
+
+
+def _probe(name):
+    """Can this backend load?  Cheap: numba's kernels are not compiled here."""
+    if name == "numpy":
+        return True
+    if name == "numba":
+        return importlib.util.find_spec("numba") is not None
+    try:
+        importlib.import_module(_MODULES[name])
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends():
+    """The backends that work on this machine, as a tuple, in ``"auto"`` order."""
+    global _available
+    if _available is None:
+        _available = tuple(name for name in AUTO_ORDER if _probe(name))
+    return _available
+
+
+def resolve(backend):
+    """Map a backend argument to a concrete backend name, or raise."""
+    if backend == "auto":
+        return available_backends()[0]
+    if backend not in _MODULES:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if backend not in available_backends():
+        raise ValueError(f"backend {backend!r} is not available on this machine: {_HINTS[backend]}. "
+                         f"Available: {available_backends()}")
+    return backend
+
+
+def get_kernel(backend):
+    """The kernel callable of ``backend`` (which may be ``"auto"``)."""
+    kernel = _kernels.get(backend)
+    if kernel is None:
+        name = resolve(backend)
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as exc:  # probed fine, failed for real: say why
+            raise ValueError(f"backend {name!r} failed to load ({exc}); {_HINTS[name]}") from exc
+        kernel = _kernels[backend] = module.adam_kernel
+    return kernel
+
+
+# --- threads ---------------------------------------------------------------
+
+def _default_threads():
+    env = os.environ.get("ADAMFAST_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"ADAMFAST_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"ADAMFAST_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_num_threads = _default_threads()
+
+
+def _numba_max_threads():
+    """numba sizes its pool at start-up (NUMBA_NUM_THREADS) and cannot grow it."""
+    if "numba" not in available_backends():
+        return None
+    from numba import config
+
+    return config.NUMBA_NUM_THREADS
+
+
+def set_num_threads(n):
+    """Set the thread count of both compiled backends (default: all usable cores).
+
+    The ``ADAMFAST_NUM_THREADS`` environment variable sets the default at
+    import.  The numpy backend is single-threaded and ignores it.
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError(f"n must be a positive integer, got {n!r} ({type(n).__name__})")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    limit = _numba_max_threads()
+    if limit is not None and n > limit:
+        raise ValueError(f"n must be <= {limit}: numba's thread pool was sized at start-up "
+                         f"(NUMBA_NUM_THREADS={limit}); set NUMBA_NUM_THREADS before starting "
+                         f"Python to use more, got {n}")
+    _num_threads = n
+
+
+def get_num_threads():
+    """The thread count the compiled kernels use."""
+    return _num_threads

@@ -1,0 +1,145 @@
+"""Argument and buffer checks shared by every entry point.
+
+Everything here runs before any buffer is written, so a call that fails
+leaves params and state exactly as they were.  Every error names the
+argument, the value given and what was expected.
+
+The checks sit on the per-call path of :func:`adamfast.adam_step`, whose
+overhead budget is a few microseconds, so they use cheap attribute tests and
+only fall back to :func:`numpy.may_share_memory` when two buffers could
+overlap (they share an owner).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def real(name, value):
+    """Return ``value`` as a Python float, or raise TypeError."""
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    return float(value)
+
+
+def nonneg(name, value):
+    """A finite real number >= 0 (lr, eps, weight_decay)."""
+    x = real(name, value)
+    if not (0.0 <= x < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return x
+
+
+def beta(name, value):
+    """A real number in [0, 1) (beta1, beta2)."""
+    x = real(name, value)
+    if not (0.0 <= x < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return x
+
+
+def step(value, name="step"):
+    """A positive integer: the 1-based number t of this update."""
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a positive integer (the 1-based update count t), "
+                            f"got {_describe(value)}")
+        value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer (the 1-based update count t), "
+                         f"got {value}")
+    return value
+
+
+def flag(name, value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+
+
+def hyperparameters(lr, beta1, beta2, eps, weight_decay):
+    return (nonneg("lr", lr), beta("beta1", beta1), beta("beta2", beta2), nonneg("eps", eps),
+            nonneg("weight_decay", weight_decay))
+
+
+def _array(name, arr, writable):
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(arr)}")
+    if isinstance(arr, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray; a masked array's mask would be "
+                        f"ignored, got {_describe(arr)}")
+    if arr.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64 (native byte order), "
+                        f"got dtype {arr.dtype!r}")
+    flags = arr.flags
+    if not flags.c_contiguous:
+        # Updating a contiguous copy would leave the caller's array untouched,
+        # so refuse rather than copy.
+        raise ValueError(f"{name} must be C-contiguous so it can be updated in place, got "
+                         f"{_describe(arr)} with strides {arr.strides}; pass "
+                         f"np.ascontiguousarray({name}) and keep using that array")
+    if writable and not flags.writeable:
+        raise ValueError(f"{name} must be writable, got a read-only {_describe(arr)}")
+    return arr if arr.ndim == 1 else arr.reshape(-1)
+
+
+def _owner(arr):
+    base = arr.base
+    return arr if base is None else base
+
+
+def buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, empty):
+    """Check the buffers and return them as 1-D views, in kernel order.
+
+    ``empty`` maps a dtype to the length-0 placeholder passed as
+    ``max_exp_avg_sq`` when ``amsgrad`` is off.
+    """
+    p = _array("params", params, True)
+    g = _array("grads", grads, False)
+    m = _array("exp_avg", exp_avg, True)
+    v = _array("exp_avg_sq", exp_avg_sq, True)
+    named = [("params", params, p), ("grads", grads, g), ("exp_avg", exp_avg, m),
+             ("exp_avg_sq", exp_avg_sq, v)]
+    if amsgrad:
+        if max_exp_avg_sq is None:
+            raise ValueError("max_exp_avg_sq is required when amsgrad=True: pass an array like "
+                             "exp_avg_sq, zero-initialised before the first step")
+        vmax = _array("max_exp_avg_sq", max_exp_avg_sq, True)
+        named.append(("max_exp_avg_sq", max_exp_avg_sq, vmax))
+    dtype = p.dtype
+    size = p.size
+    for name, orig, flat in named[1:]:
+        if flat.dtype != dtype:
+            raise TypeError(f"{name} must have the same dtype as params ({dtype}), got {orig.dtype}")
+        if flat.size != size:
+            raise ValueError(f"{name} must have the same size as params ({size} elements, shape "
+                             f"{params.shape}), got {flat.size} elements (shape {orig.shape})")
+    # No two buffers may overlap: the kernels read and write each element once
+    # and would silently mix values.  Arrays with different owners cannot
+    # overlap, so the exact test only runs for views of one owner.
+    owners = [_owner(a) for _, a, _ in named]
+    for i in range(len(named)):
+        for j in range(i + 1, len(named)):
+            if (owners[i] is owners[j] or owners[i] is named[j][1] or owners[j] is named[i][1]) \
+                    and size and np.may_share_memory(named[i][2], named[j][2]):
+                raise ValueError(f"{named[i][0]} and {named[j][0]} overlap in memory; every "
+                                 f"buffer must be a separate array")
+    if not amsgrad:
+        vmax = empty[dtype]
+    return p, g, m, v, vmax

@@ -1,0 +1,70 @@
+"""Thread count: one knob for both compiled backends, and results that do not depend on it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import adamfast
+from conftest import make_grads, make_state
+
+
+@pytest.mark.parametrize("ams", [False, True])
+def test_bit_identical_for_any_thread_count(compiled_backend, dtype, threads, ams):
+    n = (1 << 18) + 3  # several chunks and a tail, above the parallel threshold
+    results = []
+    for nt in (1, 2):
+        adamfast.set_num_threads(nt)
+        params, m, v, vmax = make_state(n, dtype, amsgrad=ams)
+        for t, g in enumerate(make_grads(n, dtype, 5), start=1):
+            adamfast.adam_step(params, g, m, v, step=t, weight_decay=0.01, amsgrad=ams,
+                               max_exp_avg_sq=vmax, backend=compiled_backend)
+        results.append((params, m, v) + ((vmax,) if ams else ()))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_get_num_threads(threads):
+    adamfast.set_num_threads(1)
+    assert adamfast.get_num_threads() == 1
+    adamfast.set_num_threads(np.int64(2))
+    assert adamfast.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                     (True, TypeError), ("2", TypeError)])
+def test_set_num_threads_rejects(bad, exc, threads):
+    before = adamfast.get_num_threads()
+    with pytest.raises(exc, match="n must be"):
+        adamfast.set_num_threads(bad)
+    assert adamfast.get_num_threads() == before
+
+
+def test_numba_threads_follow_the_knob(threads):
+    if "numba" not in adamfast.available_backends():
+        pytest.skip("numba not installed")
+    import numba
+
+    n = 1 << 17
+    params, m, v, _ = make_state(n, np.float32)
+    g = make_grads(n, np.float32, 1)[0]
+    adamfast.set_num_threads(1)
+    adamfast.adam_step(params, g, m, v, step=1, backend="numba")  # serial path: any count
+    adamfast.set_num_threads(2)
+    adamfast.adam_step(params, g, m, v, step=2, backend="numba")
+    assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+
+
+def test_env_var_sets_default():
+    code = "import adamfast; print(adamfast.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "ADAMFAST_NUM_THREADS": "1"})
+    assert out.stdout.strip() == "1"
+
+
+def test_import_compiles_nothing():
+    code = ("import sys, adamfast; adamfast.available_backends(); "
+            "print('numba' in sys.modules, 'adamfast._numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
