@@ -40,7 +40,7 @@ BACKENDS = ("numpy", "numba", "cython")
 _MODULES = {
     "numpy": "adamfast.reference",
     "numba": "adamfast._numba",
-    "cython": "adamfast._cython",
+    "cython": "adamfast._cython",  # or adamfast._cython_avx2: see _cython_module_name
 }
 
 _HINTS = {
@@ -55,6 +55,76 @@ _kernels = {}
 _available = None
 
 
+# --- the cython backend's two builds ---------------------------------------
+# adamfast._cython is compiled for the baseline ISA and runs anywhere;
+# adamfast._cython_avx2 is the same source compiled with -mavx2 (built only on
+# x86-64).  Both round identically, so the choice changes speed, never results.
+
+CYTHON_ISA_ENV = "ADAMFAST_CYTHON_ISA"
+_CYTHON_VARIANTS = {"baseline": "adamfast._cython", "avx2": "adamfast._cython_avx2"}
+_cython_name = None
+
+
+def _cpu_has_avx2():
+    """AVX2 usable on this CPU and OS, per numpy's own runtime feature table."""
+    for path in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            features = importlib.import_module(path).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+        return bool(features.get("AVX2", False))
+    return False  # no table: assume the baseline only
+
+
+def _importable(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _cython_module_name():
+    """The module the cython backend loads: the AVX2 build when it is built and
+    the CPU has AVX2, else the baseline one; ``ADAMFAST_CYTHON_ISA`` forces one.
+    The AVX2 module is never imported on a CPU without AVX2 (it may SIGILL)."""
+    global _cython_name
+    if _cython_name is None:
+        isa = os.environ.get(CYTHON_ISA_ENV, "").strip().lower()
+        if isa in ("", "auto"):
+            use_avx2 = _cpu_has_avx2() and _importable(_CYTHON_VARIANTS["avx2"])
+            _cython_name = _CYTHON_VARIANTS["avx2" if use_avx2 else "baseline"]
+        elif isa == "avx2":
+            if not _cpu_has_avx2():
+                raise ValueError(f"{CYTHON_ISA_ENV}=avx2, but this CPU does not support AVX2 "
+                                 f"(per numpy's __cpu_features__); unset it or use 'baseline'")
+            if not _importable(_CYTHON_VARIANTS["avx2"]):
+                raise ValueError(f"{CYTHON_ISA_ENV}=avx2, but adamfast._cython_avx2 is not built "
+                                 f"(it needs an x86-64 gcc/clang that accepts -mavx2); unset it "
+                                 f"or use 'baseline'")
+            _cython_name = _CYTHON_VARIANTS["avx2"]
+        elif isa == "baseline":
+            _cython_name = _CYTHON_VARIANTS["baseline"]
+        else:
+            raise ValueError(f"{CYTHON_ISA_ENV} must be one of 'auto', 'baseline', 'avx2' "
+                             f"(or unset), got {os.environ[CYTHON_ISA_ENV]!r}")
+    return _cython_name
+
+
+def _module_name(name):
+    return _cython_module_name() if name == "cython" else _MODULES[name]
+
+
+def cython_module():
+    """The extension module the cython backend uses (see ``_cython_module_name``).
+
+    Its ``simd_info()`` says which build it is; the benchmark also takes its
+    ``roofline_kernel``.  Raises ValueError if the cython backend is unavailable.
+    """
+    resolve("cython")
+    return importlib.import_module(_cython_module_name())
+
+
 def _probe(name):
     """Can this backend load?  Cheap: numba's kernels are not compiled here."""
     if name == "numpy":
@@ -62,7 +132,7 @@ def _probe(name):
     if name == "numba":
         return importlib.util.find_spec("numba") is not None
     try:
-        importlib.import_module(_MODULES[name])
+        importlib.import_module(_module_name(name))
     except ImportError:
         return False
     return True
@@ -94,7 +164,7 @@ def get_kernel(backend):
     if kernel is None:
         name = resolve(backend)
         try:
-            module = importlib.import_module(_MODULES[name])
+            module = importlib.import_module(_module_name(name))
         except ImportError as exc:  # probed fine, failed for real: say why
             raise ValueError(f"backend {name!r} failed to load ({exc}); {_HINTS[name]}") from exc
         kernel = _kernels[backend] = module.adam_kernel

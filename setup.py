@@ -1,0 +1,191 @@
+"""Build script for adamfast's compiled kernels.
+
+Project metadata lives in pyproject.toml; this file only describes the
+extension modules, because their compile flags depend on the compiler found
+at build time (OpenMP is probed, not assumed).
+
+Environment switches (all optional):
+
+  ADAMFAST_NATIVE=1    add -march=native.  Only for local builds: the result
+                       may crash with SIGILL on another x86-64 (e.g. one
+                       without AVX2/AVX-512), so wheels must never use it.
+  ADAMFAST_OPENMP=0    build without OpenMP even if the compiler supports it.
+  ADAMFAST_AVX2=0      skip the adamfast._cython_avx2 variant.
+
+Two extension modules are built from the one kernel source, kernels/_adam.pxi:
+adamfast._cython for the baseline ISA (runs on any CPU of the architecture)
+and, on x86-64 with gcc/clang, adamfast._cython_avx2 with -mavx2 added.
+adamfast._dispatch picks one at run time from the CPU's features.
+  ADAMFAST_ANNOTATE=1  write Cython's annotated HTML next to the .pyx.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# Set once for every kernel, as scikit-learn does, instead of per-function
+# decorators: the Python layer validates shapes, dtypes and contiguity, so
+# the kernels need none of Cython's per-access safety checks.
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "nonecheck": False,
+}
+
+# gcc/clang flags.  Portable on purpose: x86-64 baseline (SSE2) so a wheel
+# built here runs on any x86-64; the AVX2 module adds only -mavx2.
+#   -ffp-contract=off  GNU C defaults to fusing a*b+c into FMA where the
+#                      target has it; NumPy never does, and bit-identical
+#                      results to adamfast.reference need the same roundings.
+#   -fno-math-errno    lets gcc vectorise sqrt/sqrtf (sqrtps/sqrtpd).  It only
+#                      drops the errno write for negative inputs; every value
+#                      is unchanged, unlike -ffast-math, which is not used.
+UNIX_COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+UNIX_OPENMP_ARGS = ["-fopenmp"]
+# MSVC does not contract floating-point expressions under /fp:precise.
+MSVC_COMPILE_ARGS = ["/O2", "/fp:precise"]
+MSVC_OPENMP_ARGS = ["/openmp"]
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return (n > 0 && omp_get_max_threads() > 0) ? 0 : 1;
+}
+"""
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# Compiles only for an x86-64 target whose compiler takes -mavx2; fails for
+# arm64, 32-bit x86 and cross or multi-arch (macOS universal2) builds.
+AVX2_PROBE = r"""
+#if !defined(__x86_64__) || !defined(__AVX2__)
+#error "not an x86-64 AVX2 target"
+#endif
+#include <immintrin.h>
+int main(void) {
+    __m256i a = _mm256_set1_epi32(1);
+    a = _mm256_add_epi32(a, a);
+    return _mm256_extract_epi32(a, 0) == 2 ? 0 : 1;
+}
+"""
+AVX2_ARGS = ["-mavx2"]
+
+
+def _compiler_accepts(compiler, compile_args, link_args, source=OPENMP_PROBE):
+    """Compile and link ``source`` with this build's own compiler."""
+    tmpdir = tempfile.mkdtemp(prefix="adamfast-probe-")
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmpdir)
+        with open("probe.c", "w") as f:
+            f.write(source)
+        objects = compiler.compile(["probe.c"], extra_postargs=compile_args)
+        compiler.link_executable(objects, "probe", extra_postargs=link_args)
+        return True
+    except Exception:  # CompileError, LinkError, or a missing compiler driver
+        return False
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    """Pick flags for the compiler actually used, then build."""
+
+    def build_extensions(self):
+        msvc = self.compiler.compiler_type == "msvc"
+        compile_args = list(MSVC_COMPILE_ARGS if msvc else UNIX_COMPILE_ARGS)
+        link_args = []
+        macros = []
+
+        if not msvc:
+            macros.append(("ADAMFAST_FP_CONTRACT_OFF", "1"))
+        if _env_flag("ADAMFAST_NATIVE") and not msvc:
+            compile_args.append("-march=native")
+            macros.append(("ADAMFAST_NATIVE", "1"))
+
+        omp_compile = MSVC_OPENMP_ARGS if msvc else UNIX_OPENMP_ARGS
+        omp_link = [] if msvc else UNIX_OPENMP_ARGS
+        if os.environ.get("ADAMFAST_OPENMP", "").strip() == "0":
+            use_openmp = False
+            reason = "ADAMFAST_OPENMP=0"
+        else:
+            print("adamfast: probing the compiler for OpenMP "
+                  "(errors from this probe are expected if it is missing)")
+            use_openmp = _compiler_accepts(self.compiler, omp_compile, omp_link)
+            reason = "the compiler did not accept %s" % " ".join(omp_compile)
+        if use_openmp:
+            compile_args += omp_compile
+            link_args += omp_link
+        else:
+            sys.stderr.write(
+                "WARNING: adamfast: building without OpenMP (%s); "
+                "the Cython backend will run on one thread\n" % reason
+            )
+        macros.append(("ADAMFAST_OPENMP", "1" if use_openmp else "0"))
+
+        if msvc:
+            use_avx2, reason = False, "MSVC"
+        elif os.environ.get("ADAMFAST_AVX2", "").strip() == "0":
+            use_avx2, reason = False, "ADAMFAST_AVX2=0"
+        else:
+            print("adamfast: probing the compiler for an x86-64 target and -mavx2 "
+                  "(errors from this probe are expected on other targets)")
+            use_avx2 = _compiler_accepts(self.compiler, AVX2_ARGS, [], AVX2_PROBE)
+            reason = "not an x86-64 target, or the compiler did not accept -mavx2"
+        if not use_avx2:
+            print("adamfast: not building adamfast._cython_avx2 (%s); "
+                  "the portable adamfast._cython is used on every CPU" % reason)
+            self.extensions = [e for e in self.extensions if e.name != AVX2_MODULE]
+
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
+            ext.extra_link_args = link_args + list(ext.extra_link_args)
+            ext.define_macros = macros + list(ext.define_macros)
+        super().build_extensions()
+
+
+AVX2_MODULE = "adamfast._cython_avx2"
+KERNEL_SOURCE = "kernels/_adam.pxi"  # included by both modules
+
+extensions = [
+    # Named by import path; the sources sit in kernels/, which is never
+    # installed.  Typed memoryviews only, so no numpy include dirs needed.
+    # `depends` is what puts the .pyx/.pxi into an sdist (cythonize swaps
+    # `sources` for the generated .c, and there is no MANIFEST.in).
+    Extension("adamfast._cython", ["kernels/_cython.pyx"],
+              depends=["kernels/_cython.pyx", KERNEL_SOURCE]),
+    # Dropped in BuildExt when the AVX2 probe fails.  -mavx2 and nothing
+    # else: no -mfma, and -ffp-contract=off stays, so it rounds exactly as
+    # the baseline module does.
+    Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"],
+              depends=["kernels/_cython_avx2.pyx", KERNEL_SOURCE],
+              extra_compile_args=AVX2_ARGS),
+]
+
+setup(
+    # Listed explicitly so kernels/, tests/ and bench/ never get installed
+    # as top-level packages.
+    packages=["adamfast"],
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=COMPILER_DIRECTIVES,
+        annotate=_env_flag("ADAMFAST_ANNOTATE"),
+    ),
+    cmdclass={"build_ext": BuildExt},
+    zip_safe=False,
+)

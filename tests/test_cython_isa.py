@@ -1,0 +1,154 @@
+"""The cython backend's two builds (baseline and -mavx2) and how one is picked.
+
+Both are compiled from kernels/_adam.pxi with -ffp-contract=off, so they must
+agree bit for bit; only their speed differs.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from adamfast import _dispatch
+from adamfast.reference import step_scalars
+
+from conftest import SIZES
+
+STEPS = 20
+
+
+def _variant(name):
+    try:
+        return importlib.import_module(_dispatch._CYTHON_VARIANTS[name])
+    except ImportError:
+        return None
+
+
+BASELINE = _variant("baseline")
+HAS_AVX2 = _dispatch._cpu_has_avx2()
+# Never import the AVX2 build on a CPU without AVX2: it may die with SIGILL.
+AVX2 = _variant("avx2") if HAS_AVX2 else None
+
+needs_baseline = pytest.mark.skipif(BASELINE is None, reason="adamfast._cython is not built")
+needs_avx2_cpu = pytest.mark.skipif(not HAS_AVX2, reason="this CPU lacks AVX2")
+
+
+def _run(code, isa):
+    env = {k: v for k, v in os.environ.items() if k != _dispatch.CYTHON_ISA_ENV}
+    if isa is not None:
+        env[_dispatch.CYTHON_ISA_ENV] = isa
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@needs_baseline
+@needs_avx2_cpu
+def test_avx2_variant_is_built_on_x86_64():
+    # On an AVX2 CPU with a gcc/clang build, setup.py builds both modules.
+    assert AVX2 is not None, "adamfast._cython_avx2 is missing: rebuild (setup.py build_ext)"
+    assert "variant=avx2 isa=avx2" in AVX2.simd_info()
+    assert "fp_contract=off" in AVX2.simd_info()
+    for name in ("CHUNK", "PARALLEL_MIN"):
+        assert getattr(AVX2, name) == getattr(BASELINE, name)
+    assert AVX2.openmp_enabled() == BASELINE.openmp_enabled()
+
+
+@needs_baseline
+@needs_avx2_cpu
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n", SIZES)
+def test_variants_bit_identical(n, dtype, amsgrad):
+    if AVX2 is None:
+        pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
+    rng = np.random.default_rng(1000 * n + 10 * amsgrad + (dtype == np.float64))
+    p0 = rng.standard_normal(n).astype(dtype)
+    # A few exact zeros and tiny values so sqrt/eps and amsgrad's max see ties.
+    p0[::13] = 0
+    bufs = {}
+    for mod in (BASELINE, AVX2):
+        bufs[mod] = [p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype),
+                     np.zeros(n if amsgrad else 0, dtype)]
+    grng = np.random.default_rng(7 + n)
+    for step in range(1, STEPS + 1):
+        g = (grng.standard_normal(n) * (1e-3 if step % 5 == 0 else 1.0)).astype(dtype)
+        # Vary the switches over the steps: L2, AdamW's scale, maximize.
+        s = step_scalars(step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                         weight_decay=0.1 if step % 3 else 0.0,
+                         decoupled=step % 2 == 0, maximize=step % 4 == 0)
+        for mod, (p, m, v, vmax) in bufs.items():
+            mod.adam_kernel(p, g, m, v, vmax, *s, amsgrad, 2)
+    for a, b, what in zip(bufs[BASELINE], bufs[AVX2], ("params", "exp_avg", "exp_avg_sq",
+                                                         "max_exp_avg_sq")):
+        assert np.array_equal(a, b, equal_nan=True), f"{what} differ between builds"
+
+
+@needs_baseline
+@needs_avx2_cpu
+def test_roofline_variants_identical():
+    if AVX2 is None:
+        pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
+    rng = np.random.default_rng(3)
+    start = [rng.standard_normal(100003).astype(np.float32) for _ in range(4)]
+    out = []
+    for mod in (BASELINE, AVX2):
+        p, g, m, v = (x.copy() for x in start)
+        mod.roofline_kernel(p, g, m, v, 2)
+        out.append((p, m, v))
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
+
+
+@needs_baseline
+def test_default_picks_avx2_when_supported():
+    r = _run("from adamfast import _dispatch as d; print(d.cython_module().simd_info())", None)
+    assert r.returncode == 0, r.stderr
+    if HAS_AVX2 and AVX2 is not None:
+        assert "variant=avx2" in r.stdout
+    else:
+        assert "variant=baseline" in r.stdout
+
+
+@needs_baseline
+def test_force_baseline():
+    code = ("import adamfast, numpy as np; from adamfast import _dispatch as d; "
+            "m = d.cython_module(); print(m.__name__, m.simd_info()); "
+            "print(d.get_kernel('cython') is m.adam_kernel)")
+    r = _run(code, "baseline")
+    assert r.returncode == 0, r.stderr
+    name, info = r.stdout.splitlines()[0].split(" ", 1)
+    assert name == "adamfast._cython"
+    assert "variant=baseline" in info
+    if HAS_AVX2:  # an x86-64 machine: the baseline build is SSE2
+        assert "isa=sse2" in info
+    assert r.stdout.splitlines()[1] == "True"
+
+
+@needs_baseline
+@needs_avx2_cpu
+def test_force_avx2():
+    r = _run("from adamfast import _dispatch as d; print(d.cython_module().simd_info())", "avx2")
+    assert r.returncode == 0, r.stderr
+    assert "variant=avx2" in r.stdout
+
+
+def test_force_avx2_without_cpu_support_errors():
+    code = ("from adamfast import _dispatch as d; d._cpu_has_avx2 = lambda: False\n"
+            "try:\n    d.cython_module()\nexcept ValueError as e:\n    print('ValueError:', e)")
+    r = _run(code, "avx2")
+    assert r.returncode == 0, r.stderr
+    assert "ValueError: ADAMFAST_CYTHON_ISA=avx2" in r.stdout
+    assert "does not support AVX2" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["avx512", "sse2", "1"])
+def test_force_unknown_value_errors(value):
+    code = ("from adamfast import _dispatch as d\n"
+            "try:\n    d.get_kernel('cython')\nexcept ValueError as e:\n    print('ValueError:', e)")
+    r = _run(code, value)
+    assert r.returncode == 0, r.stderr
+    assert "ValueError: ADAMFAST_CYTHON_ISA must be one of" in r.stdout
+    assert repr(value) in r.stdout
