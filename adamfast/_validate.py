@@ -40,6 +40,8 @@ def real(name, value):
 
 def nonneg(name, value):
     """A finite real number >= 0 (lr, eps, weight_decay)."""
+    if type(value) is float and 0.0 <= value < math.inf:
+        return value
     x = real(name, value)
     if not (0.0 <= x < math.inf):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -48,6 +50,8 @@ def nonneg(name, value):
 
 def beta(name, value):
     """A real number in [0, 1) (beta1, beta2)."""
+    if type(value) is float and 0.0 <= value < 1.0:
+        return value
     x = real(name, value)
     if not (0.0 <= x < 1.0):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
@@ -68,7 +72,9 @@ def step(value, name="step"):
 
 
 def flag(name, value):
-    if isinstance(value, (bool, np.bool_)):
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {_describe(value)}")
 
@@ -79,11 +85,13 @@ def hyperparameters(lr, beta1, beta2, eps, weight_decay):
 
 
 def _array(name, arr, writable):
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(arr)}")
-    if isinstance(arr, np.ma.MaskedArray):
-        raise TypeError(f"{name} must be a plain numpy.ndarray; a masked array's mask would be "
-                        f"ignored, got {_describe(arr)}")
+    if type(arr) is not np.ndarray:  # exact type first: the common case stays cheap
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got "
+                            f"{_describe(arr)}")
+        if isinstance(arr, np.ma.MaskedArray):
+            raise TypeError(f"{name} must be a plain numpy.ndarray; a masked array's mask would "
+                            f"be ignored, got {_describe(arr)}")
     if arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64 (native byte order), "
                         f"got dtype {arr.dtype!r}")
@@ -131,15 +139,16 @@ def buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, empty):
             raise ValueError(f"{name} must have the same size as params ({size} elements, shape "
                              f"{params.shape}), got {flat.size} elements (shape {orig.shape})")
     # No two buffers may overlap: the kernels read and write each element once
-    # and would silently mix values.  Arrays with different owners cannot
-    # overlap, so the exact test only runs for views of one owner.
-    owners = [_owner(a) for _, a, _ in named]
-    for i in range(len(named)):
-        for j in range(i + 1, len(named)):
-            if (owners[i] is owners[j] or owners[i] is named[j][1] or owners[j] is named[i][1]) \
-                    and size and np.may_share_memory(named[i][2], named[j][2]):
-                raise ValueError(f"{named[i][0]} and {named[j][0]} overlap in memory; every "
-                                 f"buffer must be a separate array")
+    # and would silently mix values.  Arrays with different owners (numpy points
+    # a view's .base at the object owning the memory) cannot overlap, so the
+    # exact test only runs when two buffers share an owner.
+    owners = {id(_owner(orig)) for _, orig, _ in named}
+    if len(owners) < len(named) and size:
+        for i in range(len(named)):
+            for j in range(i + 1, len(named)):
+                if np.may_share_memory(named[i][2], named[j][2]):
+                    raise ValueError(f"{named[i][0]} and {named[j][0]} overlap in memory; every "
+                                     f"buffer must be a separate array")
     if not amsgrad:
         vmax = empty[dtype]
     return p, g, m, v, vmax

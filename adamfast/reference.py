@@ -60,36 +60,26 @@ to the last bit; the tests still compare with per-dtype tolerances.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import numpy as np
 
-__all__ = ["StepScalars", "step_scalars", "adam_kernel"]
-
-
-class StepScalars(NamedTuple):
-    """The float64 scalars of one step, in kernel-argument order."""
-
-    beta1: float
-    one_minus_beta1: float
-    beta2: float
-    one_minus_beta2: float
-    eps: float
-    l2: float  # weight_decay for L2 decay, else 0.0
-    param_scale: float  # 1 - lr * weight_decay for decoupled decay, else 1.0
-    grad_sign: float  # -1.0 when maximizing, else 1.0
-    step_size: float  # lr / (1 - beta1**step)
-    inv_bc2_sqrt: float  # 1 / sqrt(1 - beta2**step)
+__all__ = ["step_scalars", "adam_kernel"]
 
 
 def step_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize):
     """Compute the per-step scalars in float64 (Python floats), once per step.
 
-    Arguments are assumed validated (see :mod:`adamfast._validate`).
+    Returns, in kernel-argument order: ``beta1, 1 - beta1, beta2, 1 - beta2,
+    eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt`` where ``l2`` is
+    ``weight_decay`` for L2 decay (else 0), ``param_scale`` is
+    ``1 - lr * weight_decay`` for decoupled decay (else 1), ``grad_sign`` is
+    -1 when maximizing (else 1), ``step_size = lr / (1 - beta1**step)`` and
+    ``inv_bc2_sqrt = 1 / sqrt(1 - beta2**step)``.  Arguments are assumed
+    validated (see :mod:`adamfast._validate`).
     """
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
-    return StepScalars(
+    # A plain tuple: this runs on every call, and a NamedTuple costs ~0.5 us.
+    return (
         beta1,
         1.0 - beta1,
         beta2,
@@ -101,6 +91,7 @@ def step_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize)
         lr / bias_correction1,
         1.0 / math.sqrt(bias_correction2),
     )
+
 
 
 def adam_kernel(
