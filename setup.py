@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -162,18 +163,27 @@ class BuildExt(build_ext):
 AVX2_MODULE = "adamfast._cython_avx2"
 KERNEL_SOURCE = "kernels/_adam.pxi"  # included by both modules
 
+# The kernels `cimport numpy` (raw PyArray_DATA pointers instead of typed
+# memoryviews, for per-call cost), so they compile against numpy's headers:
+# the numpy that pyproject.toml's build requirements install.  Only the
+# pre-1.7 deprecated API is switched off.
+NUMPY_INCLUDE = [numpy.get_include()]
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
 extensions = [
     # Named by import path; the sources sit in kernels/, which is never
-    # installed.  Typed memoryviews only, so no numpy include dirs needed.
-    # `depends` is what puts the .pyx/.pxi into an sdist (cythonize swaps
-    # `sources` for the generated .c, and there is no MANIFEST.in).
+    # installed.  `depends` is what puts the .pyx/.pxi into an sdist
+    # (cythonize swaps `sources` for the generated .c, and there is no
+    # MANIFEST.in).
     Extension("adamfast._cython", ["kernels/_cython.pyx"],
-              depends=["kernels/_cython.pyx", KERNEL_SOURCE]),
+              depends=["kernels/_cython.pyx", KERNEL_SOURCE],
+              include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS),
     # Dropped in BuildExt when the AVX2 probe fails.  -mavx2 and nothing
     # else: no -mfma, and -ffp-contract=off stays, so it rounds exactly as
     # the baseline module does.
     Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"],
               depends=["kernels/_cython_avx2.pyx", KERNEL_SOURCE],
+              include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS,
               extra_compile_args=AVX2_ARGS),
 ]
 

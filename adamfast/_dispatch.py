@@ -12,7 +12,9 @@ Every backend provides one callable with this signature::
 * Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
   length; ``grads`` is only read; ``max_exp_avg_sq`` has length 0 and is never
   touched unless ``amsgrad``.  They have been validated by
-  :mod:`adamfast._validate`; kernels check nothing.
+  :mod:`adamfast._validate`; kernels rely on that (the Cython kernel repeats
+  a few cheap checks so that a misuse from user code cannot read out of
+  bounds).
 * The scalars are Python floats computed once per step in float64 by
   :func:`adamfast.reference.step_scalars`; each kernel rounds them to the
   buffer dtype once and computes in that dtype.

@@ -104,6 +104,11 @@ def _array(name, arr, writable):
                          f"np.ascontiguousarray({name}) and keep using that array")
     if writable and not flags.writeable:
         raise ValueError(f"{name} must be writable, got a read-only {_describe(arr)}")
+    if not flags.aligned:
+        # Vectorized loops assume element alignment; np.frombuffer at an odd
+        # offset can produce an array without it.
+        raise ValueError(f"{name} must be aligned to its itemsize, got an unaligned "
+                         f"{_describe(arr)}; pass a copy (np.array({name}))")
     return arr if arr.ndim == 1 else arr.reshape(-1)
 
 
@@ -122,33 +127,53 @@ def buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad, empty):
     g = _array("grads", grads, False)
     m = _array("exp_avg", exp_avg, True)
     v = _array("exp_avg_sq", exp_avg_sq, True)
-    named = [("params", params, p), ("grads", grads, g), ("exp_avg", exp_avg, m),
-             ("exp_avg_sq", exp_avg_sq, v)]
     if amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True: pass an array like "
                              "exp_avg_sq, zero-initialised before the first step")
         vmax = _array("max_exp_avg_sq", max_exp_avg_sq, True)
-        named.append(("max_exp_avg_sq", max_exp_avg_sq, vmax))
+    else:
+        vmax = None
     dtype = p.dtype
     size = p.size
-    for name, orig, flat in named[1:]:
-        if flat.dtype != dtype:
-            raise TypeError(f"{name} must have the same dtype as params ({dtype}), got {orig.dtype}")
-        if flat.size != size:
-            raise ValueError(f"{name} must have the same size as params ({size} elements, shape "
-                             f"{params.shape}), got {flat.size} elements (shape {orig.shape})")
+    if not (g.dtype == m.dtype == v.dtype == dtype and g.size == m.size == v.size == size
+            and (vmax is None or (vmax.dtype == dtype and vmax.size == size))):
+        _mismatch(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad)
     # No two buffers may overlap: the kernels read and write each element once
     # and would silently mix values.  Arrays with different owners (numpy points
     # a view's .base at the object owning the memory) cannot overlap, so the
-    # exact test only runs when two buffers share an owner.
-    owners = {id(_owner(orig)) for _, orig, _ in named}
-    if len(owners) < len(named) and size:
-        for i in range(len(named)):
-            for j in range(i + 1, len(named)):
-                if np.may_share_memory(named[i][2], named[j][2]):
-                    raise ValueError(f"{named[i][0]} and {named[j][0]} overlap in memory; every "
-                                     f"buffer must be a separate array")
-    if not amsgrad:
-        vmax = empty[dtype]
-    return p, g, m, v, vmax
+    # exact test only runs when two buffers share an owner; four fresh arrays
+    # (no .base, distinct objects) skip it outright.
+    if (params.base is not None or grads.base is not None or exp_avg.base is not None
+            or exp_avg_sq.base is not None or amsgrad or params is grads or params is exp_avg
+            or params is exp_avg_sq or grads is exp_avg or grads is exp_avg_sq
+            or exp_avg is exp_avg_sq):
+        _overlap(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad)
+    return p, g, m, v, (empty[dtype] if vmax is None else vmax)
+
+
+_NAMES = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _mismatch(*arrays_and_amsgrad):
+    arrays = arrays_and_amsgrad[:5] if arrays_and_amsgrad[5] else arrays_and_amsgrad[:4]
+    params = arrays[0]
+    for name, arr in zip(_NAMES[1:], arrays[1:]):
+        if arr.dtype != params.dtype:
+            raise TypeError(f"{name} must have the same dtype as params ({params.dtype}), got "
+                            f"{arr.dtype}")
+        if arr.size != params.size:
+            raise ValueError(f"{name} must have the same size as params ({params.size} elements, "
+                             f"shape {params.shape}), got {arr.size} elements (shape {arr.shape})")
+
+
+def _overlap(*arrays_and_amsgrad):
+    arrays = arrays_and_amsgrad[:5] if arrays_and_amsgrad[5] else arrays_and_amsgrad[:4]
+    owners = {id(_owner(a)) for a in arrays}
+    if len(owners) == len(arrays) or arrays[0].size == 0:
+        return
+    for i in range(len(arrays)):
+        for j in range(i + 1, len(arrays)):
+            if np.may_share_memory(arrays[i], arrays[j]):
+                raise ValueError(f"{_NAMES[i]} and {_NAMES[j]} overlap in memory; every buffer "
+                                 f"must be a separate array")

@@ -19,13 +19,25 @@
 # * work is split into fixed chunks of ``CHUNK`` elements, so which thread
 #   does a chunk never changes any result.
 #
-# The Python layer has validated every argument already; nothing here checks.
+# The Python layer (adamfast._validate) is the real validator and gives the
+# good error messages.  The entry points below take plain ndarrays and raw
+# data pointers instead of typed memoryviews, because acquiring five
+# memoryviews plus the fused-type ``def`` dispatch cost ~1-2 us per call,
+# which is most of the small-buffer budget.  Since that also drops Cython's
+# buffer checks, each entry point repeats the few checks that keep a misuse
+# from reading or writing out of bounds (dtype, ndim, length, contiguity,
+# writability): a handful of loads and compares, nothing measurable.
 # Compiler directives (boundscheck, wraparound, cdivision, ...) are set once,
 # in setup.py, so that every kernel is built the same way.
 
+import numpy as np
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
+
+# The PyArray_* macros go through numpy's C-API table; fill it at import.
+cnp.import_array()
 
 
 cdef extern from *:
@@ -176,12 +188,110 @@ cdef inline void _adam_span(
             p[i] = pi - step_size * (mi / (_sqrt(vi) * inv_bc2_sqrt + eps))
 
 
+
+# --- argument checks -------------------------------------------------------
+# Flags an array must have: C-contiguous (1-D: unit stride, so n elements
+# from the data pointer are exactly the array), and writable for outputs.
+cdef enum:
+    _IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS
+    _OUT_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_WRITEABLE
+
+
+cdef inline bint _buffer_ok(cnp.ndarray a, int typenum, Py_ssize_t n, int flags,
+                            bint check_len) noexcept:
+    # ndim first: PyArray_DIM(a, 0) is only valid for ndim >= 1.  A byte-
+    # swapped float32 array still has type NPY_FLOAT32, hence ISNOTSWAPPED.
+    return (cnp.PyArray_TYPE(a) == typenum
+            and cnp.PyArray_NDIM(a) == 1
+            and (not check_len or cnp.PyArray_DIM(a, 0) == n)
+            and (cnp.PyArray_FLAGS(a) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+cdef int _bad_buffers(str kernel, tuple names, tuple arrays, tuple writable,
+                      int n_checked) except -1:
+    # Cold path: only runs once a check above has failed.  Says which
+    # argument is wrong and why; TypeError for a dtype, ValueError otherwise.
+    cdef cnp.ndarray first = arrays[0]
+    dtype = first.dtype
+    if not dtype.isnative or dtype.type not in (np.float32, np.float64):
+        raise TypeError("%s: %s must have dtype float32 or float64 (native byte "
+                        "order), got %r" % (kernel, names[0], dtype))
+    for i in range(len(arrays)):
+        a, name = arrays[i], names[i]
+        if a.dtype != dtype:
+            raise TypeError("%s: %s has dtype %r, expected %r like %s"
+                            % (kernel, name, a.dtype, dtype, names[0]))
+        if a.ndim != 1:
+            raise ValueError("%s: %s must be 1-D, got shape %r" % (kernel, name, a.shape))
+        if i < n_checked and a.shape[0] != first.shape[0]:
+            raise ValueError("%s: %s has length %d, expected %d like %s"
+                             % (kernel, name, a.shape[0], first.shape[0], names[0]))
+        if not a.flags.c_contiguous:
+            raise ValueError("%s: %s must be C-contiguous, got strides %r"
+                             % (kernel, name, a.strides))
+        if writable[i] and not a.flags.writeable:
+            raise ValueError("%s: %s must be writable" % (kernel, name))
+    raise ValueError("%s: invalid buffers" % kernel)  # not reached
+
+
+_ADAM_NAMES = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_ADAM_WRITABLE = (True, False, True, True, True)
+
+
+cdef inline void _adam_run(
+    floating* p,           # IN/OUT  params
+    const floating* g,     # IN      grads
+    floating* m,           # IN/OUT  exp_avg
+    floating* v,           # IN/OUT  exp_avg_sq
+    floating* vmax,        # IN/OUT  max_exp_avg_sq (NULL unless amsgrad)
+    Py_ssize_t n,
+    double beta1, double one_minus_beta1,
+    double beta2, double one_minus_beta2,
+    double eps, double l2, double param_scale, double grad_sign,
+    double step_size, double inv_bc2_sqrt,
+    bint amsgrad, int num_threads,
+) noexcept nogil:
+    # Cast once: the reference does its arithmetic in the array dtype, and
+    # casting per element would let the compiler promote to double.
+    cdef floating b1 = <floating>beta1
+    cdef floating omb1 = <floating>one_minus_beta1
+    cdef floating b2 = <floating>beta2
+    cdef floating omb2 = <floating>one_minus_beta2
+    cdef floating eps_ = <floating>eps
+    cdef floating l2_ = <floating>l2
+    cdef floating ps = <floating>param_scale
+    cdef floating gs = <floating>grad_sign
+    cdef floating st = <floating>step_size
+    cdef floating ibc = <floating>inv_bc2_sqrt
+    # Decided on the rounded value, as the reference does: an l2 that
+    # rounds to 0 in float32 must skip "g + l2*p" (0*inf would give NaN).
+    cdef bint use_l2 = l2_ != 0
+
+    cdef Py_ssize_t nchunks, c, start, length
+
+    if n < _PARALLEL_MIN:
+        # Small calls skip OpenMP entirely: per-call overhead dominates here.
+        _adam_span(p, g, m, v, vmax, n, b1, omb1, b2, omb2, eps_, l2_,
+                   use_l2, ps, gs, st, ibc, amsgrad)
+        return
+
+    nchunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(nchunks, schedule='static', num_threads=num_threads):
+        start = c * _CHUNK
+        length = min(<Py_ssize_t>_CHUNK, n - start)
+        _adam_span(p + start, g + start, m + start, v + start,
+                   (vmax + start) if amsgrad else NULL, length,
+                   b1, omb1, b2, omb2, eps_, l2_, use_l2, ps, gs, st, ibc,
+                   amsgrad)
+
+
 def adam_kernel(
-    floating[::1] params,              # IN/OUT
-    const floating[::1] grads,         # IN
-    floating[::1] exp_avg,             # IN/OUT
-    floating[::1] exp_avg_sq,          # IN/OUT
-    floating[::1] max_exp_avg_sq,      # IN/OUT (length 0 unless amsgrad)
+    cnp.ndarray params not None,           # IN/OUT
+    cnp.ndarray grads not None,            # IN (may be read-only)
+    cnp.ndarray exp_avg not None,          # IN/OUT
+    cnp.ndarray exp_avg_sq not None,       # IN/OUT
+    cnp.ndarray max_exp_avg_sq not None,   # IN/OUT (length 0 unless amsgrad)
     double beta1, double one_minus_beta1,
     double beta2, double one_minus_beta2,
     double eps, double l2, double param_scale, double grad_sign,
@@ -201,54 +311,58 @@ def adam_kernel(
     Chunks of ``CHUNK`` elements are spread over ``num_threads`` OpenMP
     threads when n >= ``PARALLEL_MIN``; results do not depend on the thread
     count.  Returns None.
+
+    The buffers must be 1-D, C-contiguous numpy arrays of one native dtype
+    (float32 or float64) and one length (``max_exp_avg_sq``: any length,
+    never touched, unless ``amsgrad``), all but ``grads`` writable; anything
+    else raises TypeError (dtype) or ValueError before any buffer is written.
     """
-    cdef Py_ssize_t n = params.shape[0]
+    # Read the dtype and length once; the fused maths is then picked by a
+    # compare instead of Cython's fused-def signature matching.
+    cdef int typenum = cnp.PyArray_TYPE(params)
+    cdef Py_ssize_t n = 0
+    if ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_NDIM(params) == 1):
+        n = cnp.PyArray_DIM(params, 0)
+    else:
+        typenum = -1  # fails the check below, which then explains why
+    if not (_buffer_ok(params, typenum, n, _OUT_FLAGS, True)
+            and _buffer_ok(grads, typenum, n, _IN_FLAGS, True)
+            and _buffer_ok(exp_avg, typenum, n, _OUT_FLAGS, True)
+            and _buffer_ok(exp_avg_sq, typenum, n, _OUT_FLAGS, True)
+            # Unless amsgrad it is never touched, so its length is free.
+            and _buffer_ok(max_exp_avg_sq, typenum, n, _OUT_FLAGS, amsgrad)):
+        _bad_buffers("adam_kernel", _ADAM_NAMES,
+                     (params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq),
+                     _ADAM_WRITABLE, 5 if amsgrad else 4)
     if n == 0:
-        return  # &params[0] would point past an empty buffer
-
-    # Cast once: the reference does its arithmetic in the array dtype, and
-    # casting per element would let the compiler promote to double.
-    cdef floating b1 = <floating>beta1
-    cdef floating omb1 = <floating>one_minus_beta1
-    cdef floating b2 = <floating>beta2
-    cdef floating omb2 = <floating>one_minus_beta2
-    cdef floating eps_ = <floating>eps
-    cdef floating l2_ = <floating>l2
-    cdef floating ps = <floating>param_scale
-    cdef floating gs = <floating>grad_sign
-    cdef floating st = <floating>step_size
-    cdef floating ibc = <floating>inv_bc2_sqrt
-    # Decided on the rounded value, as the reference does: an l2 that
-    # rounds to 0 in float32 must skip "g + l2*p" (0*inf would give NaN).
-    cdef bint use_l2 = l2_ != 0
-
-    cdef floating* p = &params[0]
-    cdef const floating* g = &grads[0]
-    cdef floating* m = &exp_avg[0]
-    cdef floating* v = &exp_avg_sq[0]
-    # The length-0 buffer of the non-AMSGrad call must never be touched.
-    cdef floating* vmax = &max_exp_avg_sq[0] if amsgrad else NULL
-
-    cdef Py_ssize_t nchunks, c, start, length
-    cdef int nt
-
-    if n < _PARALLEL_MIN:
-        # Small calls skip OpenMP entirely: per-call overhead dominates here.
-        with nogil:
-            _adam_span(p, g, m, v, vmax, n, b1, omb1, b2, omb2, eps_, l2_,
-                       use_l2, ps, gs, st, ibc, amsgrad)
         return
 
-    nt = num_threads
-    nchunks = (n + _CHUNK - 1) // _CHUNK
-    with nogil:
-        for c in prange(nchunks, schedule='static', num_threads=nt):
-            start = c * _CHUNK
-            length = min(<Py_ssize_t>_CHUNK, n - start)
-            _adam_span(p + start, g + start, m + start, v + start,
-                       (vmax + start) if amsgrad else NULL, length,
-                       b1, omb1, b2, omb2, eps_, l2_, use_l2, ps, gs, st, ibc,
-                       amsgrad)
+    # The GIL is released even for small n: it costs ~tens of ns, and lets
+    # other Python threads run while a large buffer is being updated.
+    if typenum == cnp.NPY_FLOAT32:
+        with nogil:
+            _adam_run[float](
+                <float*>cnp.PyArray_DATA(params),
+                <const float*>cnp.PyArray_DATA(grads),
+                <float*>cnp.PyArray_DATA(exp_avg),
+                <float*>cnp.PyArray_DATA(exp_avg_sq),
+                # The length-0 buffer of the non-AMSGrad call must never be touched.
+                <float*>cnp.PyArray_DATA(max_exp_avg_sq) if amsgrad else NULL,
+                n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
+                param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
+                num_threads)
+    else:
+        with nogil:
+            _adam_run[double](
+                <double*>cnp.PyArray_DATA(params),
+                <const double*>cnp.PyArray_DATA(grads),
+                <double*>cnp.PyArray_DATA(exp_avg),
+                <double*>cnp.PyArray_DATA(exp_avg_sq),
+                <double*>cnp.PyArray_DATA(max_exp_avg_sq) if amsgrad else NULL,
+                n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
+                param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
+                num_threads)
 
 
 cdef inline void _roofline_span(
@@ -267,11 +381,35 @@ cdef inline void _roofline_span(
         v[i] = v[i] + gi
 
 
+
+cdef inline void _roofline_run(
+    floating* p,           # IN/OUT
+    const floating* g,     # IN
+    floating* m,           # IN/OUT
+    floating* v,           # IN/OUT
+    Py_ssize_t n,
+    int num_threads,
+) noexcept nogil:
+    cdef Py_ssize_t nchunks, c, start, length
+    if n < _PARALLEL_MIN:
+        _roofline_span(p, g, m, v, n)
+        return
+    nchunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(nchunks, schedule='static', num_threads=num_threads):
+        start = c * _CHUNK
+        length = min(<Py_ssize_t>_CHUNK, n - start)
+        _roofline_span(p + start, g + start, m + start, v + start, length)
+
+
+_ROOFLINE_NAMES = ("params", "grads", "exp_avg", "exp_avg_sq")
+_ROOFLINE_WRITABLE = (True, False, True, True)
+
+
 def roofline_kernel(
-    floating[::1] params,              # IN/OUT
-    const floating[::1] grads,         # IN
-    floating[::1] exp_avg,             # IN/OUT
-    floating[::1] exp_avg_sq,          # IN/OUT
+    cnp.ndarray params not None,           # IN/OUT
+    cnp.ndarray grads not None,            # IN (may be read-only)
+    cnp.ndarray exp_avg not None,          # IN/OUT
+    cnp.ndarray exp_avg_sq not None,       # IN/OUT
     int num_threads,
 ):
     """Memory-traffic twin of ``adam_kernel`` for the benchmark's roofline.
@@ -279,26 +417,34 @@ def roofline_kernel(
     Reads the same four arrays and writes the same three, with the same
     chunking and threading, but does one add per stream; the gap between
     this and ``adam_kernel`` is the cost of the Adam arithmetic itself.
+    Buffers are checked as in ``adam_kernel``.
     """
-    cdef Py_ssize_t n = params.shape[0]
+    cdef int typenum = cnp.PyArray_TYPE(params)
+    cdef Py_ssize_t n = 0
+    if ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_NDIM(params) == 1):
+        n = cnp.PyArray_DIM(params, 0)
+    else:
+        typenum = -1
+    if not (_buffer_ok(params, typenum, n, _OUT_FLAGS, True)
+            and _buffer_ok(grads, typenum, n, _IN_FLAGS, True)
+            and _buffer_ok(exp_avg, typenum, n, _OUT_FLAGS, True)
+            and _buffer_ok(exp_avg_sq, typenum, n, _OUT_FLAGS, True)):
+        _bad_buffers("roofline_kernel", _ROOFLINE_NAMES,
+                     (params, grads, exp_avg, exp_avg_sq), _ROOFLINE_WRITABLE, 4)
     if n == 0:
         return
-    cdef floating* p = &params[0]
-    cdef const floating* g = &grads[0]
-    cdef floating* m = &exp_avg[0]
-    cdef floating* v = &exp_avg_sq[0]
-    cdef Py_ssize_t nchunks, c, start, length
-    cdef int nt
-
-    if n < _PARALLEL_MIN:
+    if typenum == cnp.NPY_FLOAT32:
         with nogil:
-            _roofline_span(p, g, m, v, n)
-        return
-
-    nt = num_threads
-    nchunks = (n + _CHUNK - 1) // _CHUNK
-    with nogil:
-        for c in prange(nchunks, schedule='static', num_threads=nt):
-            start = c * _CHUNK
-            length = min(<Py_ssize_t>_CHUNK, n - start)
-            _roofline_span(p + start, g + start, m + start, v + start, length)
+            _roofline_run[float](
+                <float*>cnp.PyArray_DATA(params),
+                <const float*>cnp.PyArray_DATA(grads),
+                <float*>cnp.PyArray_DATA(exp_avg),
+                <float*>cnp.PyArray_DATA(exp_avg_sq), n, num_threads)
+    else:
+        with nogil:
+            _roofline_run[double](
+                <double*>cnp.PyArray_DATA(params),
+                <const double*>cnp.PyArray_DATA(grads),
+                <double*>cnp.PyArray_DATA(exp_avg),
+                <double*>cnp.PyArray_DATA(exp_avg_sq), n, num_threads)

@@ -116,6 +116,9 @@ BUFFERS = [
     ("read-only params", _readonly("params"), ValueError, "params must be writable"),
     ("read-only exp_avg_sq", _readonly("exp_avg_sq"), ValueError, "exp_avg_sq must be writable"),
     ("read-only max", _readonly("max_exp_avg_sq"), ValueError, "max_exp_avg_sq must be writable"),
+    ("unaligned", _set("exp_avg", lambda b: np.frombuffer(
+        bytearray(b"\0" + b["exp_avg"].tobytes()), np.float32, offset=1)), ValueError,
+     "exp_avg must be aligned"),
     ("amsgrad without buffer", _set("max_exp_avg_sq", None), ValueError,
      "max_exp_avg_sq is required when amsgrad=True"),
     ("masked", _set("grads", lambda b: np.ma.masked_array(b["grads"])), TypeError,
