@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _dispatch, _validate
+from ._memory import zeros_buffers
 from .reference import step_scalars
 
 __all__ = ["Adam", "AdamW"]
@@ -93,11 +94,10 @@ class Adam:
         sizes = [a.size for a in arrays]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         total = offsets[-1]
-        self.flat_params = np.empty(total, dtype)
-        self.flat_grads = np.zeros(total, dtype)
-        self.exp_avg = np.zeros(total, dtype)
-        self.exp_avg_sq = np.zeros(total, dtype)
-        self.max_exp_avg_sq = np.zeros(total if self._amsgrad else 0, dtype)
+        # One staggered allocation for all flat buffers: see adamfast._memory.
+        bufs = zeros_buffers(total, dtype, 5 if self._amsgrad else 4)
+        self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq = bufs[:4]
+        self.max_exp_avg_sq = bufs[4] if self._amsgrad else np.zeros(0, dtype)
         self._slices = tuple(slice(offsets[i], offsets[i + 1]) for i in range(len(arrays)))
         for a, s in zip(arrays, self._slices):
             self.flat_params[s] = a.reshape(-1)

@@ -211,3 +211,44 @@ def test_load_state_dict_that_does_not_fit_changes_nothing(name, mutate, exc, ms
     assert after["hyperparameters"] == before["hyperparameters"]
     np.testing.assert_array_equal(after["exp_avg"], before["exp_avg"])
     np.testing.assert_array_equal(after["exp_avg_sq"], before["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("n", [0, 5, 300_000])
+@pytest.mark.parametrize("count", [1, 4, 5])
+def test_zeros_buffers(dtype, n, count):
+    bufs = adamfast.zeros_buffers(n, dtype, count)
+    assert len(bufs) == count
+    for i, b in enumerate(bufs):
+        assert b.shape == (n,) and b.dtype == dtype and not b.any()
+        assert b.flags.c_contiguous and b.flags.writeable and b.flags.aligned
+        assert b.ctypes.data % 64 == 0 or n * dtype.itemsize < (1 << 20)
+        for other in bufs[i + 1:]:
+            assert not np.shares_memory(b, other)
+    if n:
+        bufs[0][...] = 1  # independent buffers
+        assert all(not b.any() for b in bufs[1:])
+
+
+@pytest.mark.parametrize("bad,exc", [((-1, np.float32, 4), ValueError),
+                                     ((10, np.int32, 4), TypeError),
+                                     ((10, np.float32, 0), ValueError)])
+def test_zeros_buffers_rejects(bad, exc):
+    with pytest.raises(exc):
+        adamfast.zeros_buffers(*bad)
+
+
+def test_large_optimizer_matches_adam_step(backend):
+    """Above 1 MiB the optimizer's buffers share one staggered allocation."""
+    dtype = np.float32
+    init = [np.random.default_rng(1).standard_normal(s).astype(dtype) for s in [(300, 1000), (7,)]]
+    opt = adamfast.Adam(init, amsgrad=True, backend=backend)
+    assert opt.flat_params.base is not None  # the staggered arena was used
+    per = [[a.copy(), np.zeros_like(a), np.zeros_like(a), np.zeros_like(a)] for a in init]
+    for t in range(1, 4):
+        g = [np.random.default_rng(t).standard_normal(a.shape).astype(dtype) for a in init]
+        opt.step(g)
+        for (p, m, v, x), gi in zip(per, g):
+            adamfast.adam_step(p, gi, m, v, step=t, amsgrad=True, max_exp_avg_sq=x,
+                               backend=backend)
+    for live, (p, _, _, _) in zip(opt.params, per):
+        np.testing.assert_array_equal(live, p)
