@@ -1,0 +1,8 @@
+"""``python -m adamfast``: the command line. Everything lives in :mod:`adamfast.bench`."""
+
+import sys
+
+from adamfast.bench import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
