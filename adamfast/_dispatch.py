@@ -22,6 +22,10 @@ Every backend provides one callable with this signature::
   to use; the work is split into fixed chunks, and the update is element-wise,
   so the result is bit-identical for any thread count.
 
+The cython module also provides ``adam_step_fast``, a C version of
+:func:`adamfast.adam_step`'s whole call that handles only trivially valid
+arguments and otherwise declines; :func:`get_fast` hands it out.
+
 The dispatcher only picks a callable; it never converts or copies data.  A
 backend that is asked for and not available is an error, never a silent
 fallback.
@@ -54,6 +58,9 @@ _HINTS = {
 }
 
 _kernels = {}
+# kernel callable -> its backend's adam_step fast path (see get_fast); keyed by
+# the kernel so that it can never outlive or disagree with ``_kernels``.
+_fast_paths = {}
 _available = None
 
 
@@ -170,7 +177,22 @@ def get_kernel(backend):
         except ImportError as exc:  # probed fine, failed for real: say why
             raise ValueError(f"backend {name!r} failed to load ({exc}); {_HINTS[name]}") from exc
         kernel = _kernels[backend] = module.adam_kernel
+        if name == "cython":
+            _fast_paths[kernel] = module.adam_step_fast
     return kernel
+
+
+def get_fast(backend):
+    """The C fast path of ``adam_step`` for ``backend`` (which may be ``"auto"``), or None.
+
+    Only the cython backend has one (``adam_step_fast`` in kernels/_adam.pxi):
+    None for numpy and numba, and for ``"auto"`` when it resolves to either.
+    An unknown or unavailable backend raises exactly as :func:`get_kernel`.
+    """
+    kernel = _kernels.get(backend)
+    if kernel is None:
+        kernel = get_kernel(backend)
+    return _fast_paths.get(kernel)
 
 
 # --- threads ---------------------------------------------------------------

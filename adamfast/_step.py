@@ -2,6 +2,14 @@
 
 The data path is one straight line: validate, compute the float64 scalars,
 pick the kernel, make one kernel call.
+
+The cython backend first offers the call to its C fast path
+(``adam_step_fast`` in kernels/_adam.pxi), which performs the same step in
+one C call when every argument is of the trivially valid kind, and declines
+(writes nothing) otherwise.  It exists because the Python checks cost tens of
+microseconds with cold caches, as after a backward pass.  It is only an
+optimisation: whatever it declines takes the full path below, so
+:mod:`adamfast._validate` remains the one authority on validity and errors.
 """
 
 from __future__ import annotations
@@ -45,7 +53,10 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
         Maximise the objective instead of minimising it.
     backend : {"auto", "numpy", "numba", "cython"}
         ``"auto"`` takes the fastest available.  Asking for an unavailable
-        backend raises ValueError saying how to get it.
+        backend raises ValueError saying how to get it.  With cython, a call
+        whose arguments are exact ndarrays, ints, floats and bools goes
+        through one C function (same result, bit for bit); anything else is
+        checked in Python first.
 
     Arrays may have any shape; elements are paired in C order.  Every
     argument is checked before anything is written: on error (TypeError or
@@ -53,6 +64,13 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
     Inf in ``grads`` are not checked for and propagate as in PyTorch.  The
     maths and its conventions are stated once, in :mod:`adamfast.reference`.
     """
+    # Fast path (cython only; see the module docstring): True means done.
+    fast = _dispatch.get_fast(backend)
+    if fast is not None and fast(params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                                 weight_decay, decoupled, amsgrad, max_exp_avg_sq, maximize,
+                                 _dispatch.get_num_threads()):
+        return
+    # Full path: the single authority on what is valid.
     kernel = _dispatch.get_kernel(backend)
     t = _validate.step(step)
     lr, beta1, beta2, eps, weight_decay = _validate.hyperparameters(lr, beta1, beta2, eps,

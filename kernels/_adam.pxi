@@ -34,7 +34,11 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport sqrt, sqrtf, pow, INFINITY
+from libc.float cimport DBL_MIN
+from libc.stdint cimport uintptr_t
+from cpython.long cimport PyLong_CheckExact, PyLong_AsLongAndOverflow
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 
 # The PyArray_* macros go through numpy's C-API table; fill it at import.
 cnp.import_array()
@@ -286,6 +290,34 @@ cdef inline void _adam_run(
                    amsgrad)
 
 
+cdef inline void _adam_call(
+    int typenum,           # NPY_FLOAT32 or NPY_FLOAT64 (checked by the caller)
+    void* p,               # IN/OUT  params
+    const void* g,         # IN      grads
+    void* m,               # IN/OUT  exp_avg
+    void* v,               # IN/OUT  exp_avg_sq
+    void* vmax,            # IN/OUT  max_exp_avg_sq (NULL unless amsgrad)
+    Py_ssize_t n,
+    double beta1, double one_minus_beta1,
+    double beta2, double one_minus_beta2,
+    double eps, double l2, double param_scale, double grad_sign,
+    double step_size, double inv_bc2_sqrt,
+    bint amsgrad, int num_threads,
+) noexcept nogil:
+    # The one place both entry points (adam_kernel, adam_step_fast) reach the
+    # maths: picks the dtype's instantiation of _adam_run.
+    if typenum == cnp.NPY_FLOAT32:
+        _adam_run[float](<float*>p, <const float*>g, <float*>m, <float*>v, <float*>vmax,
+                         n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
+                         param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
+                         num_threads)
+    else:
+        _adam_run[double](<double*>p, <const double*>g, <double*>m, <double*>v,
+                          <double*>vmax, n, beta1, one_minus_beta1, beta2,
+                          one_minus_beta2, eps, l2, param_scale, grad_sign, step_size,
+                          inv_bc2_sqrt, amsgrad, num_threads)
+
+
 def adam_kernel(
     cnp.ndarray params not None,           # IN/OUT
     cnp.ndarray grads not None,            # IN (may be read-only)
@@ -340,29 +372,233 @@ def adam_kernel(
 
     # The GIL is released even for small n: it costs ~tens of ns, and lets
     # other Python threads run while a large buffer is being updated.
-    if typenum == cnp.NPY_FLOAT32:
-        with nogil:
-            _adam_run[float](
-                <float*>cnp.PyArray_DATA(params),
-                <const float*>cnp.PyArray_DATA(grads),
-                <float*>cnp.PyArray_DATA(exp_avg),
-                <float*>cnp.PyArray_DATA(exp_avg_sq),
-                # The length-0 buffer of the non-AMSGrad call must never be touched.
-                <float*>cnp.PyArray_DATA(max_exp_avg_sq) if amsgrad else NULL,
-                n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
-                param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
-                num_threads)
+    with nogil:
+        _adam_call(typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
+                   cnp.PyArray_DATA(exp_avg), cnp.PyArray_DATA(exp_avg_sq),
+                   # The length-0 buffer of the non-AMSGrad call must never be touched.
+                   cnp.PyArray_DATA(max_exp_avg_sq) if amsgrad else NULL,
+                   n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
+                   param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad, num_threads)
+
+
+# --- adam_step's fast path ---------------------------------------------------
+# Why this exists: adamfast.adam_step validates in Python (adamfast._validate)
+# and computes the step scalars in Python (adamfast.reference.step_scalars).
+# That is ~25 small Python calls: ~4 us with hot caches, but ~50-60 us right
+# after a backward pass, when every object and bytecode it touches is a cache
+# miss -- as much as the kernel itself at 64K parameters.  adam_step_fast does
+# the same for the common, trivially valid call in one C function.
+#
+# It is only an optimisation.  adamfast._validate stays the single authority
+# on what is valid and on every error message: this function never raises for
+# bad input, it *declines* (returns False, writes nothing) and adam_step then
+# runs the full Python path, which raises or performs the step.  So it may
+# decline valid input, but must never perform a step the Python path would
+# reject.  It therefore accepts only exact types (an int subclass, a numpy
+# scalar or an ndarray subclass declines) and checks every rule _validate
+# checks, each in its strictest form; overlap is judged by the buffers' exact
+# memory extents (see _disjoint).  tests/test_fast_path.py holds it to
+# the Python path bit for bit, and checks that it declines each bad input.
+
+cdef struct _Scalars:
+    # adamfast.reference.step_scalars, in kernel-argument order.
+    double beta1, one_minus_beta1, beta2, one_minus_beta2, eps
+    double l2, param_scale, grad_sign, step_size, inv_bc2_sqrt
+
+
+cdef inline bint _step_scalars(long step, double lr, double beta1, double beta2, double eps,
+                               double weight_decay, bint decoupled, bint maximize,
+                               _Scalars* out) noexcept nogil:
+    # The same double operations, in the same order, as step_scalars does on
+    # Python floats (the build has no FMA contraction or fast-math), so the
+    # results are identical bit for bit.  ``beta ** step`` on a float and an
+    # int is C pow() with the int rounded to double, as below.
+    cdef double pow1 = pow(beta1, <double>step)
+    cdef double pow2 = pow(beta2, <double>step)
+    # Python raises OverflowError when pow() reports ERANGE for a nonzero
+    # result; a libm may do that for a subnormal one.  Decline that sliver
+    # (1 - subnormal is 1.0 anyway) rather than depend on the libm.
+    if (pow1 != 0.0 and pow1 < DBL_MIN) or (pow2 != 0.0 and pow2 < DBL_MIN):
+        return False
+    cdef double bias_correction1 = 1.0 - pow1
+    cdef double bias_correction2 = 1.0 - pow2
+    # > 0 for beta in [0, 1); would be ZeroDivisionError/ValueError in Python.
+    if not (bias_correction1 > 0.0 and bias_correction2 > 0.0):
+        return False
+    out.beta1 = beta1
+    out.one_minus_beta1 = 1.0 - beta1
+    out.beta2 = beta2
+    out.one_minus_beta2 = 1.0 - beta2
+    out.eps = eps
+    out.l2 = 0.0 if decoupled else weight_decay
+    out.param_scale = 1.0 - lr * weight_decay if decoupled else 1.0
+    out.grad_sign = -1.0 if maximize else 1.0
+    out.step_size = lr / bias_correction1
+    out.inv_bc2_sqrt = 1.0 / sqrt(bias_correction2)
+    return True
+
+
+def _fast_scalars(long step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, bint decoupled, bint maximize):
+    """The scalars adam_step_fast computes, as a tuple like
+    ``adamfast.reference.step_scalars`` returns (None if it would decline).
+    For the tests only."""
+    cdef _Scalars s
+    if not _step_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, &s):
+        return None
+    return (s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.eps, s.l2,
+            s.param_scale, s.grad_sign, s.step_size, s.inv_bc2_sqrt)
+
+
+cdef enum:
+    # What _validate._array requires of every buffer (grads need not be writable).
+    _FAST_IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    _FAST_OUT_FLAGS = _FAST_IN_FLAGS | cnp.NPY_ARRAY_WRITEABLE
+
+
+cdef inline char* _fast_array(object a, int typenum, Py_ssize_t size, int flags) noexcept:
+    # The array's data pointer if it is a plain ndarray of exactly this dtype
+    # (native byte order), total size and flags; NULL to decline.  Any shape:
+    # a C-contiguous array is its elements in C order, as _validate's
+    # reshape(-1) sees them.
+    if not cnp.PyArray_CheckExact(a):
+        return NULL
+    cdef cnp.ndarray x = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(x) == typenum
+            and cnp.PyArray_SIZE(x) == size
+            and (cnp.PyArray_FLAGS(x) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(x)):
+        # Never NULL for a valid array: numpy allocates >= 1 byte even for size 0.
+        return <char*>cnp.PyArray_DATA(x)
+    return NULL
+
+
+cdef inline bint _disjoint(char* a, char* b, Py_ssize_t nbytes) noexcept:
+    # [a, a+nbytes) and [b, b+nbytes) do not intersect.  For C-contiguous
+    # arrays these are exactly their memory extents, which is what
+    # np.may_share_memory compares; _validate rejects only buffers for which
+    # it returns True, so disjoint extents never decline a valid call wrongly
+    # nor accept an invalid one.
+    return <uintptr_t>a + <uintptr_t>nbytes <= <uintptr_t>b or \
+        <uintptr_t>b + <uintptr_t>nbytes <= <uintptr_t>a
+
+
+cdef inline bint _fast_float(object x, double lo, double hi_excl, double* out) noexcept:
+    # An exact Python float in [lo, hi_excl); NaN fails both comparisons.
+    if not PyFloat_CheckExact(x):
+        return False
+    cdef double d = PyFloat_AS_DOUBLE(x)
+    out[0] = d
+    return lo <= d < hi_excl
+
+
+def adam_step_fast(
+    params,            # IN/OUT  theta
+    grads,             # IN      g (may be read-only)
+    exp_avg,           # IN/OUT  m
+    exp_avg_sq,        # IN/OUT  v
+    step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+    max_exp_avg_sq,    # IN/OUT  running max of v (only looked at if amsgrad is True)
+    maximize,
+    int num_threads,
+):
+    """``adamfast.adam_step``'s fast path: the same step, or a refusal.
+
+    Takes adam_step's arguments as given.  Returns True after performing the
+    step exactly as adam_step's full path would, or False without writing
+    anything when the call is not in the simple class it handles: exact
+    ndarrays of one native float dtype, C-contiguous, aligned, writable but
+    for ``grads``, of one total size, pairwise non-overlapping; ``step`` an
+    exact int >= 1 (fits a C long); ``lr``, ``beta1``, ``beta2``, ``eps``,
+    ``weight_decay`` exact floats in their ranges; the flags exactly True or
+    False; ``max_exp_avg_sq`` given iff ``amsgrad``.  It never raises for bad
+    input: the caller runs the validating path on False.
+    """
+    cdef bint ams, dec, mx
+    cdef long t
+    cdef int overflow = 0
+    cdef double lr_, b1, b2, eps_, wd
+    cdef int typenum
+    cdef Py_ssize_t n, nbytes
+    cdef char* p
+    cdef char* g
+    cdef char* m
+    cdef char* v
+    cdef char* vmax = NULL
+    cdef _Scalars s
+
+    # Flags: the objects True/False only (numpy bools decline).
+    if amsgrad is True:
+        ams = True
+    elif amsgrad is False:
+        ams = False
     else:
-        with nogil:
-            _adam_run[double](
-                <double*>cnp.PyArray_DATA(params),
-                <const double*>cnp.PyArray_DATA(grads),
-                <double*>cnp.PyArray_DATA(exp_avg),
-                <double*>cnp.PyArray_DATA(exp_avg_sq),
-                <double*>cnp.PyArray_DATA(max_exp_avg_sq) if amsgrad else NULL,
-                n, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
-                param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
-                num_threads)
+        return False
+    if decoupled is True:
+        dec = True
+    elif decoupled is False:
+        dec = False
+    else:
+        return False
+    if maximize is True:
+        mx = True
+    elif maximize is False:
+        mx = False
+    else:
+        return False
+
+    # step: an exact int (bool is a subclass, so it declines), 1 <= step <= LONG_MAX.
+    if not PyLong_CheckExact(step):
+        return False
+    t = PyLong_AsLongAndOverflow(step, &overflow)
+    if overflow or t < 1:
+        return False
+
+    # Hyperparameters: exact floats (an int or numpy scalar declines), ranges as _validate.
+    if not (_fast_float(lr, 0.0, INFINITY, &lr_)
+            and _fast_float(beta1, 0.0, 1.0, &b1)
+            and _fast_float(beta2, 0.0, 1.0, &b2)
+            and _fast_float(eps, 0.0, INFINITY, &eps_)
+            and _fast_float(weight_decay, 0.0, INFINITY, &wd)):
+        return False
+
+    # Buffers: params fixes the dtype and the size.
+    if not cnp.PyArray_CheckExact(params):
+        return False
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>params)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return False
+    n = cnp.PyArray_SIZE(<cnp.ndarray>params)
+    p = _fast_array(params, typenum, n, _FAST_OUT_FLAGS)
+    g = _fast_array(grads, typenum, n, _FAST_IN_FLAGS)
+    m = _fast_array(exp_avg, typenum, n, _FAST_OUT_FLAGS)
+    v = _fast_array(exp_avg_sq, typenum, n, _FAST_OUT_FLAGS)
+    if p == NULL or g == NULL or m == NULL or v == NULL:
+        return False
+    if ams:  # without amsgrad, max_exp_avg_sq is ignored whatever it is
+        vmax = _fast_array(max_exp_avg_sq, typenum, n, _FAST_OUT_FLAGS)
+        if vmax == NULL:
+            return False
+
+    # No two buffers may overlap (size 0: nothing to overlap).
+    nbytes = n * cnp.PyArray_ITEMSIZE(<cnp.ndarray>params)
+    if n > 0 and not (_disjoint(p, g, nbytes) and _disjoint(p, m, nbytes)
+                      and _disjoint(p, v, nbytes) and _disjoint(g, m, nbytes)
+                      and _disjoint(g, v, nbytes) and _disjoint(m, v, nbytes)):
+        return False
+    if ams and n > 0 and not (_disjoint(vmax, p, nbytes) and _disjoint(vmax, g, nbytes)
+                              and _disjoint(vmax, m, nbytes) and _disjoint(vmax, v, nbytes)):
+        return False
+
+    if not _step_scalars(t, lr_, b1, b2, eps_, wd, dec, mx, &s):
+        return False
+    if n == 0:
+        return True
+    with nogil:
+        _adam_call(typenum, p, g, m, v, vmax, n, s.beta1, s.one_minus_beta1, s.beta2,
+                   s.one_minus_beta2, s.eps, s.l2, s.param_scale, s.grad_sign, s.step_size,
+                   s.inv_bc2_sqrt, ams, num_threads)
+    return True
 
 
 cdef inline void _roofline_span(
