@@ -239,6 +239,43 @@ def cython_roofline():
     return getattr(cython_module(), "roofline_kernel", None)
 
 
+@functools.lru_cache(maxsize=None)
+def deepspeed_cpu_adam():
+    """(DeepSpeedCPUAdam, None) when DeepSpeed and its cpu_adam op work here, else (None, reason).
+
+    Imported only after torch (run_bench imports torch first; DeepSpeed
+    imports it too, and torch must be first to bind its own OpenMP runtime).
+    Constructing the optimizer JIT-builds the cpu_adam C++ op with ninja/g++
+    on first use (minutes; cached under ~/.cache/torch_extensions), so the
+    build and one step are tried here, once per process, on a tiny tensor: a
+    broken install or a failed build then becomes a note instead of breaking
+    the benchmark.  DS_ACCELERATOR defaults to cpu (this is a CPU benchmark).
+    """
+    try:
+        import torch
+    except ImportError:
+        return None, "deepspeed row skipped: torch not installed"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed  # noqa: F401
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except ImportError:
+        return None, "deepspeed not installed: deepspeed row skipped"
+    except Exception as exc:
+        return None, f"deepspeed import failed ({type(exc).__name__}: {exc}): deepspeed row skipped"
+    try:
+        p = torch.zeros(16)
+        p.grad = torch.ones(16)
+        DeepSpeedCPUAdam([p], lr=LR).step()
+    except BaseException as exc:  # the JIT build can also raise SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        msg = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {msg[-1] if msg else ''}"
+        return None, f"deepspeed cpu_adam op unusable ({why}): deepspeed row skipped"
+    return DeepSpeedCPUAdam, None
+
+
 # --------------------------------------------------------------------------
 # Workload: the buffers every implementation steps over
 # --------------------------------------------------------------------------
@@ -434,7 +471,7 @@ class CacheFlusher:
 class Impl:
     name: str
     step: Callable[[int], None]  # argument: the 1-based Adam step number
-    kind: str  # "roofline", "numpy", "adamfast", "torch"
+    kind: str  # "roofline", "numpy", "adamfast", "torch", "deepspeed"
     times_ns: list[int] = field(default_factory=list)
     first_call_ns: int | None = None
 
@@ -589,6 +626,31 @@ def build_impls(wl: Workload, cfg: Config) -> tuple[list[Impl], list[str]]:
             opt = cls(params, lr=LR, betas=(BETA1, BETA2), eps=EPS, weight_decay=cfg.weight_decay,
                       amsgrad=cfg.amsgrad, **{mode: True})
             impls.append(Impl(f"torch-{mode}", lambda t, opt=opt: opt.step(), "torch"))
+
+        # DeepSpeed's CPU Adam (its cpu_adam C++ op, AVX-vectorized, OpenMP
+        # through torch's runtime, so torch.set_num_threads above applies).
+        # Optional: any failure is a note, never an error.
+        if cfg.amsgrad:
+            notes.append("deepspeed-cpuadam has no AMSGrad: deepspeed row skipped")
+        elif cfg.dtype != np.float32:
+            notes.append(f"deepspeed-cpuadam supports float32 only: deepspeed row skipped "
+                         f"for {cfg.dtype.name}")
+        else:
+            ds_cls, why = deepspeed_cpu_adam()
+            if ds_cls is None:
+                notes.append(why)
+            else:
+                try:
+                    params = [torch.from_numpy(a) for a in wl.views(wl.p)]
+                    for t_, g_ in zip(params, wl.views(wl.g)):
+                        t_.grad = torch.from_numpy(g_)
+                    opt = ds_cls(params, lr=LR, betas=(BETA1, BETA2), eps=EPS,
+                                 weight_decay=cfg.weight_decay, adamw_mode=cfg.adamw)
+                    impls.append(Impl("deepspeed-cpuadam", lambda t, opt=opt: opt.step(),
+                                      "deepspeed"))
+                except Exception as exc:
+                    notes.append(f"deepspeed-cpuadam construction failed "
+                                 f"({type(exc).__name__}: {exc}): deepspeed row skipped")
 
     if cfg.impl:
         # The roofline and the baseline always run: other columns need them.
