@@ -100,3 +100,14 @@ def test_readonly_grads_accepted(backend):
     g.flags.writeable = False
     adamfast.adam_step(params, g, m, v, step=1, backend=backend)
     assert np.any(m != 0)
+
+
+@pytest.mark.parametrize("wd,dec,ams,mx", MODES)
+def test_parallel_path_matches_reference(compiled_backend, dtype, wd, dec, ams, mx):
+    """Above every backend's parallel threshold (numba's is 2**19), with a chunk tail."""
+    n = (1 << 19) + 16384 * 3 + 5
+    got = run(compiled_backend, n, dtype, wd, dec, ams, mx, steps=4)
+    want = run("numpy", n, dtype, wd, dec, ams, mx, steps=4)
+    for a, b in zip(got[-1], want[-1]):
+        if b is not None:
+            assert_close(a, b, dtype, f"{compiled_backend} parallel path")
