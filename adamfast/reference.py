@@ -49,8 +49,10 @@ line above reads::
     theta_t = theta - step_size * (m_t / (sqrt(v_t) * inv_bc2_sqrt + eps))
     step_size = lr / (1 - beta1**t),   inv_bc2_sqrt = 1 / sqrt(1 - beta2**t)
 
-which is the same expression, since ``sqrt(v_hat) = sqrt(v_t) / sqrt(1 - beta2**t)``;
-it is also the order in which PyTorch evaluates it.  A float32 step computes
+which is the same expression, since ``sqrt(v_hat) = sqrt(v_t) / sqrt(1 - beta2**t)``.
+PyTorch evaluates nearly the same way (it divides by ``sqrt(1 - beta2**t)``
+where this multiplies by the inverse, and updates ``m_t`` with ``lerp``), so
+the two agree to a few ulps.  A float32 step computes
 in float32 with each scalar rounded to float32 once, as NumPy does for a
 Python float meeting a float32 array.  Every compiled kernel performs the same
 operations in the same order, so in practice it agrees with this reference
