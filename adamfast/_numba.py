@@ -41,22 +41,18 @@ CHUNK = 16384
 PARALLEL_MIN = 1 << 19
 
 
-def _signatures():
+def _signatures(*extra):
+    """float32 and float64 signatures: five buffers (grads read-only), ten
+    scalars of the buffer dtype, amsgrad, then ``extra``."""
     sigs = []
     for ft in (types.float32, types.float64):
         buf = types.Array(ft, 1, "C")
         ro = types.Array(ft, 1, "C", readonly=True)
-        sigs.append(
-            types.void(buf, ro, buf, buf, buf, ft, ft, ft, ft, ft, ft, ft, ft, ft, ft, types.boolean,
-                       types.int64, types.int64)
-        )
+        sigs.append(types.void(buf, ro, buf, buf, buf, *(ft,) * 10, types.boolean, *extra))
     return sigs
 
 
-_SIGS = _signatures()
-
-
-@njit(_SIGS, cache=True, nogil=True, error_model="numpy")
+@njit(_signatures(types.intp, types.intp), cache=True, nogil=True, error_model="numpy")
 def _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
                 one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
                 lo, hi):
@@ -96,34 +92,9 @@ def _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_m
             p_[i] = p - step_size * (m / (np.sqrt(v) * inv_bc2_sqrt + eps))
 
 
-def _kernel_signatures():
-    sigs = []
-    for ft in (types.float32, types.float64):
-        buf = types.Array(ft, 1, "C")
-        ro = types.Array(ft, 1, "C", readonly=True)
-        sigs.append(
-            types.void(buf, ro, buf, buf, buf, ft, ft, ft, ft, ft, ft, ft, ft, ft, ft, types.boolean,
-                       types.intp)
-        )
-    return sigs
-
-
-_KERNEL_SIGS = _kernel_signatures()
-
-
-@njit(_KERNEL_SIGS, cache=True, nogil=True, error_model="numpy")
-def _adam_serial(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
-                 one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
-                 num_threads):
-    _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
-                one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
-                0, params.size)
-
-
-@njit(_KERNEL_SIGS, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(_signatures(), cache=True, nogil=True, error_model="numpy", parallel=True)
 def _adam_parallel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
-                   one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
-                   num_threads):
+                   one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad):
     n = params.size
     nchunks = (n + CHUNK - 1) // CHUNK
     for c in prange(nchunks):
@@ -138,10 +109,11 @@ def adam_kernel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_m
                 one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt, amsgrad,
                 num_threads):
     """The Numba Adam kernel (contract: :mod:`adamfast._dispatch`)."""
-    if params.size < PARALLEL_MIN or num_threads == 1:
-        _adam_serial(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1,
-                     beta2, one_minus_beta2, eps, l2, param_scale, grad_sign, step_size,
-                     inv_bc2_sqrt, amsgrad, num_threads)
+    n = params.size
+    if n < PARALLEL_MIN or num_threads == 1:
+        _adam_range(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1,
+                    beta2, one_minus_beta2, eps, l2, param_scale, grad_sign, step_size,
+                    inv_bc2_sqrt, amsgrad, 0, n)
         return
     # numba's thread count is per calling thread and capped by the pool size
     # fixed at start-up; only touch it when it differs.
@@ -150,4 +122,4 @@ def adam_kernel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_m
         numba.set_num_threads(num_threads)
     _adam_parallel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1,
                    beta2, one_minus_beta2, eps, l2, param_scale, grad_sign, step_size, inv_bc2_sqrt,
-                   amsgrad, num_threads)
+                   amsgrad)
