@@ -12,7 +12,7 @@ Environment switches (all optional):
   ADAMFAST_OPENMP=0    build without OpenMP even if the compiler supports it.
   ADAMFAST_AVX2=0      skip the adamfast._cython_avx2 variant.
 
-Two extension modules are built from the one kernel source, kernels/_adam.pxi:
+Two extension modules are built from the one kernel source, kernels/_family.pxi:
 adamfast._cython for the baseline ISA (runs on any CPU of the architecture)
 and, on x86-64 with gcc/clang, adamfast._cython_avx2 with -mavx2 added.
 adamfast._dispatch picks one at run time from the CPU's features.
@@ -51,6 +51,7 @@ COMPILER_DIRECTIVES = {
 #                      is unchanged, unlike -ffast-math, which is not used.
 UNIX_COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 UNIX_OPENMP_ARGS = ["-fopenmp"]
+UNSWITCH_ARGS = ["--param=max-unswitch-insns=500"]
 # MSVC does not contract floating-point expressions under /fp:precise.
 MSVC_COMPILE_ARGS = ["/O2", "/fp:precise"]
 MSVC_OPENMP_ARGS = ["/openmp"]
@@ -153,6 +154,14 @@ class BuildExt(build_ext):
                   "the portable adamfast._cython is used on every CPU" % reason)
             self.extensions = [e for e in self.extensions if e.name != AVX2_MODULE]
 
+        if not msvc:
+            # gcc vectorizes the element loops only after unswitching their
+            # loop-invariant branches (the L2 term), and with several kinds
+            # inlined its default size limit stopped that for AMSGrad.  The
+            # vectorization test (tests/test_vectorized.py) checks the result.
+            if _compiler_accepts(self.compiler, ["-Werror"] + UNSWITCH_ARGS, [],
+                                 "int main(void) { return 0; }"):
+                compile_args += UNSWITCH_ARGS
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
@@ -161,7 +170,57 @@ class BuildExt(build_ext):
 
 
 AVX2_MODULE = "adamfast._cython_avx2"
-KERNEL_SOURCE = "kernels/_adam.pxi"  # included by both modules
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_registry():
+    """adamfast.algorithms, loaded on its own (not through adamfast/__init__,
+    which would look for the extension being built)."""
+    import importlib.util
+
+    path = os.path.join(HERE, "adamfast", "algorithms", "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "_adamfast_registry", path, submodule_search_locations=[os.path.dirname(path)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_kinds():
+    """Render kernels/_kinds.pxi from the registry: which algorithm files to
+    include and the table of kinds.  Adding an algorithm adds its .pxi and its
+    registry line; nothing here changes."""
+    from Cython import Tempita
+
+    registry = _load_registry()
+    kinds, nstate, modules = [], {}, []
+    for spec in registry.ALGORITHMS.values():
+        for kind, names in spec.kinds.items():
+            module = spec.reference[kind].__module__.rsplit(".", 1)[1]
+            if module not in modules:
+                modules.append(module)
+            if kind not in nstate:
+                kinds.append(kind)
+                nstate[kind] = len(names)
+    for i, kind in enumerate(registry.ROOFLINE_KINDS):
+        kinds.append(kind)
+        nstate[kind] = i
+    with open(os.path.join(HERE, "kernels", "_kinds.pxi.in")) as f:
+        template = Tempita.Template(f.read())
+    text = template.substitute(kinds=kinds, nstate=nstate, modules=modules)
+    out = os.path.join(HERE, "kernels", "_kinds.pxi")
+    old = open(out).read() if os.path.exists(out) else None
+    if text != old:  # keep the timestamp, so an unchanged build is not redone
+        with open(out, "w") as f:
+            f.write(text)
+    return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_driver.pxi",
+                                             "_kinds.pxi", "_kinds.pxi.in", "_roofline.pxi",
+                                             "algorithms/_common.pxi")] + \
+        ["kernels/algorithms/%s.pxi" % m for m in modules]
+
+
+KERNEL_SOURCES = render_kinds()  # included by both modules
 
 # The kernels `cimport numpy` (raw PyArray_DATA pointers instead of typed
 # memoryviews, for per-call cost), so they compile against numpy's headers:
@@ -176,13 +235,13 @@ extensions = [
     # (cythonize swaps `sources` for the generated .c, and there is no
     # MANIFEST.in).
     Extension("adamfast._cython", ["kernels/_cython.pyx"],
-              depends=["kernels/_cython.pyx", KERNEL_SOURCE],
+              depends=["kernels/_cython.pyx"] + KERNEL_SOURCES,
               include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS),
     # Dropped in BuildExt when the AVX2 probe fails.  -mavx2 and nothing
     # else: no -mfma, and -ffp-contract=off stays, so it rounds exactly as
     # the baseline module does.
     Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"],
-              depends=["kernels/_cython_avx2.pyx", KERNEL_SOURCE],
+              depends=["kernels/_cython_avx2.pyx"] + KERNEL_SOURCES,
               include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS,
               extra_compile_args=AVX2_ARGS),
 ]
@@ -190,7 +249,7 @@ extensions = [
 setup(
     # Listed explicitly so kernels/, tests/ and bench/ never get installed
     # as top-level packages.
-    packages=["adamfast"],
+    packages=["adamfast", "adamfast.algorithms", "adamfast._numba", "adamfast.bench"],
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,

@@ -1,4 +1,4 @@
-"""``python -m adamfast``: the command line. Everything lives in :mod:`adamfast.bench`."""
+"""``python -m adamfast``: the command line (``bench``), in :mod:`adamfast.bench`."""
 
 import sys
 

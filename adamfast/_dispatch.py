@@ -2,29 +2,34 @@
 
 The kernel contract
 ===================
-Every backend provides one callable with this signature::
+Every backend module (``adamfast.reference``, ``adamfast._numba``, the cython
+extension) exports ``KINDS`` (the kind names in its id order) and one
+callable with this signature::
 
-    adam_kernel(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                l2, param_scale, grad_sign, step_size, inv_bc2_sqrt,
-                amsgrad, num_threads) -> None
+    family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads) -> None
 
+* ``kind_id`` indexes the backend's ``KINDS``: a structural variant of an
+  algorithm (``"adam"``, ``"adam_amsgrad"``, ``"rmsprop_centered"``, ...) or a
+  roofline twin.  :func:`get_backend` maps names to ids once.
 * Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
-  length; ``grads`` is only read; ``max_exp_avg_sq`` has length 0 and is never
-  touched unless ``amsgrad``.  They have been validated by
-  :mod:`adamfast._validate`; kernels rely on that (the Cython kernel repeats
-  a few cheap checks so that a misuse from user code cannot read out of
-  bounds).
-* The scalars are Python floats computed once per step in float64 by
-  :func:`adamfast.reference.step_scalars`; each kernel rounds them to the
-  buffer dtype once and computes in that dtype.
-* Kernels keep no state between calls.  ``num_threads`` is the thread count
-  to use; the work is split into fixed chunks, and the update is element-wise,
-  so the result is bit-identical for any thread count.
+  length; ``grads`` is only read; ``s0, s1, s2`` are the kind's state
+  buffers in the order its spec lists them, and unused slots (length 0) are
+  never touched.  They have been validated by :mod:`adamfast._validate`; the
+  compiled kernels repeat the checks that keep a misuse from reading or
+  writing out of bounds.
+* ``scalars`` is a float64 ``(groups, NSLOT)`` table computed once per step
+  in Python by each algorithm's ``scalars`` function (one row per parameter
+  group); each kernel rounds a row to the buffer dtype once per chunk.
+* ``chunks`` is an intp ``(nchunks, 3)`` table of ``(group, lo, hi)`` rows
+  (:func:`adamfast._engine.chunk_table`): fixed-size chunks that never
+  straddle a group, so one kernel call serves every group.
+* Kernels keep no state between calls.  The update is element-wise and the
+  chunking fixed, so results are bit-identical for any ``num_threads``.
 
-The cython module also provides ``adam_step_fast``, a C version of
-:func:`adamfast.adam_step`'s whole call that handles only trivially valid
-arguments and otherwise declines; :func:`get_fast` hands it out.
+The cython module also provides the fast paths ``step_fast`` (any kind, one
+group, buffers checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
+C); they perform a call only when it is trivially valid and otherwise
+decline, so Python validation stays the one authority.
 
 The dispatcher only picks a callable; it never converts or copies data.  A
 backend that is asked for and not available is an error, never a silent
@@ -45,7 +50,7 @@ BACKENDS = ("numpy", "numba", "cython")
 
 _MODULES = {
     "numpy": "adamfast.reference",
-    "numba": "adamfast._numba",
+    "numba": "adamfast._numba",  # a package: one module per algorithm
     "cython": "adamfast._cython",  # or adamfast._cython_avx2: see _cython_module_name
 }
 
@@ -57,10 +62,7 @@ _HINTS = {
                "checkout, run `python setup.py build_ext --inplace`"),
 }
 
-_kernels = {}
-# kernel callable -> its backend's adam_step fast path (see get_fast); keyed by
-# the kernel so that it can never outlive or disagree with ``_kernels``.
-_fast_paths = {}
+_backends = {}
 _available = None
 
 
@@ -127,8 +129,8 @@ def _module_name(name):
 def cython_module():
     """The extension module the cython backend uses (see ``_cython_module_name``).
 
-    Its ``simd_info()`` says which build it is; the benchmark also takes its
-    ``roofline_kernel``.  Raises ValueError if the cython backend is unavailable.
+    Its ``simd_info()`` says which build it is.  Raises ValueError if the
+    cython backend is unavailable.
     """
     resolve("cython")
     return importlib.import_module(_cython_module_name())
@@ -157,6 +159,7 @@ def available_backends():
 
 def resolve(backend):
     """Map a backend argument to a concrete backend name, or raise."""
+    _check_name(backend)
     if backend == "auto":
         return available_backends()[0]
     if backend not in _MODULES:
@@ -167,32 +170,45 @@ def resolve(backend):
     return backend
 
 
-def get_kernel(backend):
-    """The kernel callable of ``backend`` (which may be ``"auto"``)."""
-    kernel = _kernels.get(backend)
-    if kernel is None:
+class Backend:
+    """A loaded backend: its name, kernel, kind ids and fast paths (cython only)."""
+
+    __slots__ = ("name", "kernel", "kind_ids", "step_fast", "adam_fast", "module")
+
+    def __init__(self, name, module):
+        self.name = name
+        self.module = module
+        self.kernel = module.family_kernel
+        self.kind_ids = {kind: i for i, kind in enumerate(module.KINDS)}
+        self.step_fast = getattr(module, "step_fast", None)
+        self.adam_fast = getattr(module, "adam_step_fast", None)
+
+    def kind_id(self, kind):
+        try:
+            return self.kind_ids[kind]
+        except KeyError:
+            raise ValueError(f"backend {self.name!r} has no kernel for kind {kind!r} (a stale "
+                             f"build? rebuild with `pip install -e .`)") from None
+
+
+def _check_name(backend):
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {('auto',) + BACKENDS}, got "
+                        f"{backend!r} ({type(backend).__name__})")
+
+
+def get_backend(backend):
+    """The :class:`Backend` for ``backend`` (which may be ``"auto"``)."""
+    b = _backends.get(backend) if type(backend) is str else None
+    if b is None:
+        _check_name(backend)
         name = resolve(backend)
         try:
             module = importlib.import_module(_module_name(name))
         except ImportError as exc:  # probed fine, failed for real: say why
             raise ValueError(f"backend {name!r} failed to load ({exc}); {_HINTS[name]}") from exc
-        kernel = _kernels[backend] = module.adam_kernel
-        if name == "cython":
-            _fast_paths[kernel] = module.adam_step_fast
-    return kernel
-
-
-def get_fast(backend):
-    """The C fast path of ``adam_step`` for ``backend`` (which may be ``"auto"``), or None.
-
-    Only the cython backend has one (``adam_step_fast`` in kernels/_adam.pxi):
-    None for numpy and numba, and for ``"auto"`` when it resolves to either.
-    An unknown or unavailable backend raises exactly as :func:`get_kernel`.
-    """
-    kernel = _kernels.get(backend)
-    if kernel is None:
-        kernel = get_kernel(backend)
-    return _fast_paths.get(kernel)
+        b = _backends[backend] = Backend(name, module)
+    return b
 
 
 # --- threads ---------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""Adam and AdamW optimizers over NumPy arrays kept in one flat buffer each.
+"""The optimizer classes, all on one base: one flat buffer per quantity, one kernel call per step.
+
+``adamfast.Adam, AdamW, Adamax, NAdam, RAdam, Adagrad, RMSprop, SGD, Adadelta,
+Lion`` take ``params`` and then exactly ``torch.optim``'s keywords and
+defaults for that class (Lion: optax's), plus ``backend=``.  ``params`` takes
+torch's forms: an array, a list of arrays, or a list of group dicts
+``{"params": [arrays], **overrides}`` where any hyperparameter may be
+overridden per group.
 
 The optimizer copies the arrays it is given into one contiguous parameter
 buffer at construction and from then on *owns* them: ``opt.params`` are
-views into that buffer, and they are what training must read and what the
-optimizer updates.  The arrays passed to the constructor are not updated.
-Gradients live in one flat buffer too; ``opt.grads`` are views of it, to be
-filled in place (``np.copyto(opt.grads[i], g)`` or a backward pass writing
-``out=opt.grads[i]``).  So a step is one kernel call over everything, with no
-per-step copy, whatever the number of arrays.
+views into that buffer (in the order given, groups concatenated), and they
+are what training must read and what the optimizer updates.  Gradients live
+in one flat buffer too; ``opt.grads`` are views of it, to be filled in place
+(``np.copyto(opt.grads[i], g)`` or a backward pass writing ``out=``).  So a
+step is one kernel call over everything, with no per-step copy, whatever the
+number of arrays and groups.
 
 Example::
 
@@ -17,162 +24,228 @@ Example::
         gw, gb = opt.grads
         compute_gradients(w, b, batch, out=(gw, gb))
         opt.step()
+
+``opt.param_groups`` is a list of dicts as in torch; their hyperparameters
+may be changed between steps (that is how schedules and torch-style
+schedulers work) and are validated before the next step writes anything.
+``lr`` may also be a schedule: a callable of the 1-based step
+(:mod:`adamfast.schedules`).  Structural switches (AMSGrad, RMSprop's
+``centered``/``momentum``, SGD's ``momentum``) decide which state buffers
+exist; the optimizer allocates the union over its groups, and a switch
+turned on later allocates its buffer (zeros) at the next step.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import numpy as np
 
-from . import _dispatch, _validate
+from . import _dispatch, _engine, _validate
+from .algorithms import ALGORITHMS
+from .algorithms._spec import describe, learning_rate
 from ._memory import zeros_buffers
-from .reference import step_scalars
 
-__all__ = ["Adam", "AdamW"]
+__all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "SGD",
+           "Adadelta", "Lion"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-class Adam:
-    """Adam (Kingma & Ba, 2015) over a list of float32 or float64 arrays.
+def _as_groups(params):
+    """torch's three forms of ``params`` -> [(arrays, overrides)]."""
+    if isinstance(params, np.ndarray):
+        return [([params], {})]
+    if isinstance(params, Mapping):
+        params = [params]
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an array, a list of arrays or a list of group dicts, "
+                        f"got {describe(params)}") from None
+    if not items:
+        raise ValueError("params must hold at least one array, got an empty sequence")
+    if all(isinstance(x, Mapping) for x in items):
+        groups = []
+        for i, g in enumerate(items):
+            if "params" not in g:
+                raise ValueError(f"param group {i} must have a 'params' key, got keys {sorted(g)}")
+            p = g["params"]
+            arrays = [p] if isinstance(p, np.ndarray) else list(p)
+            if not arrays:
+                raise ValueError(f"param group {i} has an empty 'params' list")
+            groups.append((arrays, {k: v for k, v in g.items() if k != "params"}))
+        return groups
+    if any(isinstance(x, Mapping) for x in items):
+        raise TypeError("params must be all arrays or all group dicts, not a mixture")
+    return [(items, {})]
 
-    Parameters
-    ----------
-    params : ndarray or sequence of ndarrays
-        The initial parameters, of any shapes and one dtype (float32 or
-        float64).  They are copied; use ``opt.params`` afterwards.
-    lr : float, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 0
-        L2 penalty added to the gradient (AdamW: decoupled decay).
-    amsgrad : bool, default False
-        Fixed at construction: it decides whether the extra state exists.
-    maximize : bool, default False
-    backend : {"auto", "numpy", "numba", "cython"}
+
+class Optimizer:
+    """The base of every optimizer class: everything is driven by ``spec``.
 
     Attributes
     ----------
     params, grads : tuple of ndarray
         Views into ``flat_params`` and ``flat_grads``, shaped like the inputs.
-    flat_params, flat_grads, exp_avg, exp_avg_sq, max_exp_avg_sq : ndarray
-        The flat buffers (``max_exp_avg_sq`` has length 0 without AMSGrad).
+    flat_params, flat_grads : ndarray
+        The flat buffers.  Every state buffer of the algorithm is an
+        attribute too (``opt.exp_avg``, ``opt.square_avg``, ...); one that
+        the current settings do not use has length 0.  They are owned by the
+        optimizer and cannot be rebound (copy into them instead).
+    param_groups : list of dict
+        One per group, as torch: ``"params"`` (the group's live views) and
+        the hyperparameters.
     step_count : int
         Number of steps taken; the next :meth:`step` is step ``step_count + 1``.
-
-    ``lr``, ``betas``, ``eps``, ``weight_decay``, ``maximize`` and ``backend``
-    can be changed between steps (schedules); each assignment is validated.
-    There is one parameter group: for per-group hyperparameters, use one
-    optimizer per group.
     """
 
-    _decoupled = False
+    spec = None  # set by each subclass
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, backend="auto"):
-        arrays = [params] if isinstance(params, np.ndarray) else list(params)
-        if not arrays:
-            raise ValueError("params must hold at least one array, got an empty sequence")
+    def __init__(self, params, *args, backend="auto", **kwargs):
+        spec = self.spec
+        bound = self._signature().bind(params, *args, **kwargs)
+        defaults = {name: value for name, value in bound.arguments.items() if name != "params"}
+        defaults = {h.name: defaults.get(h.name, h.default) for h in spec.hyper}
+        self._backend = _dispatch.get_backend(backend)
+        self.defaults = defaults
+        spec.validate(self._numeric_lr(defaults), "")
+
+        groups = _as_groups(params)
         dtype = None
-        for i, a in enumerate(arrays):
-            if not isinstance(a, np.ndarray) or a.dtype not in _validate._FLOAT_DTYPES:
-                raise TypeError(f"params[{i}] must be a numpy.ndarray of float32 or float64, got "
-                                f"{_validate._describe(a)}")
-            if dtype is None:
-                dtype = a.dtype
-            elif a.dtype != dtype:
-                raise TypeError(f"params[{i}] must have the dtype of params[0] ({dtype}), got "
-                                f"{a.dtype}: one optimizer holds one dtype")
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.maximize = maximize
-        self.backend = backend
-        self._amsgrad = _validate.flag("amsgrad", amsgrad)
+        arrays = []
+        hps = []
+        for gi, (garrays, overrides) in enumerate(groups):
+            spec.check_names(overrides, f"param_groups[{gi}]: ")
+            hp = dict(defaults)
+            hp.update(overrides)
+            hps.append(hp)
+            for a in garrays:
+                i = len(arrays)
+                if not isinstance(a, np.ndarray) or a.dtype not in _FLOATS:
+                    raise TypeError(f"params[{i}] must be a numpy.ndarray of float32 or float64, "
+                                    f"got {describe(a)}")
+                if isinstance(a, np.ma.MaskedArray):
+                    raise TypeError(f"params[{i}] must be a plain numpy.ndarray; a masked array's "
+                                    f"mask would be ignored")
+                if dtype is None:
+                    dtype = a.dtype
+                elif a.dtype != dtype:
+                    raise TypeError(f"params[{i}] must have the dtype of params[0] ({dtype}), got "
+                                    f"{a.dtype}: one optimizer holds one dtype")
+                arrays.append(a)
+        clean = [spec.validate(self._numeric_lr(hp), f"param_groups[{gi}]: ")
+                 for gi, hp in enumerate(hps)]
 
         self._shapes = tuple(a.shape for a in arrays)
         sizes = [a.size for a in arrays]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         total = offsets[-1]
-        # One staggered allocation for all flat buffers: see adamfast._memory.
-        bufs = zeros_buffers(total, dtype, 5 if self._amsgrad else 4)
-        self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq = bufs[:4]
-        self.max_exp_avg_sq = bufs[4] if self._amsgrad else np.zeros(0, dtype)
         self._slices = tuple(slice(offsets[i], offsets[i + 1]) for i in range(len(arrays)))
+        counts = [len(g[0]) for g in groups]
+        firsts = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+        self._bounds = [(offsets[firsts[g]], offsets[firsts[g + 1]]) for g in range(len(groups))]
+        self._chunks = _engine.chunk_table(self._bounds)
+
+        kind = spec.kind_of(clean)
+        names = spec.state_names(kind)
+        # One staggered allocation for params, grads and the state: see adamfast._memory.
+        bufs = zeros_buffers(total, dtype, 2 + len(names))
+        self.__dict__["flat_params"], self.__dict__["flat_grads"] = bufs[0], bufs[1]
+        self._state = dict(zip(names, bufs[2:]))
+        self._empty = np.zeros(0, dtype)
         for a, s in zip(arrays, self._slices):
             self.flat_params[s] = a.reshape(-1)
-        self.params = self._views(self.flat_params)
-        self.grads = self._views(self.flat_grads)
+        for name in names:
+            self._init_state(name, clean)
+        self.__dict__["params"] = self._views(self.flat_params)
+        self.__dict__["grads"] = self._views(self.flat_grads)
+        self.param_groups = []
+        for g, hp in enumerate(hps):
+            group = {"params": list(self.params[firsts[g]:firsts[g + 1]])}
+            group.update(hp)
+            self.param_groups.append(group)
+        self._gstate = [dict(spec.gstate) if spec.gstate else None for _ in groups]
+        self._cache = [None] * len(groups)  # (raw hp tuple, validated hp) per group
+        self._kind = kind
         self.step_count = 0
 
-    # --- hyperparameters: validated on assignment, so step() need not -------
+    # --- construction helpers ----------------------------------------------
+
+    @classmethod
+    def _signature(cls):
+        return cls.__signature__
+
+    @staticmethod
+    def _numeric_lr(hp):
+        """Validate with a schedule's place taken by a number (it is checked each step)."""
+        if callable(hp.get("lr")) and not isinstance(hp.get("lr"), (int, float)):
+            learning_rate("lr", hp["lr"])
+            hp = dict(hp, lr=0.0)
+        return hp
+
+    def _init_state(self, name, groups):
+        buf = self._state[name]
+        if self.spec.state_init is None:
+            buf.fill(0)
+            return
+        for (lo, hi), hp in zip(self._bounds, groups):
+            buf[lo:hi] = self.spec.state_init(name, hp)
+
+    def _views(self, flat):
+        return tuple(flat[s].reshape(shape) for s, shape in zip(self._slices, self._shapes))
+
+    # --- attributes: the buffers are owned, never rebound --------------------
+
+    _OWNED = ("params", "grads", "flat_params", "flat_grads")
+
+    def __getattr__(self, name):
+        spec = type(self).spec
+        if spec is not None and name in spec.all_state_names():
+            return self.__dict__["_state"].get(name, self.__dict__["_empty"])
+        if spec is not None and name in type(self)._hp_names and "param_groups" in self.__dict__:
+            # A hyperparameter as an attribute (adamfast 0.1's API): group 0's value.
+            return self.__dict__["param_groups"][0][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        spec = self.spec
+        if name in self._OWNED or (spec is not None and name in spec.all_state_names()):
+            raise AttributeError(f"{name} is owned by the optimizer and cannot be rebound (the "
+                                 f"kernels rely on its size); copy into it instead: "
+                                 f"opt.{name}[...] = value")
+        if spec is not None and name in type(self)._hp_names and "param_groups" in self.__dict__:
+            # Setting a hyperparameter sets it in every group, checked first.
+            check = next(h.check for h in spec.hyper if h.name == name)
+            value = check(name, value)
+            for group in self.param_groups:
+                group[name] = value
+            self.defaults[name] = value
+            return
+        object.__setattr__(self, name, value)
 
     @property
-    def lr(self):
-        return self._lr
-
-    @lr.setter
-    def lr(self, value):
-        self._lr = _validate.nonneg("lr", value)
+    def decoupled(self):
+        """Decoupled weight decay (AdamW's) in group 0."""
+        hp = dict(self.param_groups[0], **self.spec.fixed)
+        return bool(hp.get("decoupled_weight_decay", False))
 
     @property
-    def betas(self):
-        return (self._beta1, self._beta2)
-
-    @betas.setter
-    def betas(self, value):
-        try:
-            beta1, beta2 = value
-        except (TypeError, ValueError):
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {value!r}") from None
-        self._beta1, self._beta2 = _validate.beta("beta1", beta1), _validate.beta("beta2", beta2)
-
-    @property
-    def eps(self):
-        return self._eps
-
-    @eps.setter
-    def eps(self, value):
-        self._eps = _validate.nonneg("eps", value)
-
-    @property
-    def weight_decay(self):
-        return self._weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value):
-        self._weight_decay = _validate.nonneg("weight_decay", value)
-
-    @property
-    def maximize(self):
-        return self._maximize
-
-    @maximize.setter
-    def maximize(self, value):
-        self._maximize = _validate.flag("maximize", value)
+    def state(self):
+        """The state buffers the current settings use, by torch's names (flat, live)."""
+        return dict(self._state)
 
     @property
     def backend(self):
         """The backend in use: a concrete name, even if ``"auto"`` was asked for."""
-        return self._backend
+        return self._backend.name
 
     @backend.setter
     def backend(self, value):
-        self._kernel = _dispatch.get_kernel(value)
-        self._backend = _dispatch.resolve(value)
+        self._backend = _dispatch.get_backend(value)
 
-    @property
-    def amsgrad(self):
-        return self._amsgrad
-
-    @property
-    def decoupled(self):
-        return self._decoupled
-
-    # --- the step ----------------------------------------------------------
-
-    def _views(self, flat):
-        return tuple(flat[s].reshape(shape) for s, shape in zip(self._slices, self._shapes))
+    # --- the step ------------------------------------------------------------
 
     def _check_grads(self, grads):
         """Validate a gradient argument fully before anything is copied."""
@@ -181,7 +254,7 @@ class Adam:
             if grads.dtype != dtype or grads.size != self.flat_grads.size:
                 raise ValueError(f"grads given as one array must be {dtype} with "
                                  f"{self.flat_grads.size} elements (all params, in order), got "
-                                 f"{_validate._describe(grads)}")
+                                 f"{describe(grads)}")
             return [(self.flat_grads, grads.reshape(-1))]
         grads = list(grads)
         if len(grads) != len(self._shapes):
@@ -190,7 +263,7 @@ class Adam:
         pairs = []
         for i, (g, dst) in enumerate(zip(grads, self.grads)):
             if not isinstance(g, np.ndarray):
-                raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {_validate._describe(g)}")
+                raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {describe(g)}")
             if g.dtype != dtype:
                 raise TypeError(f"grads[{i}] must have dtype {dtype} like the params (no silent "
                                 f"precision change), got {g.dtype}")
@@ -199,124 +272,222 @@ class Adam:
             pairs.append((dst, g))
         return pairs
 
+    def _group_hp(self, t):
+        """Every group's validated hyperparameters for step t (cached while unchanged)."""
+        spec = self.spec
+        names = self._hp_names
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            try:
+                raw = tuple(group[n] for n in names)
+            except KeyError as exc:
+                raise ValueError(f"param_groups[{gi}] is missing {exc}") from None
+            cached = self._cache[gi]
+            if cached is None or cached[0] != raw:
+                hp = spec.validate(self._numeric_lr(dict(zip(names, raw))),
+                                   f"param_groups[{gi}]: ")
+                hp["lr"] = raw[0] if callable(raw[0]) else hp["lr"]
+                cached = self._cache[gi] = (raw, hp)
+            hp = cached[1]
+            if callable(hp["lr"]):
+                hp = dict(hp, lr=learning_rate(f"param_groups[{gi}]: lr({t})", hp["lr"](t)))
+                if callable(hp["lr"]):
+                    raise TypeError(f"param_groups[{gi}]: lr({t}) must return a number")
+            out.append(hp)
+        return out
+
     def step(self, grads=None):
         """Take one step.
 
         ``grads`` is optional: by default the step uses ``opt.grads`` as the
-        caller filled them.  For convenience it may be a sequence of arrays
-        shaped like the params, or one flat array of all gradients; these are
-        copied into ``opt.grads`` (checked first: a bad argument changes
-        nothing).
+        caller filled them.  It may also be a sequence of arrays shaped like
+        the params, or one flat array of all gradients; these are copied into
+        ``opt.grads``.  Everything (gradients, every group's hyperparameters)
+        is checked first: a bad call changes nothing.
         """
-        if grads is not None:
-            for dst, src in self._check_grads(grads):
-                if dst is not src:
-                    np.copyto(dst, src)
+        spec = self.spec
         t = self.step_count + 1
-        scalars = step_scalars(t, self._lr, self._beta1, self._beta2, self._eps,
-                               self._weight_decay, self._decoupled, self._maximize)
-        self._kernel(self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq,
-                     self.max_exp_avg_sq, *scalars, self._amsgrad, _dispatch.get_num_threads())
+        hps = self._group_hp(t)
+        pairs = self._check_grads(grads) if grads is not None else ()
+        kind = spec.kind_of(hps) if len(spec.kinds) > 1 else self._kind
+        rows, gstates = [], []
+        for hp, gs in zip(hps, self._gstate):
+            row, new = spec.scalars(t, hp, gs)
+            rows.append(row)
+            gstates.append(new)
+        # Everything is valid: from here on, write.
+        for dst, src in pairs:
+            if dst is not src:
+                np.copyto(dst, src)
+        if kind != self._kind:
+            self._grow(kind, hps)
+        b = self._backend
+        _engine.run(b, b.kind_id(kind), self.flat_params, self.flat_grads,
+                    [self._state[n] for n in spec.state_names(kind)], rows, self._chunks,
+                    _dispatch.get_num_threads(), self._empty)
+        if spec.gstate is not None:
+            self._gstate = gstates
         self.step_count = t
+
+    def _grow(self, kind, hps):
+        """A structural switch was turned on: allocate the buffers it needs."""
+        for name in self.spec.state_names(kind):
+            if name not in self._state:
+                self._state[name] = np.zeros(self.flat_params.size, self.flat_params.dtype)
+                self._init_state(name, hps)
+        self._kind = kind
 
     def zero_grad(self):
         """Set every gradient to zero (in place: the ``grads`` views stay valid)."""
         self.flat_grads.fill(0)
 
-    # --- checkpointing -----------------------------------------------------
-
-    def _hyperparameters(self):
-        return {"lr": self._lr, "betas": self.betas, "eps": self._eps,
-                "weight_decay": self._weight_decay, "amsgrad": self._amsgrad,
-                "maximize": self._maximize, "decoupled": self._decoupled}
+    # --- checkpointing -------------------------------------------------------
 
     def state_dict(self):
         """A snapshot of the optimizer state: copies, not views.
 
-        Holds ``step``, the moment buffers (flat), the hyperparameters, and
-        the shapes and dtype it belongs to.  The parameters themselves are not
-        included (save ``opt.flat_params`` alongside, as with PyTorch).
+        Holds ``step``, every state buffer in use (flat, by torch's names),
+        ``param_groups`` (hyperparameters per group, and the indices of its
+        params, as torch), the group state of algorithms that keep one
+        (NAdam's ``mu_product``), and the algorithm, shapes and dtype it
+        belongs to.  The parameters themselves are not included (save
+        ``opt.flat_params`` alongside, as with PyTorch).
         """
-        return {
-            "step": self.step_count,
-            "exp_avg": self.exp_avg.copy(),
-            "exp_avg_sq": self.exp_avg_sq.copy(),
-            "max_exp_avg_sq": self.max_exp_avg_sq.copy() if self._amsgrad else None,
-            "hyperparameters": self._hyperparameters(),
-            "shapes": [tuple(s) for s in self._shapes],
-            "dtype": str(self.flat_params.dtype),
-        }
+        groups, first = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            entry = {k: v for k, v in group.items() if k != "params"}
+            entry["params"] = list(range(first, first + n))
+            first += n
+            groups.append(entry)
+        out = {"algorithm": self.spec.name, "step": self.step_count,
+               "param_groups": groups, "group_state": [dict(g) if g else None
+                                                       for g in self._gstate],
+               "shapes": [tuple(s) for s in self._shapes], "dtype": str(self.flat_params.dtype)}
+        for name in self.spec.all_state_names():
+            out[name] = self._state[name].copy() if name in self._state else None
+        return out
 
     def load_state_dict(self, state_dict):
         """Restore a :meth:`state_dict`; everything is checked before anything changes."""
+        spec = self.spec
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping from state_dict(), got "
-                            f"{_validate._describe(state_dict)}")
-        missing = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "hyperparameters",
-                   "shapes", "dtype"} - set(state_dict)
+                            f"{describe(state_dict)}")
+        missing = {"algorithm", "step", "param_groups", "shapes", "dtype"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict is missing {sorted(missing)}")
+        if state_dict["algorithm"] != spec.name:
+            raise ValueError(f"state_dict['algorithm'] must be {spec.name!r} to fit this "
+                             f"optimizer, got {state_dict['algorithm']!r}")
         dtype = str(self.flat_params.dtype)
-        if state_dict["dtype"] != dtype:
+        if str(state_dict["dtype"]) != dtype:
             raise TypeError(f"state_dict['dtype'] must be {dtype!r} to fit this optimizer, got "
                             f"{state_dict['dtype']!r}")
-        shapes = [tuple(s) for s in state_dict["shapes"]]
+        try:
+            shapes = [tuple(int(d) for d in s) for s in state_dict["shapes"]]
+        except (TypeError, ValueError):
+            raise ValueError(f"state_dict['shapes'] must be a list of shapes, got "
+                             f"{describe(state_dict['shapes'])}") from None
         if shapes != list(self._shapes):
             raise ValueError(f"state_dict['shapes'] must be {list(self._shapes)} to fit this "
                              f"optimizer, got {shapes}")
         step = state_dict["step"]
+        if isinstance(step, np.ndarray) and step.ndim == 0:
+            step = step.item()
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"state_dict['step'] must be an integer >= 0, got {step!r}")
-        hp = state_dict["hyperparameters"]
-        if not isinstance(hp, Mapping):
-            raise TypeError(f"state_dict['hyperparameters'] must be a mapping, got {hp!r}")
-        for key in ("amsgrad", "decoupled"):
-            if hp.get(key) != getattr(self, key):
-                raise ValueError(f"state_dict['hyperparameters'][{key!r}] is {hp.get(key)!r} but "
-                                 f"this optimizer has {key}={getattr(self, key)}")
-        try:
-            lr = _validate.nonneg("lr", hp["lr"])
-            beta1, beta2 = hp["betas"]
-            beta1, beta2 = _validate.beta("beta1", beta1), _validate.beta("beta2", beta2)
-            eps = _validate.nonneg("eps", hp["eps"])
-            weight_decay = _validate.nonneg("weight_decay", hp["weight_decay"])
-            maximize = _validate.flag("maximize", hp["maximize"])
-        except KeyError as exc:
-            raise ValueError(f"state_dict['hyperparameters'] is missing {exc}") from None
-        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if self._amsgrad else [])
-        for name in names:
-            arr = state_dict[name]
-            own = getattr(self, name)
-            if not isinstance(arr, np.ndarray) or arr.dtype != own.dtype or arr.size != own.size:
-                raise ValueError(f"state_dict[{name!r}] must be a {own.dtype} array of {own.size} "
-                                 f"elements, got {_validate._describe(arr)}")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict['param_groups'] must be a list of "
+                             f"{len(self.param_groups)} groups, got {describe(groups)}")
+        names = self._hp_names
+        new_hps = []
+        for gi, (saved, own) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, Mapping):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a mapping, got "
+                                f"{describe(saved)}")
+            if len(saved.get("params", ())) != len(own["params"]):
+                raise ValueError(f"state_dict['param_groups'][{gi}] holds "
+                                 f"{len(saved.get('params', ()))} params, this group "
+                                 f"{len(own['params'])}")
+            hp = {n: saved[n] for n in names if n in saved}
+            absent = [n for n in names if n not in saved]
+            if absent:
+                raise ValueError(f"state_dict['param_groups'][{gi}] is missing {absent}")
+            spec.validate(self._numeric_lr(hp), f"state_dict['param_groups'][{gi}]: ")
+            new_hps.append(hp)
+        kind = spec.kind_of([self._numeric_lr(h) for h in new_hps])
+        needed = spec.state_names(kind)
+        n = self.flat_params.size
+        absent = [name for name in needed if name not in state_dict]
+        if absent:
+            raise ValueError(f"state_dict is missing {absent}")
+        for name in needed:
+            arr = state_dict.get(name)
+            if not isinstance(arr, np.ndarray) or arr.dtype != self.flat_params.dtype \
+                    or arr.size != n:
+                raise ValueError(f"state_dict[{name!r}] must be a {dtype} array of {n} elements, "
+                                 f"got {describe(arr)}")
+        gstate = state_dict.get("group_state")
+        if spec.gstate is not None:
+            if not isinstance(gstate, (list, tuple)) or len(gstate) != len(groups) or not all(
+                    isinstance(g, Mapping) and set(g) == set(spec.gstate) for g in gstate):
+                raise ValueError(f"state_dict['group_state'] must be a list of "
+                                 f"{len(groups)} dicts with keys {sorted(spec.gstate)}, got "
+                                 f"{describe(gstate)}")
         # Everything fits: now write, into the existing buffers.
-        for name in names:
-            np.copyto(getattr(self, name), state_dict[name].reshape(-1))
+        if kind != self._kind:
+            self._grow(kind, new_hps)
+        for name in needed:
+            np.copyto(self._state[name], state_dict[name].reshape(-1))
+        for own, hp in zip(self.param_groups, new_hps):
+            own.update(hp)
+        self._cache = [None] * len(self.param_groups)
+        if spec.gstate is not None:
+            self._gstate = [{k: (bool(v) if isinstance(spec.gstate[k], bool) else float(v))
+                             for k, v in g.items()} for g in gstate]
         self.step_count = int(step)
-        self._lr, self._beta1, self._beta2 = lr, beta1, beta2
-        self._eps, self._weight_decay, self._maximize = eps, weight_decay, maximize
 
     def __repr__(self):
-        hp = ", ".join(f"{k}={v!r}" for k, v in self._hyperparameters().items()
-                       if k != "decoupled")
-        return (f"{type(self).__name__}({len(self._shapes)} arrays, {self.flat_params.size} "
-                f"{self.flat_params.dtype} params, {hp}, backend={self._backend!r}, "
-                f"step_count={self.step_count})")
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.param_groups[0].items() if k != "params")
+        return (f"{type(self).__name__}({len(self._shapes)} arrays in {len(self.param_groups)} "
+                f"group(s), {self.flat_params.size} {self.flat_params.dtype} params, {hp}, "
+                f"backend={self.backend!r}, step_count={self.step_count})")
 
 
-class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay.
+def _make_class(spec, doc):
+    """A class with torch's signature, from the spec."""
+    P = inspect.Parameter
+    sig = inspect.Signature(
+        [P("params", P.POSITIONAL_OR_KEYWORD)]
+        + [P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper]
+        + [P("backend", P.KEYWORD_ONLY, default="auto")])
+    cls = type(spec.name, (Optimizer,), {
+        "spec": spec, "__signature__": sig, "__doc__": doc, "__module__": __name__,
+        "_hp_names": tuple(h.name for h in spec.hyper)})
+    return cls
 
-    The same as :class:`Adam` except that ``weight_decay`` (default 1e-2)
-    multiplies the parameters by ``1 - lr * weight_decay`` before each update,
-    exactly as ``torch.optim.AdamW``, instead of adding an L2 term to the
-    gradient.
-    """
 
-    _decoupled = True
+def _doc(spec):
+    hp = "\n".join(f"    {h.name} : default {h.default!r}" + (f"\n        {h.doc}" if h.doc else "")
+                   for h in spec.hyper)
+    module = spec.reference[next(iter(spec.kinds))].__module__
+    return (f"{spec.name} over NumPy arrays in one flat buffer (peer: {spec.peer}).\n\n"
+            f"Parameters\n----------\nparams : array, list of arrays or list of group dicts\n"
+            f"{hp}\nbackend : {{'auto', 'numpy', 'numba', 'cython'}}\n\n"
+            f"The maths is stated in :mod:`{module}`; the rest is :class:`Optimizer`'s.")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, backend="auto"):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, backend=backend)
+
+Adam = _make_class(ALGORITHMS["Adam"], _doc(ALGORITHMS["Adam"]))
+AdamW = _make_class(ALGORITHMS["AdamW"], _doc(ALGORITHMS["AdamW"]))
+Adamax = _make_class(ALGORITHMS["Adamax"], _doc(ALGORITHMS["Adamax"]))
+NAdam = _make_class(ALGORITHMS["NAdam"], _doc(ALGORITHMS["NAdam"]))
+RAdam = _make_class(ALGORITHMS["RAdam"], _doc(ALGORITHMS["RAdam"]))
+Adagrad = _make_class(ALGORITHMS["Adagrad"], _doc(ALGORITHMS["Adagrad"]))
+RMSprop = _make_class(ALGORITHMS["RMSprop"], _doc(ALGORITHMS["RMSprop"]))
+SGD = _make_class(ALGORITHMS["SGD"], _doc(ALGORITHMS["SGD"]))
+Adadelta = _make_class(ALGORITHMS["Adadelta"], _doc(ALGORITHMS["Adadelta"]))
+Lion = _make_class(ALGORITHMS["Lion"], _doc(ALGORITHMS["Lion"]))
+CLASSES = {cls.__name__: cls for cls in (Adam, AdamW, Adamax, NAdam, RAdam, Adagrad, RMSprop, SGD,
+                                         Adadelta, Lion)}

@@ -59,20 +59,20 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     # checked for "same machine, same library versions" before trusting a diff.
     import numpy
 
-    from adamfast.bench import _try_import, core_count, cpu_model
+    import adamfast
+    from adamfast.bench import core_count, cpu_model, try_import
 
     machine_info["cpu_model"] = cpu_model()
     machine_info["cores"] = core_count()
     machine_info["bench_threads"] = config.getoption("--bench-threads") or core_count()
     machine_info["numpy"] = numpy.__version__
-    numba = _try_import("numba")
+    numba = try_import("numba")
     machine_info["numba"] = getattr(numba, "__version__", None)
-    import adamfast
-
+    machine_info["adamfast"] = adamfast.__version__
     machine_info["adamfast_backends"] = list(adamfast.available_backends())
-    info = getattr(adamfast, "threading_info", None)
-    if info is not None:
-        try:
-            machine_info["adamfast_threading"] = {k: str(v) for k, v in dict(info()).items()}
-        except Exception as exc:
-            machine_info["adamfast_threading"] = repr(exc)
+    try:
+        from adamfast._dispatch import cython_module
+
+        machine_info["cython_build"] = cython_module().simd_info()
+    except (ImportError, ValueError) as exc:
+        machine_info["cython_build"] = repr(exc)

@@ -1,11 +1,11 @@
-"""Cython/OpenMP Adam kernels for adamfast: the portable (baseline) build.
+"""Cython/OpenMP kernels for adamfast: the portable (baseline) build.
 
 Compiled for the target's baseline instruction set (SSE2 on x86-64), so it
 runs on any CPU of the architecture.  ``adamfast._cython_avx2`` is the same
 source compiled with -mavx2; ``adamfast._dispatch.cython_module()`` picks
-between them at run time.  The kernels themselves are in ``_adam.pxi``.
+between them at run time.  The kernels themselves are in ``_family.pxi``.
 """
 
 VARIANT = "baseline"
 
-include "_adam.pxi"
+include "_family.pxi"

@@ -1,6 +1,6 @@
 """Cython/OpenMP Adam kernels for adamfast: the AVX2 build.
 
-The same source as ``adamfast._cython`` (``_adam.pxi``), compiled with
+The same source as ``adamfast._cython`` (``_family.pxi``), compiled with
 -mavx2 (and still -ffp-contract=off, so no FMA contraction): results are bit
 for bit those of the baseline build.  Importing it on a CPU without AVX2 may
 crash with SIGILL, so import it only through
@@ -18,4 +18,4 @@ cdef extern from *:
 
 VARIANT = "avx2"
 
-include "_adam.pxi"
+include "_family.pxi"

@@ -96,3 +96,62 @@ def make_grads(n, dtype, steps, seed=1):
 
 def assert_close(actual, expected, dtype, what):
     np.testing.assert_allclose(actual, expected, err_msg=what, **TOL[np.dtype(dtype)])
+
+
+def adam_row(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, amsgrad=False,
+             eps_hat=False, eps_root=0.0, bias_correction=True, nesterov=False):
+    """adamfast.algorithms.adam.scalars for adam_step's arguments, padded to NSLOT."""
+    from adamfast.algorithms import adam
+    from adamfast.algorithms._spec import NSLOT
+
+    hp = {"lr": lr, "betas": (beta1, beta2), "eps": eps, "weight_decay": weight_decay,
+          "decoupled_weight_decay": decoupled, "maximize": maximize, "amsgrad": amsgrad,
+          "eps_hat": eps_hat, "eps_root": eps_root, "bias_correction": bias_correction,
+          "nesterov": nesterov}
+    row = adam.scalars(step, hp)[0]
+    return tuple(row) + (0.0,) * (NSLOT - len(row))
+
+
+def full_path(module, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
+              beta2, eps, weight_decay, decoupled, amsgrad, maximize):
+    """adam_step's full path spelled out on a backend module: validate, scalars, one
+    family_kernel call."""
+    from adamfast import _engine, _validate
+
+    named = [("params", params, True), ("grads", grads, False), ("exp_avg", exp_avg, True),
+             ("exp_avg_sq", exp_avg_sq, True)]
+    if amsgrad:
+        named.append(("max_exp_avg_sq", max_exp_avg_sq, True))
+    views = _validate.buffers(named)
+    row = adam_row(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, amsgrad)
+    empty = np.empty(0, views[0].dtype)
+    state = list(views[2:]) + [empty] * (5 - len(views))
+    kind = module.KINDS.index("adam_amsgrad" if amsgrad else "adam")
+    module.family_kernel(kind, views[0], views[1], *state, np.array([row]),
+                         _engine.single_chunks(views[0].size), _dispatch.get_num_threads())
+
+
+# Per kind: the spec and hyperparameters (float64-validated) that select it and
+# switch on as much of its arithmetic as possible (weight decay, maximize off).
+def kind_cases():
+    from adamfast.algorithms import ALGORITHMS
+
+    overrides = {
+        "adam": dict(weight_decay=0.1), "adam_amsgrad": dict(amsgrad=True, weight_decay=0.1),
+        "adamax": dict(weight_decay=0.01), "nadam": dict(weight_decay=0.01),
+        "radam": dict(weight_decay=0.01), "adagrad": dict(weight_decay=0.01, lr_decay=0.01),
+        "rmsprop": dict(weight_decay=0.01), "rmsprop_centered": dict(centered=True),
+        "rmsprop_momentum": dict(momentum=0.9),
+        "rmsprop_centered_momentum": dict(centered=True, momentum=0.9),
+        "sgd": dict(weight_decay=0.01), "sgd_momentum": dict(momentum=0.9, nesterov=True),
+        "adadelta": dict(weight_decay=0.01), "lion": dict(weight_decay=0.1),
+    }
+    cases = {}
+    for spec in ALGORITHMS.values():
+        for kind in spec.kinds:
+            if kind in cases:
+                continue
+            hp = spec.validate(dict(spec.defaults, **overrides[kind]))
+            assert spec.kind_of([hp]) == kind
+            cases[kind] = (spec, hp)
+    return cases

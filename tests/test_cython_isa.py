@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from adamfast import _dispatch
-from adamfast.reference import step_scalars
+from adamfast import _engine
+from adamfast.algorithms import ALGORITHMS
+from adamfast.algorithms._spec import NSLOT
+
+from conftest import kind_cases
+
+KIND_CASES = kind_cases()
 
 from conftest import SIZES
 
@@ -58,32 +64,34 @@ def test_avx2_variant_is_built_on_x86_64():
 
 @needs_baseline
 @needs_avx2_cpu
-@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("kind", KIND_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n", SIZES)
-def test_variants_bit_identical(n, dtype, amsgrad):
+def test_variants_bit_identical(n, dtype, kind):
+    """Every kind: the baseline and AVX2 builds agree bit for bit."""
     if AVX2 is None:
         pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
-    rng = np.random.default_rng(1000 * n + 10 * amsgrad + (dtype == np.float64))
+    spec, hp = KIND_CASES[kind]
+    nstate = len(spec.state_names(kind))
+    rng = np.random.default_rng(1000 * n + (dtype == np.float64))
     p0 = rng.standard_normal(n).astype(dtype)
-    # A few exact zeros and tiny values so sqrt/eps and amsgrad's max see ties.
-    p0[::13] = 0
-    bufs = {}
-    for mod in (BASELINE, AVX2):
-        bufs[mod] = [p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype),
-                     np.zeros(n if amsgrad else 0, dtype)]
+    p0[::13] = 0  # exact zeros and ties for sqrt/eps and the maxima
+    s0 = [np.abs(rng.standard_normal(n)).astype(dtype) * 1e-3 for _ in range(nstate)]
+    bufs = {mod: [p0.copy()] + [x.copy() for x in s0] for mod in (BASELINE, AVX2)}
+    empty = np.empty(0, dtype)
     grng = np.random.default_rng(7 + n)
+    gstate = dict(spec.gstate) if spec.gstate else None
     for step in range(1, STEPS + 1):
         g = (grng.standard_normal(n) * (1e-3 if step % 5 == 0 else 1.0)).astype(dtype)
-        # Vary the switches over the steps: L2, AdamW's scale, maximize.
-        s = step_scalars(step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
-                         weight_decay=0.1 if step % 3 else 0.0,
-                         decoupled=step % 2 == 0, maximize=step % 4 == 0)
-        for mod, (p, m, v, vmax) in bufs.items():
-            mod.adam_kernel(p, g, m, v, vmax, *s, amsgrad, 2)
-    for a, b, what in zip(bufs[BASELINE], bufs[AVX2], ("params", "exp_avg", "exp_avg_sq",
-                                                         "max_exp_avg_sq")):
-        assert np.array_equal(a, b, equal_nan=True), f"{what} differ between builds"
+        row, gstate = spec.scalars(step, hp, gstate)
+        table = np.zeros((1, NSLOT))
+        table[0, :len(row)] = row
+        for mod, b in bufs.items():
+            state = b[1:] + [empty] * (3 - nstate)
+            mod.family_kernel(mod.KINDS.index(kind), b[0], g, *state, table,
+                              _engine.single_chunks(n), 2)
+    for a, b in zip(bufs[BASELINE], bufs[AVX2]):
+        assert np.array_equal(a, b, equal_nan=True), f"{kind}: builds differ"
 
 
 @needs_baseline
@@ -92,12 +100,13 @@ def test_roofline_variants_identical():
     if AVX2 is None:
         pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
     rng = np.random.default_rng(3)
-    start = [rng.standard_normal(100003).astype(np.float32) for _ in range(4)]
+    start = [rng.standard_normal(100003).astype(np.float32) for _ in range(5)]
     out = []
     for mod in (BASELINE, AVX2):
-        p, g, m, v = (x.copy() for x in start)
-        mod.roofline_kernel(p, g, m, v, 2)
-        out.append((p, m, v))
+        p, g, m, v, w = (x.copy() for x in start)
+        mod.family_kernel(mod.KINDS.index("roofline3"), p, g, m, v, w, np.zeros((1, NSLOT)),
+                          _engine.single_chunks(p.size), 2)
+        out.append((p, m, v, w))
     for a, b in zip(*out):
         assert np.array_equal(a, b)
 
@@ -116,7 +125,7 @@ def test_default_picks_avx2_when_supported():
 def test_force_baseline():
     code = ("import adamfast, numpy as np; from adamfast import _dispatch as d; "
             "m = d.cython_module(); print(m.__name__, m.simd_info()); "
-            "print(d.get_kernel('cython') is m.adam_kernel)")
+            "print(d.get_backend('cython').kernel is m.family_kernel)")
     r = _run(code, "baseline")
     assert r.returncode == 0, r.stderr
     name, info = r.stdout.splitlines()[0].split(" ", 1)
@@ -147,7 +156,7 @@ def test_force_avx2_without_cpu_support_errors():
 @pytest.mark.parametrize("value", ["avx512", "sse2", "1"])
 def test_force_unknown_value_errors(value):
     code = ("from adamfast import _dispatch as d\n"
-            "try:\n    d.get_kernel('cython')\nexcept ValueError as e:\n    print('ValueError:', e)")
+            "try:\n    d.get_backend('cython')\nexcept ValueError as e:\n    print('ValueError:', e)")
     r = _run(code, value)
     assert r.returncode == 0, r.stderr
     assert "ValueError: ADAMFAST_CYTHON_ISA must be one of" in r.stdout

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 import adamfast
-from adamfast import _dispatch, _step, _validate
-from adamfast.reference import step_scalars
+from adamfast import _dispatch, functional, _validate
 
-from conftest import MODES
+from conftest import MODES, adam_row as step_scalars, full_path
 
 pytestmark = pytest.mark.skipif("cython" not in adamfast.available_backends(),
                                 reason="the cython backend is not built")
@@ -112,15 +111,6 @@ def test_scalars_defaults_and_large_steps(module, step):
 
 # --- (2) the same result as the full path --------------------------------------
 
-def full_path(kernel, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
-              beta2, eps, weight_decay, decoupled, amsgrad, maximize):
-    """adam_step's full path, spelled out: validate, scalars, one kernel call."""
-    bufs = _validate.buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad,
-                             _step._EMPTY)
-    scalars = step_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize)
-    kernel(*bufs, *scalars, amsgrad, _dispatch.get_num_threads())
-
-
 def _state(shape, dtype, seed):
     rng = np.random.default_rng(seed)
     n = int(np.prod(shape))
@@ -152,7 +142,7 @@ def test_fast_path_matches_full_path(monkeypatch, mod, dtype, shape, wd, decoupl
     def no_full_path(*args):
         raise AssertionError("adam_step fell back to the full path")
 
-    monkeypatch.setattr(_step, "step_scalars", no_full_path)
+    monkeypatch.setattr(functional._validate, "step", no_full_path)
     fast_state = _state(shape, dtype, seed=0)
     full_state = tuple(a.copy() for a in fast_state)
     kw = dict(lr=2e-3, beta1=0.85, beta2=0.995, eps=1e-7, weight_decay=wd, decoupled=decoupled,
@@ -164,7 +154,7 @@ def test_fast_path_matches_full_path(monkeypatch, mod, dtype, shape, wd, decoupl
         adamfast.adam_step(p, g, m, v, step=t, max_exp_avg_sq=vmax if amsgrad else None,
                            backend="cython", **kw)
         p, m, v, vmax = full_state
-        full_path(mod.adam_kernel, p, g, m, v, vmax, t, **kw)
+        full_path(mod, p, g, m, v, vmax, t, **kw)
         for name, a, b in zip(("params", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), fast_state,
                               full_state):
             assert bits(a) == bits(b), f"{name} differs at step {t}"
@@ -183,7 +173,7 @@ def test_fast_path_disjoint_views_accepted(mod, dtype):
     p, g_, m, v, vmax = fast
     args = (3, 1e-3, 0.9, 0.999, 1e-8, 0.01, False, True, vmax, False)
     assert mod.adam_step_fast(p, g_, m, v, *args, 2) is True
-    full_path(mod.adam_kernel, full[0], full[1], full[2], full[3], full[4], 3, 1e-3, 0.9, 0.999,
+    full_path(mod, full[0], full[1], full[2], full[3], full[4], 3, 1e-3, 0.9, 0.999,
               1e-8, 0.01, False, True, False)
     for a, b in zip(fast, full):
         assert bits(a) == bits(b)
@@ -195,7 +185,7 @@ def test_flat_buffer_views_like_the_optimizer(mod):
     ref = flat.copy()
     assert mod.adam_step_fast(flat[0:100], flat[100:200], flat[200:300], flat[300:400], 1, 1e-3,
                               0.9, 0.999, 1e-8, 0.0, False, False, None, False, 1) is True
-    full_path(mod.adam_kernel, ref[0:100], ref[100:200], ref[200:300], ref[300:400], None, 1,
+    full_path(mod, ref[0:100], ref[100:200], ref[200:300], ref[300:400], None, 1,
               1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False)
     assert bits(flat) == bits(ref)
 
@@ -335,20 +325,22 @@ def test_max_exp_avg_sq_ignored_without_amsgrad(mod, vmax):
     assert call_fast(mod, kw) is True
 
 
-def test_get_fast(monkeypatch):
-    assert _dispatch.get_fast("cython") is _dispatch.cython_module().adam_step_fast
-    assert _dispatch.get_fast("numpy") is None
+def test_get_backend_fast_paths(monkeypatch):
+    cy = _dispatch.get_backend("cython")
+    assert cy.adam_fast is _dispatch.cython_module().adam_step_fast
+    assert cy.step_fast is _dispatch.cython_module().step_fast
+    assert _dispatch.get_backend("numpy").adam_fast is None
     if "numba" in adamfast.available_backends():
-        assert _dispatch.get_fast("numba") is None
-    assert _dispatch.get_fast("auto") is (
-        _dispatch.get_fast("cython") if _dispatch.resolve("auto") == "cython" else None)
+        assert _dispatch.get_backend("numba").adam_fast is None
     with pytest.raises(ValueError, match="backend must be one of"):
-        _dispatch.get_fast("fortran")
+        _dispatch.get_backend("fortran")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        _dispatch.get_backend(["cython"])
     monkeypatch.setattr(_dispatch, "_available", ("numpy",))
-    monkeypatch.setattr(_dispatch, "_kernels", {})
-    assert _dispatch.get_fast("auto") is None
+    monkeypatch.setattr(_dispatch, "_backends", {})
+    assert _dispatch.get_backend("auto").adam_fast is None
     with pytest.raises(ValueError, match="backend 'cython' is not available"):
-        _dispatch.get_fast("cython")
+        _dispatch.get_backend("cython")
 
 
 # --- soundness: random mixes of good and bad arguments ---------------------------
@@ -416,7 +408,6 @@ def test_never_accepts_what_the_full_path_rejects(monkeypatch, mod):
     rng = random.Random(7)
     pool = _pool()
     names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    full_only = lambda backend: None  # noqa: E731
     taken = declined_valid = rejected = 0
     for _ in range(3000):
         dtype = rng.choice((np.float32, np.float64))
@@ -426,7 +417,7 @@ def test_never_accepts_what_the_full_path_rejects(monkeypatch, mod):
         snap = _snapshot(bufs)
 
         with monkeypatch.context() as mp:
-            mp.setattr(_dispatch, "get_fast", full_only)
+            mp.setattr(_dispatch.get_backend("cython"), "adam_fast", None)
             try:
                 adamfast.adam_step(*(bufs[k] for k in names[:4]),
                                    max_exp_avg_sq=bufs["max_exp_avg_sq"], backend="cython",

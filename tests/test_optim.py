@@ -150,7 +150,7 @@ def test_adamw_defaults():
     assert opt.weight_decay == 0.0 and not opt.decoupled
     assert (opt.lr, opt.betas, opt.eps) == (1e-3, (0.9, 0.999), 1e-8)
     assert opt.backend in adamfast.available_backends()
-    assert repr(opt).startswith("Adam(1 arrays, 3 float64 params") and "step_count=0" in repr(opt)
+    assert repr(opt).startswith("Adam(1 arrays in 1 group(s), 3 float64 params") and "step_count=0" in repr(opt)
 
 
 @pytest.mark.parametrize("ams", [False, True])
@@ -185,8 +185,10 @@ def _mutations():
     yield "array dtype", lambda sd: sd.update(exp_avg_sq=sd["exp_avg_sq"].astype(np.float64)), \
         ValueError, "exp_avg_sq"
     yield "step", lambda sd: sd.update(step=-1), ValueError, "step"
-    yield "amsgrad", lambda sd: sd["hyperparameters"].update(amsgrad=True), ValueError, "amsgrad"
-    yield "lr", lambda sd: sd["hyperparameters"].update(lr=-1), ValueError, "lr"
+    yield "algorithm", lambda sd: sd.update(algorithm="SGD"), ValueError, "algorithm"
+    yield "amsgrad", lambda sd: sd["param_groups"][0].update(amsgrad="yes"), TypeError, "amsgrad"
+    yield "lr", lambda sd: sd["param_groups"][0].update(lr=-1), ValueError, "lr"
+    yield "groups", lambda sd: sd["param_groups"].append({}), ValueError, "param_groups"
     yield "missing", lambda sd: sd.pop("exp_avg"), ValueError, "missing"
     yield "not a dict", None, TypeError, "mapping"
 
@@ -208,7 +210,7 @@ def test_load_state_dict_that_does_not_fit_changes_nothing(name, mutate, exc, ms
         opt.load_state_dict(sd)
     after = opt.state_dict()
     assert after["step"] == before["step"] == 1
-    assert after["hyperparameters"] == before["hyperparameters"]
+    assert after["param_groups"] == before["param_groups"]
     np.testing.assert_array_equal(after["exp_avg"], before["exp_avg"])
     np.testing.assert_array_equal(after["exp_avg_sq"], before["exp_avg_sq"])
 

@@ -154,7 +154,7 @@ def test_overlapping_views_rejected(backend):
 
 def test_unavailable_backend_says_how(monkeypatch):
     monkeypatch.setattr(_dispatch, "_available", ("numpy",))
-    monkeypatch.setattr(_dispatch, "_kernels", {})
+    monkeypatch.setattr(_dispatch, "_backends", {})
     bufs = fresh(n=10)
     with pytest.raises(ValueError, match="backend 'cython' is not available.*build_ext"):
         call(bufs, "cython")

@@ -1,0 +1,60 @@
+"""The generic middle of every step: chunk tables, scalar tables, one kernel call.
+
+Chunks are the unit of work handed to a thread: ``CHUNK`` elements, so a
+chunk's streams (up to 9 of 64 KiB in float32) sit near L2 size.  Each
+parameter group is split into its own chunks from its first element, so no
+chunk straddles a group and one kernel call serves every group.  The split
+depends only on the group boundaries, never on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .algorithms._spec import NSLOT
+
+CHUNK = 16384
+
+_single = {}
+
+
+def chunk_table(bounds):
+    """The ``(group, lo, hi)`` rows for groups covering ``bounds`` = [(lo, hi), ...]."""
+    rows = []
+    for group, (lo, hi) in enumerate(bounds):
+        for start in range(lo, hi, CHUNK):
+            rows.append((group, start, min(start + CHUNK, hi)))
+    table = np.array(rows, dtype=np.intp).reshape(-1, 3)
+    table.setflags(write=False)
+    return table
+
+
+def single_chunks(n):
+    """The chunk table of one group of ``n`` elements (cached: it is per call)."""
+    table = _single.get(n)
+    if table is None:
+        if len(_single) > 256:
+            _single.clear()
+        table = _single[n] = chunk_table([(0, n)])
+    return table
+
+
+def scalar_table(rows):
+    """Stack per-group rows (tuples of <= NSLOT floats) into the float64 table."""
+    table = np.zeros((len(rows), NSLOT))
+    for g, row in enumerate(rows):
+        table[g, :len(row)] = row
+    return table
+
+
+def run(backend, kind_id, params, grads, state, rows, chunks, num_threads, empty):
+    """One kernel call.  ``state`` is the kind's buffers in spec order; ``rows``
+    the per-group scalar rows; ``empty`` a length-0 array of the dtype for the
+    unused slots.  With one group the cython backend takes the row as a tuple
+    in C (no table to build); everything else goes through ``family_kernel``."""
+    s = tuple(state) + (empty,) * (3 - len(state))
+    if len(rows) == 1 and backend.step_fast is not None and \
+            backend.step_fast(kind_id, params, grads, s[0], s[1], s[2], rows[0], num_threads):
+        return
+    backend.kernel(kind_id, params, grads, s[0], s[1], s[2], scalar_table(rows), chunks,
+                   num_threads)

@@ -1,0 +1,97 @@
+"""The one chunked driver of the numba backend, shared by every kind.
+
+Twin of ``kernels/_driver.pxi``.  Every kind module defines, per kind, an
+element function ``elem_<kind>(i, p, g, s0, s1, s2, k)`` and two entry points
+that pass it to :func:`chunk`::
+
+    @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+    def adam_serial(p, g, s0, s1, s2, scalars, chunks):
+        for c in range(chunks.shape[0]):
+            chunk(elem_adam, p, g, s0, s1, s2, scalars, chunks, c)
+
+    (the parallel entry: the same with parallel=True and prange)
+
+The element function reaches :func:`chunk` as a compile-time constant (a
+dispatcher type), so each entry is specialised for its kind and the element
+body is inlined into the chunk loop, where LLVM vectorizes it.
+
+The entries are written out at module level rather than made by a factory:
+numba's on-disk cache finds a function by its module and qualified name, and
+a closure built at run time misses it in every new process.
+
+Caching caveat: numba invalidates a cached entry only when the source file
+that defines the entry changes.  After editing this file or ``_common.py``,
+delete ``adamfast/_numba/__pycache__`` (or touch the kind modules), or the
+entries keep running the old inlined code.
+"""
+
+from __future__ import annotations
+
+from numba import njit, types
+
+from ..algorithms._spec import NSLOT
+
+# The unit of work handed to a thread.  The caller builds the chunk table;
+# 16384 elements keeps a chunk's 4-5 streams (256-320 KiB in float32) near L2
+# size, as in the cython backend.
+CHUNK = 16384
+# Numba's parallel launch costs more than OpenMP's in the Cython module: with
+# cold caches, one thread beat two below ~512K float32 params here (64K:
+# 0.13 vs 0.18 ms; 256K: 0.28 vs 0.36 ms; 1M: 0.80 vs 0.72 ms).
+PARALLEL_MIN = 1 << 19
+
+if NSLOT != 16:  # row() spells out the slots one by one
+    raise ImportError(f"adamfast._numba expects NSLOT == 16, got {NSLOT}")
+
+
+def signatures():
+    """The float32 and float64 signatures of every entry point.
+
+    Explicit signatures, so that the entries compile (or load from the cache)
+    when their module is imported, never on a call, and precision changes are
+    never silent: ``params, grads (read only), s0, s1, s2, scalars (float64,
+    read only), chunks (intp, read only)``.
+    """
+    sigs = []
+    table = types.Array(types.float64, 2, "C", readonly=True)
+    rows = types.Array(types.intp, 2, "C", readonly=True)
+    for ft in (types.float32, types.float64):
+        buf = types.Array(ft, 1, "C")
+        ro = types.Array(ft, 1, "C", readonly=True)
+        sigs.append(types.void(buf, ro, buf, buf, buf, table, rows))
+    return sigs
+
+
+SIGNATURES = signatures()
+
+
+@njit(inline="always")
+def row(p, r):
+    # Round the group's float64 row to the buffer dtype once per chunk, into a
+    # tuple of scalars: the element functions index it with constants, so in
+    # the loop every k[j] is a plain float32 (or float64) register value.
+    f = p.dtype.type
+    return (f(r[0]), f(r[1]), f(r[2]), f(r[3]), f(r[4]), f(r[5]), f(r[6]), f(r[7]),
+            f(r[8]), f(r[9]), f(r[10]), f(r[11]), f(r[12]), f(r[13]), f(r[14]), f(r[15]))
+
+
+@njit(inline="always")
+def chunk(elem, p, g, s0, s1, s2, scalars, chunks, c):
+    """Chunk row ``c`` = (group, lo, hi): elements [lo, hi) with ``scalars[group]``.
+
+    family_kernel has checked every row against the buffers and the table.
+    """
+    lo = chunks[c, 1]
+    hi = chunks[c, 2]
+    k = row(p, scalars[chunks[c, 0]])
+    # Slices walked from 0: indexing the full arrays with a signed loop
+    # counter makes numba emit wraparound handling that stops LLVM from
+    # vectorizing.  An unused state slot has length 0; its slice is an empty
+    # view the element function never indexes.
+    p_ = p[lo:hi]
+    g_ = g[lo:hi]
+    s0_ = s0[lo:hi]
+    s1_ = s1[lo:hi]
+    s2_ = s2[lo:hi]
+    for i in range(hi - lo):
+        elem(i, p_, g_, s0_, s1_, s2_, k)

@@ -1,0 +1,39 @@
+"""Adadelta element function; reference twin: adamfast/algorithms/adadelta.py.
+
+Slots: 0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import grads_params
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_adadelta(i, p, g, s0, s1, s2, k):
+    # Twin of update_adadelta.
+    gi, pi = grads_params(i, p, g, k)
+    sq = k[3] * s0[i] + k[4] * (gi * gi)
+    delta = np.sqrt(s1[i] + k[5]) / np.sqrt(sq + k[5]) * gi
+    acc = k[3] * s1[i] + k[4] * (delta * delta)
+    s0[i] = sq
+    s1[i] = acc
+    p[i] = pi - k[6] * delta
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def adadelta_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_adadelta, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def adadelta_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_adadelta, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"adadelta": (adadelta_serial, adadelta_parallel)}

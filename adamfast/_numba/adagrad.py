@@ -1,0 +1,36 @@
+"""Adagrad element function; reference twin: adamfast/algorithms/adagrad.py.
+
+Slots: 0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import grads_params
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_adagrad(i, p, g, s0, s1, s2, k):
+    # Twin of update_adagrad.
+    gi, pi = grads_params(i, p, g, k)
+    acc = s0[i] + gi * gi
+    s0[i] = acc
+    p[i] = pi - k[4] * (gi / (np.sqrt(acc) + k[3]))
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def adagrad_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_adagrad, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def adagrad_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_adagrad, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"adagrad": (adagrad_serial, adagrad_parallel)}

@@ -1,0 +1,38 @@
+"""Adamax element function; reference twin: adamfast/algorithms/adamax.py.
+
+Slots: 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 eps, 7 lr/(1-b1^t).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import grads_params, nanmax
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_adamax(i, p, g, s0, s1, s2, k):
+    # Twin of update_adamax; torch's eps sits inside the max.
+    gi, pi = grads_params(i, p, g, k)
+    m = k[3] * s0[i] + k[4] * gi
+    u = nanmax(k[5] * s1[i], np.abs(gi) + k[6])
+    s0[i] = m
+    s1[i] = u
+    p[i] = pi - k[7] * (m / u)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def adamax_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_adamax, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def adamax_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_adamax, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"adamax": (adamax_serial, adamax_parallel)}

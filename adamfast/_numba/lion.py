@@ -1,0 +1,38 @@
+"""Lion element function; reference twin: adamfast/algorithms/lion.py.
+
+Slots: 0 gs, 1 ps, 2 unused (Lion has no L2 form), 3 b1, 4 1-b1, 5 b2,
+6 1-b2, 7 lr, 8 weight_decay.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from ._common import sign
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_lion(i, p, g, s0, s1, s2, k):
+    # Twin of update_lion: the sign uses the old m, then m moves with beta2.
+    gi = g[i] * k[0]
+    pi = p[i] * k[1]
+    c = k[3] * s0[i] + k[4] * gi
+    sg = sign(c, p)
+    s0[i] = k[5] * s0[i] + k[6] * gi
+    p[i] = pi - k[7] * (sg + k[8] * pi)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def lion_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_lion, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def lion_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_lion, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"lion": (lion_serial, lion_parallel)}

@@ -1,0 +1,41 @@
+"""NAdam element function; reference twin: adamfast/algorithms/nadam.py.
+
+Slots: 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 1/(1-b2^t), 8 eps,
+9 coefficient of g, 10 coefficient of m (the momentum schedule is folded into
+them in float64, per group).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import grads_params
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_nadam(i, p, g, s0, s1, s2, k):
+    # Twin of update_nadam: one division where torch does two addcdivs.
+    gi, pi = grads_params(i, p, g, k)
+    m = k[3] * s0[i] + k[4] * gi
+    v = k[5] * s1[i] + k[6] * (gi * gi)
+    denom = np.sqrt(v * k[7]) + k[8]
+    s0[i] = m
+    s1[i] = v
+    p[i] = pi - (k[9] * gi + k[10] * m) / denom
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def nadam_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_nadam, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def nadam_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_nadam, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"nadam": (nadam_serial, nadam_parallel)}

@@ -1,0 +1,129 @@
+"""RMSprop element functions; reference twin: adamfast/algorithms/rmsprop.py.
+
+Slots: 0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
+8 centered?, 9 momentum > 0?.  State: square_avg [, grad_avg] [, momentum_buffer].
+A kind is the union of the groups' structure; centered and momentum are
+per-group flags inside it, selected element-wise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._common import grads_params
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_rmsprop(i, p, g, s0, s1, s2, k):
+    # Twin of update_rmsprop.
+    gi, pi = grads_params(i, p, g, k)
+    sq = k[3] * s0[i] + k[4] * (gi * gi)
+    avg = np.sqrt(sq) + k[5]
+    s0[i] = sq
+    p[i] = pi - k[6] * (gi / avg)
+
+
+@njit(inline="always")
+def elem_rmsprop_centered(i, p, g, s0, s1, s2, k):
+    # Twin of update_rmsprop_centered.  grad_avg is kept for every group of
+    # the kind; only the denominator depends on the group's flag.
+    gi, pi = grads_params(i, p, g, k)
+    sq = k[3] * s0[i] + k[4] * (gi * gi)
+    ga = k[3] * s1[i] + k[4] * gi
+    centered = np.sqrt(sq - ga * ga)
+    plain = np.sqrt(sq)
+    avg = (centered if k[8] != 0 else plain) + k[5]
+    s0[i] = sq
+    s1[i] = ga
+    p[i] = pi - k[6] * (gi / avg)
+
+
+@njit(inline="always")
+def elem_rmsprop_momentum(i, p, g, s0, s1, s2, k):
+    # Twin of update_rmsprop_momentum.  A group without momentum stores its
+    # buffer back unchanged, which equals the reference leaving it alone.
+    gi, pi = grads_params(i, p, g, k)
+    sq = k[3] * s0[i] + k[4] * (gi * gi)
+    q = gi / (np.sqrt(sq) + k[5])
+    old = s1[i]
+    buf = k[7] * old + q
+    use = k[9] != 0
+    s0[i] = sq
+    s1[i] = buf if use else old
+    p[i] = pi - k[6] * (buf if use else q)
+
+
+@njit(inline="always")
+def elem_rmsprop_centered_momentum(i, p, g, s0, s1, s2, k):
+    # Twin of update_rmsprop_centered_momentum: both flags, as above.
+    gi, pi = grads_params(i, p, g, k)
+    sq = k[3] * s0[i] + k[4] * (gi * gi)
+    ga = k[3] * s1[i] + k[4] * gi
+    centered = np.sqrt(sq - ga * ga)
+    plain = np.sqrt(sq)
+    avg = (centered if k[8] != 0 else plain) + k[5]
+    q = gi / avg
+    old = s2[i]
+    buf = k[7] * old + q
+    use = k[9] != 0
+    s0[i] = sq
+    s1[i] = ga
+    s2[i] = buf if use else old
+    p[i] = pi - k[6] * (buf if use else q)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def rmsprop_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_rmsprop, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def rmsprop_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_rmsprop, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def rmsprop_centered_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def rmsprop_centered_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def rmsprop_momentum_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def rmsprop_momentum_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def rmsprop_centered_momentum_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"rmsprop": (rmsprop_serial, rmsprop_parallel),
+           "rmsprop_centered": (rmsprop_centered_serial, rmsprop_centered_parallel),
+           "rmsprop_momentum": (rmsprop_momentum_serial, rmsprop_momentum_parallel),
+           "rmsprop_centered_momentum": (rmsprop_centered_momentum_serial,
+                                         rmsprop_centered_momentum_parallel)}

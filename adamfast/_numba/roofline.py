@@ -1,0 +1,96 @@
+"""Bandwidth-only kinds for the benchmark's roofline (twin of kernels/_roofline.pxi).
+
+rooflineN reads params, grads and N state buffers, writes params and the N
+state buffers, one add each.  They run through the same driver as the
+algorithms, so they pay the same chunking and threading costs; the gap
+between an algorithm and its roofline is the cost of its arithmetic.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from ._driver import SIGNATURES, chunk
+
+
+@njit(inline="always")
+def elem_roofline0(i, p, g, s0, s1, s2, k):
+    p[i] = p[i] + g[i]
+
+
+@njit(inline="always")
+def elem_roofline1(i, p, g, s0, s1, s2, k):
+    gi = g[i]
+    p[i] = p[i] + gi
+    s0[i] = s0[i] + gi
+
+
+@njit(inline="always")
+def elem_roofline2(i, p, g, s0, s1, s2, k):
+    gi = g[i]
+    p[i] = p[i] + gi
+    s0[i] = s0[i] + gi
+    s1[i] = s1[i] + gi
+
+
+@njit(inline="always")
+def elem_roofline3(i, p, g, s0, s1, s2, k):
+    gi = g[i]
+    p[i] = p[i] + gi
+    s0[i] = s0[i] + gi
+    s1[i] = s1[i] + gi
+    s2[i] = s2[i] + gi
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def roofline0_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_roofline0, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def roofline0_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_roofline0, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def roofline1_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_roofline1, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def roofline1_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_roofline1, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def roofline2_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_roofline2, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def roofline2_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_roofline2, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+def roofline3_serial(p, g, s0, s1, s2, scalars, chunks):
+    for c in range(chunks.shape[0]):
+        chunk(elem_roofline3, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+def roofline3_parallel(p, g, s0, s1, s2, scalars, chunks):
+    for c in prange(chunks.shape[0]):
+        chunk(elem_roofline3, p, g, s0, s1, s2, scalars, chunks, c)
+
+
+ENTRIES = {"roofline0": (roofline0_serial, roofline0_parallel),
+           "roofline1": (roofline1_serial, roofline1_parallel),
+           "roofline2": (roofline2_serial, roofline2_parallel),
+           "roofline3": (roofline3_serial, roofline3_parallel)}

@@ -1,0 +1,28 @@
+"""The registry of algorithms: one line each.
+
+Adding an algorithm: write ``algorithms/<name>.py`` (its Spec, scalars and
+NumPy reference), ``adamfast/_numba/<name>.py`` and
+``kernels/algorithms/<name>.pxi`` (its element functions), and add its line
+below.  Nothing else changes: the optimizer class, the functional step, the
+benchmark rows and the tests all come from the registry.
+"""
+
+from .adadelta import ADADELTA
+from .adagrad import ADAGRAD
+from .adam import ADAM, ADAMW
+from .adamax import ADAMAX
+from .lion import LION
+from .nadam import NADAM
+from .radam import RADAM
+from .rmsprop import RMSPROP
+from .sgd import SGD
+
+ALGORITHMS = {spec.name: spec for spec in (
+    ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADAGRAD, RMSPROP, SGD, ADADELTA, LION,
+)}
+
+# Every kind, in one fixed order (the compiled backends are checked against it).
+KINDS = tuple(dict.fromkeys(k for spec in ALGORITHMS.values() for k in spec.kinds))
+# Bandwidth-only twins for the benchmark's roofline: same traffic as a kind
+# with that many state buffers, trivial arithmetic.
+ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3")

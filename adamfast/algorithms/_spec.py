@@ -1,0 +1,191 @@
+"""What an algorithm declares, and the checks every layer derives from it.
+
+An algorithm is a :class:`Spec` plus, per *kind* (a structural variant such as
+Adam with AMSGrad), one element-wise update written three times: the NumPy
+reference here in ``adamfast.algorithms``, a Numba element function in
+``adamfast._numba`` and a Cython one in ``kernels/algorithms``.  Everything
+else -- validation, the scalar table, the chunk table, the dispatcher, the
+optimizer classes, the functional steps, the benchmark rows and rooflines,
+the parity tests -- is generic and reads the spec.
+
+The scalar contract
+===================
+Python computes every per-step scalar once, in float64, with
+``spec.scalars(t, hp, gstate)``, which returns ``(row, new_gstate)``: a tuple
+of at most :data:`NSLOT` floats whose meaning is the algorithm's own (its
+module says which slot is which), and the algorithm's group state after this
+step (NAdam's running ``mu_product``; SGD's "momentum has started" flag) or
+None when it keeps none.  Rows are padded with zeros to ``NSLOT`` and stacked
+into a ``(groups, NSLOT)`` float64 table; each kernel rounds a row to the
+buffer dtype once per chunk and computes in that dtype.  Slot 0 is always the
+gradient multiplier (``-1`` when maximizing), slot 1 the parameter scale of
+decoupled weight decay and slot 2 the L2 coefficient, so that every kernel
+starts from the same ``g = grad*s[0]; p = param*s[1]; g = g + s[2]*p`` prologue.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+# Scalar slots per group row.  Adam needs the most (16).
+NSLOT = 16
+
+
+def describe(value):
+    """A short description of a value for an error message."""
+    if isinstance(value, np.ndarray):
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _real(name, value):
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    return float(value)
+
+
+def _ranged(lo, hi, lo_closed=True, hi_closed=False, text=None):
+    """A check for a finite real in a range; the range is part of the message."""
+    def check(name, value):
+        if type(value) is float and (lo <= value if lo_closed else lo < value) and \
+                (value <= hi if hi_closed else value < hi):
+            return value
+        x = _real(name, value)
+        ok = (lo <= x if lo_closed else lo < x) and (x <= hi if hi_closed else x < hi)
+        if not ok or math.isnan(x):
+            raise ValueError(f"{name} must be {text}, got {value!r}")
+        return x
+    check.text = text
+    return check
+
+
+nonneg = _ranged(0.0, math.inf, text="a finite number >= 0")
+unit_open = _ranged(0.0, 1.0, text="in [0, 1)")
+unit_closed = _ranged(0.0, 1.0, hi_closed=True, text="in [0, 1]")
+positive = _ranged(0.0, math.inf, lo_closed=False, text="a finite number > 0")
+
+
+def flag(name, value):
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {describe(value)}")
+
+
+def learning_rate(name, value):
+    """lr: a finite number >= 0, or a schedule (a callable of the 1-based step)."""
+    if callable(value) and not isinstance(value, (numbers.Number, np.ndarray)):
+        return value
+    return nonneg(name, value)
+
+
+def pair(check):
+    """A pair of values, each checked by ``check`` (torch's ``betas``)."""
+    def check_pair(name, value):
+        try:
+            a, b = value
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a pair of numbers, got {describe(value)}") from None
+        return (check(f"{name}[0]", a), check(f"{name}[1]", b))
+    return check_pair
+
+
+@dataclass(frozen=True)
+class HP:
+    """One hyperparameter: its torch name, default and check."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An algorithm, declared once.
+
+    name       the class name (``"Adam"``)
+    kinds      structural variant -> names of its state buffers, in kernel
+               order (at most 3); each kind has one element function per backend
+    hyper      the hyperparameters, in torch's order, with defaults and checks
+    scalars    ``(t, hp, gstate) -> (row, new_gstate)``; see the module docstring
+    kind_of    ``(list of group hp dicts) -> kind``: the smallest kind that
+               serves every group (structural switches are per-group flags
+               inside a kind, so groups may differ)
+    check      cross-field checks of one group's hp (raise ValueError)
+    state_init ``(buffer name, hp) -> fill value`` before the first step
+    gstate     the group state before the first step (a dict), or None
+    peer       the torch class (``"torch.optim.Adam"``) or formula the tests
+               compare with
+    fixed      hyperparameters a class pins (AdamW's decoupled decay) and
+               does not take as keywords
+    gstate_from_step  for the functional step: ``(name, t) -> value`` when
+               the group state follows from the step alone (SGD's momentum
+               starts at step 1); otherwise the caller carries it
+    """
+
+    name: str
+    kinds: dict
+    hyper: tuple
+    scalars: Callable
+    kind_of: Callable
+    reference: dict
+    check: Callable | None = None
+    state_init: Callable | None = None
+    gstate: dict | None = None
+    peer: str = ""
+    fixed: dict = field(default_factory=dict)
+    gstate_from_step: Callable | None = None
+    doc: str = ""
+
+    @property
+    def defaults(self):
+        return {h.name: h.default for h in self.hyper}
+
+    def state_names(self, kind):
+        return self.kinds[kind]
+
+    def all_state_names(self):
+        seen = []
+        for names in self.kinds.values():
+            seen += [n for n in names if n not in seen]
+        return tuple(seen)
+
+    def bytes_per_param(self, kind, itemsize):
+        """Memory traffic of one step: read params, grads and every state
+        buffer, write params and every state buffer."""
+        return (3 + 2 * len(self.kinds[kind])) * itemsize
+
+    def validate(self, hp, where=""):
+        """Check one group's hyperparameters; return a new dict of clean values.
+
+        ``hp`` must hold every hyperparameter of the spec (missing ones are an
+        error naming them); unknown keys are an error too.
+        """
+        out = {}
+        for h in self.hyper:
+            if h.name not in hp:
+                raise ValueError(f"{where}{h.name} is missing")
+            out[h.name] = h.check(f"{where}{h.name}", hp[h.name])
+        if self.check is not None:
+            self.check(out, where)
+        out.update(self.fixed)
+        return out
+
+    def check_names(self, keys, where=""):
+        known = {h.name for h in self.hyper}
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise TypeError(f"{where}unknown hyperparameter(s) {unknown} for {self.name}; "
+                            f"expected some of {sorted(known)}")

@@ -1,0 +1,49 @@
+"""Adagrad (Duchi, Hazan & Singer, JMLR 2011), as ``torch.optim.Adagrad``.
+
+Per element, for step ``t``::
+
+    g     = -grad if maximize else grad
+    g     = g + weight_decay * theta
+    sum   = sum + g*g                    (starts at initial_accumulator_value)
+    clr   = lr / (1 + (t - 1)*lr_decay)  (per group, float64)
+    theta = theta - clr * g / (sqrt(sum) + eps)
+
+The accumulator never decreases (g*g >= 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._spec import HP, Spec, flag, learning_rate, nonneg
+
+GS, PS, L2, EPS, CLR = range(5)
+
+
+def scalars(t, hp, gstate=None):
+    return (-1.0 if hp["maximize"] else 1.0, 1.0, hp["weight_decay"], hp["eps"],
+            hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])), None
+
+
+def update_adagrad(p, g, s0, s1, s2, k):
+    """Reference twin of the compiled Adagrad element functions."""
+    g = g * k[GS]
+    theta = p * k[PS]
+    if k[L2] != 0:
+        g = g + k[L2] * theta
+    acc = s0 + g * g
+    p_new = theta - k[CLR] * (g / (np.sqrt(acc) + k[EPS]))
+    s0[...] = acc
+    p[...] = p_new
+
+
+ADAGRAD = Spec(
+    name="Adagrad",
+    kinds={"adagrad": ("sum",)},
+    hyper=(HP("lr", 1e-2, learning_rate), HP("lr_decay", 0.0, nonneg),
+           HP("weight_decay", 0.0, nonneg), HP("initial_accumulator_value", 0.0, nonneg),
+           HP("eps", 1e-10, nonneg), HP("maximize", False, flag)),
+    scalars=scalars, kind_of=lambda groups: "adagrad",
+    reference={"adagrad": update_adagrad},
+    state_init=lambda name, hp: hp["initial_accumulator_value"],
+    peer="torch.optim.Adagrad")

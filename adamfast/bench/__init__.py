@@ -1,0 +1,89 @@
+"""The benchmark CLI: ``python -m adamfast bench``.
+
+What it measures, and why it is measured this way:
+
+* Every implementation does one full optimizer step over the same
+  parameters, and the time of that single step is taken with
+  ``time.perf_counter_ns``.  The first call of each implementation is timed
+  on its own and reported as "first call" (it holds Numba's JIT or cache
+  load and torch's lazy state allocation), so it never leaks into the
+  steady-state numbers.
+* The rounds are interleaved: each round runs every implementation once, in
+  a freshly shuffled order.  On a shared, noisy machine a slow stretch then
+  hits all implementations alike instead of whichever ran during it, and the
+  speed-up column is a *paired* ratio (baseline time / implementation time
+  within the same round), which cancels most of that drift.
+* By default the caches are cold: before each timed step a buffer of twice
+  the L3 size is streamed through with a read-only reduction, outside the
+  timer.  That is the honest setting for an optimizer step, which in training
+  runs after the backward pass has evicted the optimizer state.  ``--hot``
+  skips the flush (meaningful only for sizes that fit in cache).  The flush
+  also gives the OpenMP pools of torch, Cython and Numba time to stop
+  spinning, so one runtime's idle spinning does not steal a core from the
+  next implementation on a small machine.
+* Throughput is reported against a roofline measured in the same run: the
+  engine's ``roofline{N}`` kind for an algorithm whose kind has N state
+  buffers (read p, g and N states; write p and N states; one add each), run
+  through each compiled backend's ``family_kernel``.  It therefore moves
+  exactly the algorithm's bytes per parameter (``spec.bytes_per_param``) and
+  pays the same chunking, serial cut-off and thread count as that backend's
+  algorithm kernels; the gap to it is the cost of the arithmetic.
+* adamfast rows are the optimizer class (``adamfast.Adam(...).step()``) over
+  one flat buffer: what a user runs, one kernel call per step, Python
+  overhead included, as torch's rows are ``opt.step()`` of torch's class.
+  torch's rows are its fastest CPU implementations of the same class:
+  ``fused=True`` where torch has it on CPU (tried, not assumed), and
+  ``foreach=True``.  For Adam/AdamW the NumPy baseline is the textbook
+  formula, and a second NumPy row uses in-place ufuncs with one scratch
+  buffer, so the speed-up is not only measured against a strawman; other
+  algorithms compare with adamfast's own NumPy reference backend.
+* By default p, g and the state come from ``adamfast.zeros_buffers``, as in
+  the adamfast optimizers: separate equal-sized NumPy arrays start at the
+  same offset modulo the huge page and their streams collide in cache
+  sets/banks.  ``--layout separate`` allocates each on its own and shows that
+  cost (adamfast's optimizers still copy into their own staggered buffers).
+* ``--groups G`` spreads ``--arrays`` tensors over G param groups and adds
+  1-group rows over the same arrays, so the cost of groups is a paired ratio
+  from the same run; ``--family`` times every algorithm, each in its own
+  interleaved rounds with its own roofline.
+
+Heavy or optional imports (numba, torch, matplotlib, the Cython extension)
+happen inside functions, so ``--help`` is instant and every optional piece can
+be missing without breaking the rest.
+
+Modules: :mod:`._cli` (arguments and their checks), :mod:`._config`
+(settings, sizes, the algorithm setup), :mod:`._machine` (CPU, L3, header,
+load monitor), :mod:`._timing` (flusher, rounds, statistics), :mod:`._rows`
+and :mod:`._peers` (the implementations), :mod:`._overhead` (per-call
+cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._config import format_size, make_setup, parse_size, split_sizes
+from ._machine import core_count, cpu_model, try_import
+from ._timing import CacheFlusher
+
+__all__ = ["main", "CacheFlusher", "core_count", "cpu_model", "format_size", "make_setup",
+           "parse_size", "split_sizes", "try_import"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ._cli import build_parser, config_from_args
+
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if args.command != "bench":
+        parser.print_help()
+        return 2
+    cfg = config_from_args(parser.bench, args)
+    from ._run import run
+
+    run(cfg)
+    return 0

@@ -1,0 +1,220 @@
+"""The command line: the parser, and every check made before any work starts.
+
+A mistake in the arguments must cost seconds, not the minutes of a run:
+sizes, thread counts, row names, the algorithm and the output paths are all
+checked here, each failing with an argparse usage error (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from ._config import (DEFAULT_ALGORITHM, DEFAULT_SIZE, Config, SizeError, lookup_algorithm,
+                      make_setup)
+
+
+def _size(text: str) -> int:
+    from ._config import parse_size
+
+    try:
+        return parse_size(text)
+    except SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m adamfast",
+        description="adamfast command line. "
+                    "Run 'python -m adamfast bench --help' for the benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    b = sub.add_parser(
+        "bench",
+        help="time one optimizer step per implementation",
+        description=(
+            "Time one optimizer step per implementation (roofline, NumPy textbook and in-place "
+            "for Adam/AdamW, every adamfast backend, torch fused/foreach), interleaved over "
+            "shuffled rounds, cold cache by default. Prints median ms/step, spread, throughput, "
+            "% of a roofline with the algorithm's exact traffic measured in the same run, a "
+            "paired speed-up over a NumPy baseline, and first-call time. --family prints one "
+            "row per algorithm instead."
+        ),
+    )
+    b.add_argument("--algorithm", metavar="NAME", default=None,
+                   help=f"which optimizer (case-insensitive registry name: Adam, AdamW, Adamax, "
+                        f"NAdam, RAdam, Adagrad, RMSprop, SGD, Adadelta, Lion; default "
+                        f"{DEFAULT_ALGORITHM})")
+    b.add_argument("--family", action="store_true",
+                   help="one table, one row per algorithm: adamfast's best backend, %% of its "
+                        "own roofline, and torch's fastest CPU implementation")
+    b.add_argument("--sizes", nargs="+", type=_size, default=[DEFAULT_SIZE], metavar="N",
+                   help="parameter counts, suffixes K/M/G are powers of 2 (default: 16M)")
+    b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    b.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for adamfast, the rooflines and torch (default: all cores)")
+    b.add_argument("--arrays", type=_positive_int, default=1,
+                   help="split each size into N arrays of mixed sizes (adamfast over one flat "
+                        "buffer, torch over N tensors, NumPy loops per array); default 1")
+    b.add_argument("--groups", type=_positive_int, default=1, metavar="G",
+                   help="spread the arrays over G param groups with equal hyperparameters "
+                        "(adamfast and torch); G > 1 adds 1-group rows for the paired cost of "
+                        "groups, e.g. --arrays 200 --groups 8; default 1")
+    b.add_argument("--repeat", type=_positive_int, default=None, metavar="R",
+                   help="timed rounds per size (default: 21 for sizes >= 1M, 51 below)")
+    b.add_argument("--amsgrad", action="store_true",
+                   help="AMSGrad variant of Adam/AdamW (one more state buffer)")
+    b.add_argument("--adamw", action="store_true", help="shorthand for --algorithm AdamW")
+    b.add_argument("--impl", nargs="+", default=None, metavar="NAME",
+                   help="only rows whose name contains one of these (comma lists allowed); "
+                        "the rooflines and the baseline row always run as references")
+    b.add_argument("--hot", action="store_true", help="hot cache: do not flush between steps")
+    b.add_argument("--layout", choices=("staggered", "separate"), default="staggered",
+                   help="buffer placement: 'staggered' (default) takes p, g and state from one "
+                        "adamfast.zeros_buffers call, as the adamfast optimizers do; 'separate' "
+                        "allocates each with NumPy on its own, as a user's own arrays, "
+                        "showing what that costs")
+    b.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead line")
+    b.add_argument("--json", metavar="PATH", help="write all results (with raw times) as JSON")
+    b.add_argument("--plot", metavar="PATH", help="write a PNG of throughput vs size (matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    b.add_argument("--seed", type=int, default=0, help="seed for data and round order")
+    parser.bench = b  # cross-argument errors are reported with the bench usage line
+    return parser
+
+
+def _check_output(parser, flag: str, path: str | None):
+    """Fail now if ``path`` cannot be written, instead of after the run."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path!r} is a directory; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"{flag} {path!r}: directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        parser.error(f"{flag} {path!r} is not writable")
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(parser, args, setups):
+    """Refuse a size that cannot fit, instead of a MemoryError (or the OOM killer) mid-run.
+
+    A rough upper bound of what one size holds at once: the shared p, g and
+    Adam state, the roofline's set, one optimizer per adamfast row (each owns
+    p, g and its state), torch's state per mode, and NumPy's temporaries.
+    """
+    avail = _available_bytes()
+    if avail is None:
+        return
+    n = max(args.sizes)
+    nstate = max(s.nstate for s in setups)
+    optimizers = (2 if args.family else 3) + (0 if args.family or args.groups == 1 else 2)
+    modes = 1 if args.family else 2
+    count = (2 + nstate) * (2 + optimizers) + modes * nstate + 6
+    need = count * n * np.dtype(args.dtype).itemsize
+    if need > avail:
+        parser.error(f"--sizes {n} needs about {need / 2**30:.1f} GiB for {args.dtype} and only "
+                     f"{avail / 2**30:.1f} GiB is available; use a smaller size")
+
+
+def config_from_args(parser, args) -> Config:
+    """Every check, then the :class:`Config`.  Errors exit through ``parser.error``."""
+    from ._machine import core_count, try_import
+    from ._rows import possible_names
+
+    if args.family:
+        for flag, given in (("--algorithm", args.algorithm), ("--adamw", args.adamw),
+                            ("--amsgrad", args.amsgrad), ("--impl", args.impl),
+                            ("--plot", args.plot)):
+            if given:
+                parser.error(f"{flag} does not apply to --family (it runs every algorithm "
+                             f"with default hyperparameters, in one table)")
+    name = args.algorithm or DEFAULT_ALGORITHM
+    if args.adamw:
+        if args.algorithm and args.algorithm.strip().lower() not in ("adam", "adamw"):
+            parser.error(f"--adamw conflicts with --algorithm {args.algorithm}")
+        name = "AdamW"
+    try:
+        spec = lookup_algorithm(name)
+    except KeyError as exc:
+        parser.error(f"--algorithm: {exc.args[0]}")
+    setup = None
+    if not args.family:
+        try:
+            setup = make_setup(spec.name, amsgrad=args.amsgrad)
+        except ValueError as exc:
+            parser.error(str(exc))
+
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0 (numpy's generators take no negative seed), got "
+                     f"{args.seed}")
+    if args.family:
+        from adamfast.algorithms import ALGORITHMS
+
+        _check_memory(parser, args, [make_setup(name) for name in ALGORITHMS])
+    else:
+        _check_memory(parser, args, [setup])
+    smallest = min(args.sizes)
+    if args.arrays > smallest:
+        parser.error(f"--arrays {args.arrays} is more than the smallest size ({smallest})")
+    if args.groups > args.arrays:
+        parser.error(f"--groups {args.groups} needs at least as many arrays; add "
+                     f"--arrays {args.groups} or more")
+
+    impl = None
+    if args.impl:
+        impl = [tok.strip() for item in args.impl for tok in item.split(",") if tok.strip()]
+        valid = possible_names(setup, args.groups)
+        unknown = [tok for tok in impl if not any(tok in name for name in valid)]
+        if unknown or not impl:
+            parser.error(f"--impl: no {setup.name} row matches {unknown or args.impl}; rows "
+                         f"are: {', '.join(valid)} (a name's part selects every row "
+                         f"containing it)")
+
+    _check_output(parser, "--json", args.json)
+    _check_output(parser, "--plot", args.plot)
+    if args.plot and try_import("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install matplotlib (or adamfast[plot])")
+
+    threads = args.threads if args.threads is not None else core_count()
+    # torch first (see _run.run): checking the thread count loads the
+    # backends, and the cython extension brings the system OpenMP runtime.
+    try_import("torch")
+    import adamfast
+
+    try:
+        adamfast.set_num_threads(threads)
+    except ValueError as exc:
+        parser.error(f"--threads {threads}: {exc}")
+
+    return Config(sizes=args.sizes, dtype=np.dtype(args.dtype), threads=threads,
+                  arrays=args.arrays, groups=args.groups, repeat=args.repeat,
+                  algorithm=spec.name, amsgrad=args.amsgrad, family=args.family, impl=impl,
+                  hot=args.hot, quiet=args.quiet, seed=args.seed, layout=args.layout,
+                  overhead=not args.no_overhead, json_path=args.json, plot_path=args.plot,
+                  setup=setup)

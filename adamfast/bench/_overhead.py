@@ -1,0 +1,77 @@
+"""Per-call overhead at a tiny size: the fixed cost many small tensors pay."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ._machine import try_import
+from ._rows import Notes, backends, decoupled
+from ._timing import per_call_us
+
+
+def _state(setup, n, dtype):
+    """The algorithm's state buffers by name, initialised as its optimizer would."""
+    init = setup.spec.state_init
+    return {name: np.full(n, init(name, setup.hp) if init else 0, dtype)
+            for name in setup.state_names}
+
+
+def functional_step(setup, p, g, state, backend):
+    """(label, zero-argument call) of the algorithm's functional step at step 10."""
+    from adamfast import functional
+
+    hp = setup.hp
+    if setup.numpy_formula:  # adam_step has its own signature (beta1, beta2, decoupled)
+        b1, b2 = hp["betas"]
+        kw = {k: v for k, v in hp.items() if k not in ("betas", "decoupled_weight_decay")}
+        fn = functools.partial(functional.adam_step, p, g, state["exp_avg"], state["exp_avg_sq"],
+                               step=10, beta1=b1, beta2=b2, decoupled=decoupled(setup),
+                               max_exp_avg_sq=state.get("max_exp_avg_sq"), backend=backend, **kw)
+        return "adam_step", fn
+    spec = setup.spec
+    step = functional.STEPS[spec.name]
+    args = [state.get(name) for name in spec.all_state_names()]
+    # Group state the caller carries (NAdam's mu_product): its initial value
+    # does for timing.
+    carried = dict(spec.gstate) if spec.gstate and spec.gstate_from_step is None else {}
+    fn = functools.partial(step, p, g, *args, step=10, backend=backend, **hp, **carried)
+    return step.__name__, fn
+
+
+def measure_overhead(cfg, setup, n: int = 16) -> dict[str, float]:
+    """us/call of the functional step, ``Optimizer.step`` and torch's fastest, hot cache."""
+    import adamfast
+
+    rng = np.random.default_rng(cfg.seed)
+    dt = cfg.dtype
+    p = rng.standard_normal(n).astype(dt)
+    g = rng.standard_normal(n).astype(dt)
+    state = _state(setup, n, dt)
+    notes = Notes()  # the table already reported unavailable backends
+    names = backends(notes)
+    out: dict[str, float] = {}
+    for backend in names:
+        label, fn = functional_step(setup, p, g, state, backend)
+        fn()  # compile / load outside the timing
+        out[f"{label}[{backend}]"] = per_call_us(fn)
+    cls = getattr(adamfast, setup.name)
+    for backend in names:
+        opt = cls([p.copy()], backend=backend, **setup.hp)
+        opt.grads[0][...] = g
+        opt.step()
+        out[f"{setup.name}.step[{backend}]"] = per_call_us(opt.step)
+    torch = try_import("torch")
+    if torch is not None:
+        from ._peers import torch_modes
+
+        found = torch_modes(torch, setup, notes)
+        if found is not None:
+            tcls, kw, modes = found
+            tp = torch.from_numpy(p.copy())
+            tp.grad = torch.from_numpy(g.copy())
+            opt = tcls([tp], **kw, **{modes[0]: True})
+            opt.step()
+            out[f"torch-{modes[0]}"] = per_call_us(opt.step)
+    return out

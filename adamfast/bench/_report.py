@@ -1,0 +1,180 @@
+"""Output: the header, the tables, the load line, the overhead line, JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+
+from ._config import format_size
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def print_header(info: dict, cfg, setup):
+    v = lambda x: x if x is not None else "not installed"  # noqa: E731
+    print(f"adamfast {info['adamfast']} | numpy {info['numpy']} | numba {v(info['numba'])} | "
+          f"torch {v(info['torch'])} | python {info['python']}")
+    print(f"CPU: {info['cpu']} | {info['cores']} cores | {info['threads']} threads")
+    cy = info["cython_openmp"]
+    cy_txt = "not built" if cy is None else ("yes" if cy else "no (serial)")
+    print(f"numba threading layer: {info['numba_threading_layer']} | Cython OpenMP: {cy_txt}")
+    if info.get("cython_build"):
+        print(f"Cython build: {info['cython_build']}")
+    cut = info.get("parallel_min") or {}
+    if cut:
+        parts = ", ".join(f"{k} from {format_size(n)}" for k, n in cut.items() if n)
+        print(f"parallel kernels: {parts} params (serial below; each roofline runs through "
+              f"its backend's family_kernel, so it shares that cut-off)")
+    rts = info.get("openmp_runtimes")
+    if rts is not None:
+        short = [p[p.index("site-packages/"):] if "site-packages/" in p else p for p in rts]
+        print(f"OpenMP runtimes loaded: {', '.join(short) if short else 'none'}")
+    print(f"cache: {info['cache_mode']}")
+    cls = f"adamfast.{setup.name}" if setup is not None else "each adamfast optimizer"
+    if cfg.layout == "staggered":
+        print(f"layout: staggered (p, g and state from one adamfast.zeros_buffers call, as "
+              f"{cls} allocates its own; --layout separate for one np array each)")
+    else:
+        print(f"layout: separate (one np allocation per array for the roofline, NumPy and torch "
+              f"rows, as a user's own arrays; {cls} copies them into its own staggered "
+              f"buffers, so its rows may beat this roofline)")
+    where = f"{cfg.arrays} array(s)" + (f" in {cfg.groups} param groups" if cfg.groups > 1 else "")
+    if setup is None:
+        print(f"family: every algorithm, default hyperparameters, {cfg.dtype.name}, {where}")
+        return
+    bpp = info["bytes_per_param"]
+    print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "
+          f"(roofline: {setup.roofline_kind}, the same {bpp // cfg.dtype.itemsize} accesses)")
+    print(f"adamfast rows: {cls}(...).step() over one flat buffer, one kernel call per step")
+
+
+def print_notes(notes):
+    for note in notes:
+        print(note)
+
+
+def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg):
+    print()
+    where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"
+    if cfg.groups > 1:
+        where += f" in {cfg.groups} groups"
+    print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds; "
+          f"times are medians, spread is p25-p75")
+    base = roof.get("baseline")
+    short = {"numpy-textbook": "textbook", "adamfast-numpy": "numpy ref"}.get(base, base)
+    width = max([17] + [len(r["impl"]) + 1 for r in rows])
+    cols = ("implementation", "ms/step", "p25-p75 ms", "Mparam/s", "GB/s", "% roof",
+            f"vs {short} (p25-p75)" if base else "speed-up", "first ms")
+    widths = (width, 9, 17, 9, 7, 7, 22, 9)
+    fmt = f"{{:<{width}}} {{:>9}} {{:>17}} {{:>9}} {{:>7}} {{:>7}} {{:>22}} {{:>9}}"
+    print(fmt.format(*cols))
+    print("-" * (sum(widths) + len(widths) - 1))
+    for r in rows:
+        spread = f"{_ms(r['p25_ms'])}-{_ms(r['p75_ms'])}"
+        pct = f"{r['pct_roofline']:.0f}%" if r["pct_roofline"] is not None else "-"
+        if "speedup" in r:
+            sp = f"{r['speedup']:.2f}x ({r['speedup_p25']:.2f}-{r['speedup_p75']:.2f})"
+        else:
+            sp = "-"
+        first = f"{r['first_call_ms']:.1f}" if r["first_call_ms"] is not None else "-"
+        name = r["impl"] + ("*" if r["impl"] == roof["impl"] else "")
+        print(fmt.format(name, _ms(r["median_ms"]), spread, f"{r['mparams_per_s']:.0f}",
+                         f"{r['gb_per_s']:.1f}", pct, sp, first))
+    if roof["impl"]:
+        print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, "
+              f"{roof['bytes_per_param']} B/param); % roof = row GB/s / roofline GB/s")
+    if base and base != "numpy-textbook":
+        print(f"speed-up = {base} time / row time, paired within each round")
+
+
+def print_groups(ratios: dict, cfg):
+    """The cost of param groups: G groups vs 1 group over the same arrays, same run."""
+    if not ratios:
+        return
+    parts = [f"{b} {r[1]:.3f}x ({r[0]:.3f}-{r[2]:.3f})" for b, r in ratios.items()]
+    print(f"{cfg.groups} groups / 1 group over the same {cfg.arrays} arrays (paired time ratio, "
+          f"target <= 1.10x): " + " | ".join(parts))
+
+
+def print_load(load: dict | None, cfg):
+    if load is None:
+        return
+    line = (f"machine during this size ({load['seconds']:.1f} s): other processes "
+            f"{load['other_pct']:.0f}% of CPU, steal {load['steal_pct']:.0f}%")
+    if load["seconds"] < 1:
+        line += " (too short a window to judge)"  # /proc/stat counts in 10 ms ticks
+    elif load["other_pct"] + load["steal_pct"] > 10:
+        hit = "multi-threaded rows most" if cfg.threads > 1 else "memory bandwidth is shared"
+        line += f" -- busy: numbers unreliable ({hit}), rerun when idle"
+    print(line)
+
+
+def print_overhead(overhead: dict[str, float], cfg):
+    parts = [f"{k} {v:.1f}" for k, v in overhead.items()]
+    print()
+    print(f"per-call overhead, n=16 {cfg.dtype.name}, hot cache, us/call (median of 7 repeats):")
+    print("  " + " | ".join(parts))
+
+
+def print_family(rows: list[dict], n: int, rounds: int, cfg):
+    print()
+    where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"
+    if cfg.groups > 1:
+        where += f" in {cfg.groups} groups"
+    print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds per algorithm; "
+          f"medians")
+    cols = ("algorithm", "kind", "B/param", "adamfast ms", "best backend", "% roof", "torch",
+            "torch ms", "torch/adamfast (p25-p75)")
+    fmt = "{:<10} {:<13} {:>7} {:>11} {:>12} {:>6}  {:<13} {:>9} {:>24}"
+    print(fmt.format(*cols))
+    print("-" * 113)
+    for r in rows:
+        best = f"{_ms(r['adamfast_ms'])}" if r["adamfast_ms"] is not None else "-"
+        pct = f"{r['pct_roofline']:.0f}%" if r["pct_roofline"] is not None else "-"
+        tms = _ms(r["torch_ms"]) if r["torch_ms"] is not None else "-"
+        ratio = (f"{r['ratio']:.2f}x ({r['ratio_p25']:.2f}-{r['ratio_p75']:.2f})"
+                 if r.get("ratio") is not None else "-")
+        print(fmt.format(r["algorithm"], r["kind"], r["bytes_per_param"], best,
+                         r["backend"] or "-", pct, r["torch_impl"] or "-", tms, ratio))
+    print("% roof: best adamfast backend vs the best same-run roofline{N} of its kind (N state "
+          "buffers, same bytes/param); torch/adamfast: paired ratio of times within each round")
+
+
+def write_json(path: str, report: dict):
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {path}")
+
+
+def write_plot(path: str, results: dict[int, list[dict]], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results)
+    names = []
+    for n in sizes:
+        for r in results[n]:
+            if r["impl"] not in names:
+                names.append(r["impl"])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in names:
+        pts = [(n, r["mparams_per_s"]) for n in sizes for r in results[n] if r["impl"] == name]
+        style = "--" if name.startswith("roofline") else "-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    # Log y too: NumPy rows and the roofline differ by ~30x.
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [format_size(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("throughput (Mparam/s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -1,0 +1,210 @@
+"""The two runs: one algorithm's table per size, and ``--family`` (one row per algorithm)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from adamfast.algorithms._spec import NSLOT
+
+from . import _report
+from ._config import format_size, make_setup
+from ._machine import CpuMonitor, core_count, header_info, try_import
+from ._peers import deepspeed_impls, torch_impls
+from ._rows import (Notes, Workload, adamfast_impls, backends, check_finite, load_backend,
+                    numpy_impls, roofline_impls)
+from ._timing import CacheFlusher, Progress, fastest, measure, paired, summarize
+
+
+def _warm_numba(cfg, notes):
+    """Run numba's roofline0 once at its parallel size, so the header can name
+    the threading layer numba picked (known only after a parallel launch)."""
+    if not backends(notes, ("numba",)):
+        return
+    from adamfast import _engine
+    from adamfast._memory import zeros_buffers
+
+    b = load_backend("numba", notes)
+    n = int(getattr(b.module, "PARALLEL_MIN", 1 << 19))
+    p, g = zeros_buffers(n, np.float32, 2)
+    e = np.zeros(0, np.float32)
+    try:
+        b.kernel(b.kind_id("roofline0"), p, g, e, e, e, np.zeros((1, NSLOT)),
+                 _engine.single_chunks(n), max(2, cfg.threads) if core_count() > 1 else 1)
+    except Exception as exc:  # a diagnostic must not stop the run
+        notes.add(f"numba warm-up failed ({type(exc).__name__}: {exc})")
+
+
+def run(cfg) -> dict:
+    # Import torch before anything loads the system OpenMP runtime (Numba's
+    # "omp" threading layer does, when its first parallel kernel loads).
+    # Imported afterwards, torch binds to that libgomp instead of its bundled
+    # one, and here its foreach path became ~10x slower (4 ms instead of
+    # 0.3 ms per step at 8K params).  Importing torch first is also what a
+    # training script does, so this is torch's realistic case.
+    try_import("torch")
+    import adamfast
+
+    adamfast.set_num_threads(cfg.threads)  # checked by the CLI already
+    notes = Notes()
+    _warm_numba(cfg, notes)
+    flush = CacheFlusher(enabled=not cfg.hot)
+    progress = Progress(enabled=not cfg.quiet)
+    if cfg.family:
+        return run_family(cfg, flush, progress, notes)
+    return run_algorithm(cfg, flush, progress, notes)
+
+
+def _groups_ratios(impls) -> dict:
+    """time(G groups) / time(1 group) per backend, paired within rounds."""
+    by_name = {i.name: i for i in impls}
+    out = {}
+    for i in impls:
+        one = by_name.get(f"{i.name}-1group")
+        if one is not None:
+            out[i.backend] = paired(i, one)
+    return out
+
+
+def run_algorithm(cfg, flush, progress, notes) -> dict:
+    setup = cfg.setup
+    info = header_info(cfg, flush, setup)
+    _report.print_header(info, cfg, setup)
+    for note in setup.notes:
+        notes.add(note)
+    results, roofs, groups = {}, {}, {}
+    printed = 0
+    bpp = setup.bytes_per_param(cfg.dtype.itemsize)
+    for size_idx, n in enumerate(cfg.sizes):
+        wl = Workload(n, cfg, setup)
+        # Rows --impl rejects are not even built (each optimizer owns a copy
+        # of the parameters); the rooflines and the baseline always run,
+        # since other columns need them.
+        keep = lambda name: (not cfg.impl or name == setup.baseline  # noqa: E731
+                             or any(tok in name for tok in cfg.impl))
+        impls = (roofline_impls(wl, cfg, setup, notes) + numpy_impls(wl, setup, keep)
+                 + adamfast_impls(wl, cfg, setup, notes, keep=keep)
+                 + torch_impls(wl, cfg, setup, notes, keep=keep)
+                 + deepspeed_impls(wl, cfg, setup, notes, keep=keep))
+        _report.print_notes(notes[printed:])
+        printed = len(notes)
+        rounds = cfg.rounds_for(n)
+        monitor = CpuMonitor()
+        failed = measure(impls, rounds, flush, progress, f"size {format_size(n)}",
+                         seed=cfg.seed + size_idx)
+        load = monitor.stop()
+        for note in failed:
+            notes.add(note)
+        _report.print_notes(notes[printed:])
+        printed = len(notes)
+        rows, roof = summarize(impls, n, bpp, setup.baseline)
+        roof.update(machine_load=load, kind=setup.roofline_kind)
+        results[n], roofs[n] = rows, roof
+        _report.print_table(rows, roof, n, rounds, cfg)
+        ratios = _groups_ratios(impls)
+        groups[n] = {b: dict(p25=r[0], median=r[1], p75=r[2]) for b, r in ratios.items()}
+        _report.print_groups(ratios, cfg)
+        _report.print_load(load, cfg)
+        warning = check_finite(wl)
+        if warning:
+            print(warning)
+        sys.stdout.flush()
+        del wl, impls  # free this size's buffers before the next one
+
+    ovh = {}
+    if cfg.overhead:
+        from ._overhead import measure_overhead
+
+        progress.show("per-call overhead")
+        ovh = measure_overhead(cfg, setup)
+        progress.clear()
+        _report.print_overhead(ovh, cfg)
+
+    report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
+                  results={str(n): rows for n, rows in results.items()},
+                  roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh)
+    if cfg.groups > 1:
+        report["groups_vs_one_group"] = {str(n): g for n, g in groups.items()}
+    if cfg.json_path:
+        _report.write_json(cfg.json_path, report)
+    if cfg.plot_path:
+        _report.write_plot(cfg.plot_path, results,
+                           f"adamfast: {setup.name} step throughput ({cfg.dtype.name}, "
+                           f"{cfg.threads} threads, {cfg.layout} layout)")
+    return report
+
+
+def _family_row(setup, impls, itemsize) -> dict:
+    best = fastest(impls, "adamfast")
+    roof = fastest(impls, "roofline")
+    tor = next((i for i in impls if i.kind == "torch"), None)
+    med = lambda i: float(np.median(i.times_ns)) / 1e6  # noqa: E731
+    row = dict(algorithm=setup.name, kind=setup.kind,
+               bytes_per_param=setup.bytes_per_param(itemsize),
+               backend=best.backend if best else None, adamfast_ms=med(best) if best else None,
+               roofline_impl=roof.name if roof else None, roofline_ms=med(roof) if roof else None,
+               pct_roofline=100 * med(roof) / med(best) if best and roof else None,
+               torch_impl=tor.name if tor else None, torch_ms=med(tor) if tor else None)
+    if best and tor:
+        r25, r50, r75 = paired(tor, best)
+        row.update(ratio=r50, ratio_p25=r25, ratio_p75=r75)
+    return row
+
+
+def run_family(cfg, flush, progress, notes) -> dict:
+    from adamfast.algorithms import ALGORITHMS
+
+    info = header_info(cfg, flush, None)
+    _report.print_header(info, cfg, None)
+    setups = [make_setup(name) for name in ALGORITHMS]
+    for s in setups:
+        for note in s.notes:
+            notes.add(note)
+    notes.add("each algorithm is timed in its own interleaved rounds: its roofline{N}, the "
+              "numba and cython backends (the numpy reference is not timed here) and torch's "
+              "fastest CPU implementation (fused where it exists, else foreach)")
+    results, raw = {}, {}
+    printed = 0
+    for size_idx, n in enumerate(cfg.sizes):
+        rounds = cfg.rounds_for(n)
+        monitor = CpuMonitor()
+        fam, raw[n] = [], {}
+        for k, setup in enumerate(setups):
+            wl = Workload(n, cfg, setup, numpy_rows=False)
+            impls = (roofline_impls(wl, cfg, setup, notes)
+                     + adamfast_impls(wl, cfg, setup, notes, wanted=("numba", "cython"),
+                                      one_group_rows=False)
+                     + torch_impls(wl, cfg, setup, notes, fastest_only=True))
+            failed = measure(impls, rounds, flush, progress, f"{setup.name} size {format_size(n)}",
+                             seed=cfg.seed + 100 * size_idx + k)
+            for note in failed:
+                notes.add(note)
+            fam.append(_family_row(setup, impls, cfg.dtype.itemsize))
+            raw[n][setup.name] = summarize(impls, n, setup.bytes_per_param(cfg.dtype.itemsize),
+                                           None)[0]
+            warning = check_finite(wl)
+            if warning:
+                notes.add(f"{setup.name}: {warning}")
+            del wl, impls
+        load = monitor.stop()
+        _report.print_notes(notes[printed:])
+        printed = len(notes)
+        results[n] = fam
+        _report.print_family(fam, n, rounds, cfg)
+        _report.print_load(load, cfg)
+        sys.stdout.flush()
+    report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
+                  family={str(n): rows for n, rows in results.items()},
+                  results={str(n): r for n, r in raw.items()})
+    if cfg.json_path:
+        _report.write_json(cfg.json_path, report)
+    return report
+
+
+def _config_dict(cfg) -> dict:
+    return dict(sizes=cfg.sizes, dtype=cfg.dtype.name, threads=cfg.threads, arrays=cfg.arrays,
+                groups=cfg.groups, repeat={str(n): cfg.rounds_for(n) for n in cfg.sizes},
+                algorithm=None if cfg.family else cfg.setup.name, family=cfg.family,
+                amsgrad=cfg.amsgrad, impl=cfg.impl, hot=cfg.hot, seed=cfg.seed,
+                layout=cfg.layout)

@@ -1,0 +1,400 @@
+# The entry points of the cython backend.
+
+# --- argument checks -------------------------------------------------------
+cdef enum:
+    # 1-D C-contiguous: n elements from the data pointer are exactly the array.
+    _IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS
+    _OUT_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_WRITEABLE
+
+
+cdef inline bint _buffer_ok(cnp.ndarray a, int typenum, Py_ssize_t n, int flags) noexcept:
+    # ndim first: PyArray_DIM(a, 0) is only valid for ndim >= 1.  A byte-
+    # swapped float32 array still has type NPY_FLOAT32, hence ISNOTSWAPPED.
+    return (cnp.PyArray_TYPE(a) == typenum
+            and cnp.PyArray_NDIM(a) == 1
+            and cnp.PyArray_DIM(a, 0) == n
+            and (cnp.PyArray_FLAGS(a) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+_NAMES = ("params", "grads", "state[0]", "state[1]", "state[2]")
+
+
+cdef int _bad_buffers(str entry, tuple arrays, int nused) except -1:
+    # Cold path, after a check above failed: say which argument and why.
+    first = arrays[0]
+    dtype = first.dtype
+    if not dtype.isnative or dtype.type not in (np.float32, np.float64):
+        raise TypeError("%s: params must have dtype float32 or float64 (native byte order), "
+                        "got %r" % (entry, dtype))
+    for i in range(nused):
+        a, name = arrays[i], _NAMES[i]
+        if a.dtype != dtype:
+            raise TypeError("%s: %s has dtype %r, expected %r like params"
+                            % (entry, name, a.dtype, dtype))
+        if a.ndim != 1:
+            raise ValueError("%s: %s must be 1-D, got shape %r" % (entry, name, a.shape))
+        if a.shape[0] != first.shape[0]:
+            raise ValueError("%s: %s has length %d, expected %d like params"
+                             % (entry, name, a.shape[0], first.shape[0]))
+        if not a.flags.c_contiguous:
+            raise ValueError("%s: %s must be C-contiguous, got strides %r"
+                             % (entry, name, a.strides))
+        if i != 1 and not a.flags.writeable:
+            raise ValueError("%s: %s must be writable" % (entry, name))
+    raise ValueError("%s: invalid buffers" % entry)  # not reached
+
+
+def family_kernel(
+    int kind,                          # index into KINDS
+    cnp.ndarray params not None,       # IN/OUT
+    cnp.ndarray grads not None,        # IN (may be read-only)
+    cnp.ndarray s0 not None,           # IN/OUT  state buffers of the kind, in spec order;
+    cnp.ndarray s1 not None,           # IN/OUT  unused slots may be any array (length 0)
+    cnp.ndarray s2 not None,           # IN/OUT  and are never touched
+    cnp.ndarray scalars not None,      # IN      float64 (groups, NSLOT), C-contiguous
+    cnp.ndarray chunks not None,       # IN      intp (nchunks, 3) rows of (group, lo, hi)
+    int num_threads,
+):
+    """One step of kind ``KINDS[kind]`` in place; the kernel contract of adamfast._dispatch.
+
+    Each chunk row ``(group, lo, hi)`` updates elements [lo, hi) with the
+    scalar row ``scalars[group]``.  Chunks are spread over ``num_threads``
+    OpenMP threads when n >= ``PARALLEL_MIN``; results never depend on the
+    thread count.  Anything out of bounds (an unknown kind, buffers of the
+    wrong dtype/length/layout, a table or chunk row out of range) raises
+    before any buffer is written.
+    """
+    if not 0 <= kind < _NKINDS:
+        raise ValueError("family_kernel: kind must be in [0, %d), got %d" % (_NKINDS, kind))
+    cdef int nstate = _NSTATE_C[kind]
+    cdef int typenum = cnp.PyArray_TYPE(params)
+    cdef Py_ssize_t n = 0
+    if ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_NDIM(params) == 1):
+        n = cnp.PyArray_DIM(params, 0)
+    else:
+        typenum = -1
+    if not (_buffer_ok(params, typenum, n, _OUT_FLAGS)
+            and _buffer_ok(grads, typenum, n, _IN_FLAGS)
+            and (nstate < 1 or _buffer_ok(s0, typenum, n, _OUT_FLAGS))
+            and (nstate < 2 or _buffer_ok(s1, typenum, n, _OUT_FLAGS))
+            and (nstate < 3 or _buffer_ok(s2, typenum, n, _OUT_FLAGS))):
+        _bad_buffers("family_kernel", (params, grads, s0, s1, s2), 2 + nstate)
+    if not (cnp.PyArray_TYPE(scalars) == cnp.NPY_FLOAT64 and cnp.PyArray_NDIM(scalars) == 2
+            and cnp.PyArray_DIM(scalars, 1) == _NSLOT and cnp.PyArray_DIM(scalars, 0) >= 1
+            and cnp.PyArray_ISCARRAY_RO(scalars)):
+        raise ValueError("family_kernel: scalars must be a C-contiguous float64 array of shape "
+                         "(groups >= 1, %d), got %r" % (_NSLOT, scalars))
+    if not (cnp.PyArray_TYPE(chunks) == cnp.NPY_INTP and cnp.PyArray_NDIM(chunks) == 2
+            and cnp.PyArray_DIM(chunks, 1) == 3 and cnp.PyArray_ISCARRAY_RO(chunks)):
+        raise ValueError("family_kernel: chunks must be a C-contiguous intp array of shape "
+                         "(nchunks, 3), got %r" % (chunks,))
+    cdef Py_ssize_t ngroups = cnp.PyArray_DIM(scalars, 0)
+    cdef Py_ssize_t nchunks = cnp.PyArray_DIM(chunks, 0)
+    cdef const Py_ssize_t* ch = <const Py_ssize_t*>cnp.PyArray_DATA(chunks)
+    cdef Py_ssize_t c
+    for c in range(nchunks):
+        if not (0 <= ch[3 * c] < ngroups and 0 <= ch[3 * c + 1] <= ch[3 * c + 2] <= n):
+            raise ValueError("family_kernel: chunk %d (%d, %d, %d) is out of range for %d groups "
+                             "and %d elements" % (c, ch[3 * c], ch[3 * c + 1], ch[3 * c + 2],
+                                                 ngroups, n))
+    if n == 0 or nchunks == 0:
+        return
+    # The GIL is released even for small n: it costs ~tens of ns, and lets
+    # other Python threads run while a large buffer is being updated.
+    with nogil:
+        _run(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
+             cnp.PyArray_DATA(s0), cnp.PyArray_DATA(s1), cnp.PyArray_DATA(s2),
+             <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
+
+
+# --- the fast paths ----------------------------------------------------------
+# Why they exist: the Python layer validates buffers and arguments with ~25
+# small Python calls: ~4 us with hot caches, but ~50-60 us right after a
+# backward pass, when every object and bytecode it touches is a cache miss --
+# as much as the kernel itself at 64K parameters.  The fast paths do the same
+# for the common, trivially valid call in one C function.
+#
+# They are only an optimisation.  adamfast's Python validation stays the
+# single authority on what is valid and on every error message: a fast path
+# never raises for bad input, it *declines* (returns False, writes nothing)
+# and the caller then runs the full Python path, which raises or performs the
+# step.  So it may decline valid input, but must never perform a step the
+# Python path would reject.  It therefore accepts only exact types and checks
+# every rule the Python layer checks, each in its strictest form; overlap is
+# judged by the buffers' exact memory extents (see _disjoint).
+
+cdef enum:
+    # What adamfast._validate requires of every buffer (grads need not be writable).
+    _FAST_IN_FLAGS = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    _FAST_OUT_FLAGS = _FAST_IN_FLAGS | cnp.NPY_ARRAY_WRITEABLE
+
+
+cdef inline char* _fast_array(object a, int typenum, Py_ssize_t size, int flags) noexcept:
+    # The array's data pointer if it is a plain ndarray of exactly this dtype
+    # (native byte order), total size and flags; NULL to decline.  Any shape:
+    # a C-contiguous array is its elements in C order, as the Python layer's
+    # reshape(-1) sees them.
+    if not cnp.PyArray_CheckExact(a):
+        return NULL
+    cdef cnp.ndarray x = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(x) == typenum
+            and cnp.PyArray_SIZE(x) == size
+            and (cnp.PyArray_FLAGS(x) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(x)):
+        # Never NULL for a valid array: numpy allocates >= 1 byte even for size 0.
+        return <char*>cnp.PyArray_DATA(x)
+    return NULL
+
+
+cdef inline bint _disjoint(char* a, char* b, Py_ssize_t nbytes) noexcept:
+    # [a, a+nbytes) and [b, b+nbytes) do not intersect.  For C-contiguous
+    # arrays these are exactly their memory extents.
+    return <uintptr_t>a + <uintptr_t>nbytes <= <uintptr_t>b or \
+        <uintptr_t>b + <uintptr_t>nbytes <= <uintptr_t>a
+
+
+cdef inline bint _fast_buffers(object params, object grads, object s0, object s1, object s2,
+                               int nstate, int* typenum, Py_ssize_t* n, char** ptrs) noexcept:
+    # The generic buffer check of every fast path, driven by the kind's
+    # number of state buffers: False to decline.
+    cdef int j, l
+    if not cnp.PyArray_CheckExact(params):
+        return False
+    typenum[0] = cnp.PyArray_TYPE(<cnp.ndarray>params)
+    if typenum[0] != cnp.NPY_FLOAT32 and typenum[0] != cnp.NPY_FLOAT64:
+        return False
+    n[0] = cnp.PyArray_SIZE(<cnp.ndarray>params)
+    ptrs[0] = _fast_array(params, typenum[0], n[0], _FAST_OUT_FLAGS)
+    ptrs[1] = _fast_array(grads, typenum[0], n[0], _FAST_IN_FLAGS)
+    ptrs[2] = _fast_array(s0, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 1 else NULL
+    ptrs[3] = _fast_array(s1, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 2 else NULL
+    ptrs[4] = _fast_array(s2, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 3 else NULL
+    for j in range(2 + nstate):
+        if ptrs[j] == NULL:
+            return False
+    # No two buffers may overlap (size 0: nothing to overlap).
+    cdef Py_ssize_t nbytes = n[0] * cnp.PyArray_ITEMSIZE(<cnp.ndarray>params)
+    if n[0] > 0:
+        for j in range(2 + nstate):
+            for l in range(j + 1, 2 + nstate):
+                if not _disjoint(ptrs[j], ptrs[l], nbytes):
+                    return False
+    for j in range(2 + nstate, 5):
+        ptrs[j] = ptrs[0]  # never touched; any valid pointer
+    return True
+
+
+def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads):
+    """The generic fast path of every functional step: the step, or a refusal.
+
+    ``row`` is the group's scalar row as a tuple of at most NSLOT exact
+    Python floats (from the spec's ``scalars``, already validated).  Returns
+    True after performing the step exactly as ``family_kernel`` would over
+    one group, or False without writing anything when the buffers are not
+    exact ndarrays of one native float dtype, C-contiguous, aligned, writable
+    but for ``grads``, of one total size and pairwise disjoint.  Never raises
+    for bad input.
+    """
+    cdef int typenum
+    cdef Py_ssize_t n
+    cdef char* ptrs[5]
+    cdef double table[_NSLOT]
+    cdef Py_ssize_t j, size
+    if not 0 <= kind < _NKINDS or not PyTuple_CheckExact(row):
+        return False
+    size = PyTuple_GET_SIZE(row)
+    if size > _NSLOT:
+        return False
+    for j in range(size):
+        item = <object>PyTuple_GET_ITEM(row, j)
+        if not PyFloat_CheckExact(item):
+            return False
+        table[j] = PyFloat_AS_DOUBLE(item)
+    for j in range(size, _NSLOT):
+        table[j] = 0.0
+    if not _fast_buffers(params, grads, s0, s1, s2, _NSTATE_C[kind], &typenum, &n, ptrs):
+        return False
+    if n == 0:
+        return True
+    with nogil:
+        _run(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], table, NULL, 0, n,
+             num_threads)
+    return True
+
+
+# --- adam_step's fast path: the C twin of adamfast.algorithms.adam.scalars ---
+
+cdef inline bint _fast_float(object x, double lo, double hi_excl, double* out) noexcept:
+    # An exact Python float in [lo, hi_excl); NaN fails both comparisons.
+    if not PyFloat_CheckExact(x):
+        return False
+    cdef double d = PyFloat_AS_DOUBLE(x)
+    out[0] = d
+    return lo <= d < hi_excl
+
+
+cdef inline int _fast_flag(object x) noexcept:
+    # 1 for the object True, 0 for False, -1 (decline) for anything else.
+    if x is True:
+        return 1
+    if x is False:
+        return 0
+    return -1
+
+
+cdef inline bint _adam_scalars(long step, double lr, double beta1, double beta2, double eps,
+                               double weight_decay, bint decoupled, bint amsgrad, bint maximize,
+                               bint eps_hat, double eps_root, bint bias_correction,
+                               bint nesterov, double* out) noexcept nogil:
+    # The same double operations, in the same order, as the Python scalars()
+    # does on Python floats (the build has no FMA contraction or fast-math),
+    # so the results are identical bit for bit.  ``beta ** step`` on a float
+    # and an int is C pow() with the int rounded to double, as below.
+    cdef double pow1 = 0.0, pow2 = 0.0, pow1n = 0.0
+    cdef double bc1 = 1.0, bc2 = 1.0, bc1n = 1.0, base, a, b, c1 = 1.0, c2 = 0.0, st, nest = 0.0
+    cdef int j
+    if bias_correction:
+        pow1 = pow(beta1, <double>step)
+        pow2 = pow(beta2, <double>step)
+        # Python raises OverflowError when pow() reports ERANGE for a nonzero
+        # result; a libm may do that for a subnormal one.  Decline that sliver
+        # rather than depend on the libm.
+        if (pow1 != 0.0 and pow1 < DBL_MIN) or (pow2 != 0.0 and pow2 < DBL_MIN):
+            return False
+        bc1 = 1.0 - pow1
+        bc2 = 1.0 - pow2
+        # > 0 for beta in [0, 1); would be ZeroDivisionError in Python.
+        if not (bc1 > 0.0 and bc2 > 0.0):
+            return False
+    if eps_hat:
+        base = lr * sqrt(bc2)
+        a = 1.0
+        b = 1.0
+    elif eps_root != 0.0:
+        base = lr
+        a = 1.0 / bc2
+        b = 1.0
+    else:
+        base = lr
+        a = 1.0
+        b = 1.0 / sqrt(bc2)
+    if nesterov:
+        if bias_correction:
+            # (step + 1 as unsigned: no overflow at LONG_MAX, and rounded to double
+            # once, as Python converts the int t + 1.)
+            pow1n = pow(beta1, <double>(<unsigned long>step + 1))
+            if pow1n != 0.0 and pow1n < DBL_MIN:
+                return False
+            bc1n = 1.0 - pow1n
+            if not bc1n > 0.0:
+                return False
+        nest = 1.0
+        c1 = beta1 / bc1n
+        c2 = (1.0 - beta1) / bc1
+        st = base
+    else:
+        st = base / bc1
+    out[0] = -1.0 if maximize else 1.0
+    out[1] = 1.0 - lr * weight_decay if decoupled else 1.0
+    out[2] = 0.0 if decoupled else weight_decay
+    out[3] = beta1
+    out[4] = 1.0 - beta1
+    out[5] = beta2
+    out[6] = 1.0 - beta2
+    out[7] = st
+    out[8] = a
+    out[9] = eps_root
+    out[10] = b
+    out[11] = eps
+    out[12] = nest
+    out[13] = c1
+    out[14] = c2
+    out[15] = 1.0 if amsgrad else 0.0
+    return True
+
+
+def _fast_scalars(long step, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, bint decoupled, bint maximize, bint amsgrad=False,
+                  bint eps_hat=False, double eps_root=0.0, bint bias_correction=True,
+                  bint nesterov=False):
+    """The row adam_step_fast computes, as a tuple like
+    ``adamfast.algorithms.adam.scalars`` returns (None if it would decline).
+    For the tests only."""
+    cdef double s[_NSLOT]
+    if not _adam_scalars(step, lr, beta1, beta2, eps, weight_decay,
+                                               decoupled, amsgrad, maximize, eps_hat, eps_root,
+                                               bias_correction, nesterov, s):
+        return None
+    return tuple(s[j] for j in range(_NSLOT))
+
+
+cdef int _ADAM = -1
+cdef int _ADAM_AMSGRAD = -1
+_ADAM = KINDS.index("adam")
+_ADAM_AMSGRAD = KINDS.index("adam_amsgrad")
+
+
+def adam_step_fast(
+    params,            # IN/OUT  theta
+    grads,             # IN      g (may be read-only)
+    exp_avg,           # IN/OUT  m
+    exp_avg_sq,        # IN/OUT  v
+    step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+    max_exp_avg_sq,    # IN/OUT  running max of v (only looked at if amsgrad is True)
+    maximize,
+    int num_threads,
+    eps_hat=False, eps_root=0.0, bias_correction=True, nesterov=False,
+):
+    """``adamfast.adam_step``'s fast path: the same step, or a refusal.
+
+    Takes adam_step's arguments as given.  Returns True after performing the
+    step exactly as adam_step's full path would, or False without writing
+    anything when the call is not in the simple class it handles: the
+    buffers as for ``step_fast``; ``step`` an exact int >= 1 (fits a C long);
+    ``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``eps_root``
+    exact floats in their ranges; the flags exactly True or False;
+    ``max_exp_avg_sq`` given iff ``amsgrad``.  It never raises for bad input.
+    """
+    cdef int ams, dec, mx, hat, bc, nes
+    cdef long t
+    cdef int overflow = 0
+    cdef double lr_, b1, b2, eps_, wd, root
+    cdef int typenum
+    cdef Py_ssize_t n
+    cdef char* ptrs[5]
+    cdef double row[_NSLOT]
+
+    ams = _fast_flag(amsgrad)
+    dec = _fast_flag(decoupled)
+    mx = _fast_flag(maximize)
+    hat = _fast_flag(eps_hat)
+    bc = _fast_flag(bias_correction)
+    nes = _fast_flag(nesterov)
+    if ams < 0 or dec < 0 or mx < 0 or hat < 0 or bc < 0 or nes < 0:
+        return False
+    # step: an exact int (bool is a subclass, so it declines), 1 <= step < LONG_MAX.
+    if not PyLong_CheckExact(step):
+        return False
+    t = PyLong_AsLongAndOverflow(step, &overflow)
+    if overflow or t < 1:
+        return False
+    if not (_fast_float(lr, 0.0, INFINITY, &lr_)
+            and _fast_float(beta1, 0.0, 1.0, &b1)
+            and _fast_float(beta2, 0.0, 1.0, &b2)
+            and _fast_float(eps, 0.0, INFINITY, &eps_)
+            and _fast_float(weight_decay, 0.0, INFINITY, &wd)
+            and _fast_float(eps_root, 0.0, INFINITY, &root)):
+        return False
+    if not _fast_buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, 3 if ams else 2,
+                         &typenum, &n, ptrs):
+        return False
+    if not _adam_scalars(t, lr_, b1, b2, eps_, wd, dec, ams, mx, hat, root, bc, nes, row):
+        return False
+    if n == 0:
+        return True
+    with nogil:
+        _run(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3],
+             ptrs[4], row, NULL, 0, n, num_threads)
+    return True

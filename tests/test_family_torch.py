@@ -1,0 +1,153 @@
+"""Every family class against its torch.optim peer (for-loop implementation), and Lion
+and Adam's nesterov/eps_root against NumPy transcriptions of optax's formulas."""
+
+import numpy as np
+import pytest
+
+import adamfast
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+
+CASES = {
+    "Adam": [{}, {"weight_decay": 0.1, "amsgrad": True}, {"maximize": True},
+             {"decoupled_weight_decay": True, "weight_decay": 0.1}],
+    "AdamW": [{}, {"amsgrad": True, "weight_decay": 0.05}],
+    "Adamax": [{}, {"weight_decay": 0.1, "maximize": True}],
+    "NAdam": [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True,
+                                          "momentum_decay": 0.01}],
+    "RAdam": [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
+    "Adagrad": [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1}],
+    "RMSprop": [{}, {"centered": True}, {"momentum": 0.9}, {"centered": True, "momentum": 0.5,
+                                                             "weight_decay": 0.1}],
+    "SGD": [{}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.1},
+            {"momentum": 0.9, "nesterov": True, "maximize": True}],
+    "Adadelta": [{}, {"rho": 0.8, "weight_decay": 0.1}],
+}
+# torch's state names where they differ from a buffer we hold for the same quantity.
+SHAPES = [(4, 3), (17,), (2, 3, 2), ()]
+
+
+def _grads(dtype, t):
+    rng = np.random.default_rng(500 + t)
+    return [np.asarray(rng.standard_normal(s) * 10.0 ** rng.uniform(-2, 1), dtype) for s in SHAPES]
+
+
+@pytest.fixture
+def torch_default_dtype(dtype):
+    # torch keeps NAdam's mu_product in its default dtype: float64 for a float64 comparison.
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in CASES.items() for kw in kws],
+                         ids=lambda x: x if isinstance(x, str) else "-".join(f"{k}={v}"
+                                                                                  for k, v in x.items()) or "defaults")
+def test_matches_torch_with_groups(backend, dtype, name, kw, torch_default_dtype):
+    rng = np.random.default_rng(7)
+    init = [np.asarray(rng.standard_normal(s), dtype) for s in SHAPES]
+    tparams = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
+    lr = {"Adadelta": 0.5, "Adagrad": 0.05, "RMSprop": 0.005, "SGD": 0.01}.get(name, 3e-3)
+    # Two groups; the second overrides lr (and a weight decay where the class has one).
+    over = {"lr": lr / 2}
+    tcls = getattr(torch.optim, name)
+    topt = tcls([{"params": tparams[:2]}, {"params": tparams[2:], **over}], lr=lr,
+                foreach=False, **kw)
+    opt = getattr(adamfast, name)([{"params": init[:2]}, {"params": init[2:], **over}], lr=lr,
+                                  backend=backend, **kw)
+    for t in range(1, 21):
+        grads = _grads(dtype, t)
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+        opt.step(grads)
+    for i, (mine, tp) in enumerate(zip(opt.params, tparams)):
+        assert_close(mine, tp.detach().numpy(), dtype, f"{name} params[{i}]")
+        state = topt.state[tp]
+        for key, buf in opt.state.items():
+            if key in state:
+                assert_close(buf[opt._slices[i]].reshape(mine.shape), state[key].numpy(), dtype,
+                             f"{name} {key}[{i}]")
+
+
+def test_state_names_are_torchs(dtype):
+    """Each state buffer we hold is the one torch names so (checked on a real step)."""
+    for name, kws in CASES.items():
+        kw = kws[-1]
+        tp = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        topt = getattr(torch.optim, name)([tp], foreach=False, **kw)
+        tp.grad = torch.ones(3, dtype=torch.float64)
+        topt.step()
+        opt = getattr(adamfast, name)([np.zeros(3)], backend="numpy", **kw)
+        opt.step([np.ones(3)])
+        assert set(opt.state) <= set(topt.state[tp]), (name, set(opt.state),
+                                                         set(topt.state[tp]))
+
+
+def _optax_lion(p, m, g, lr, b1, b2, wd, steps):
+    """optax.lion, transcribed: scale_by_lion, add_decayed_weights, scale by -lr."""
+    for gt in g[:steps]:
+        update = np.sign((1 - b1) * gt + b1 * m)
+        m = (1 - b2) * gt + b2 * m
+        p = p + -lr * (update + wd * p)
+    return p, m
+
+
+def test_lion_matches_optax_formula(backend, dtype):
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(1025).astype(dtype)
+    grads = [rng.standard_normal(1025).astype(dtype) for _ in range(20)]
+    opt = adamfast.Lion([p0], lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, backend=backend)
+    for g in grads:
+        opt.step([g])
+    p, m = _optax_lion(p0.astype(np.float64), np.zeros(1025), [g.astype(np.float64) for g in grads],
+                       1e-3, 0.9, 0.99, 0.1, 20)
+    assert_close(opt.params[0], p, dtype, "Lion params vs optax")
+    assert_close(opt.exp_avg, m, dtype, "Lion exp_avg vs optax")
+
+
+def _optax_adam(p, g, lr, b1, b2, eps, eps_root, nesterov, steps):
+    """optax.adam(..., eps_root, nesterov), transcribed (scale_by_adam then scale by -lr)."""
+    mu = np.zeros_like(p)
+    nu = np.zeros_like(p)
+    for t, gt in enumerate(g[:steps], start=1):
+        mu = (1 - b1) * gt + b1 * mu
+        nu = (1 - b2) * gt * gt + b2 * nu
+        if nesterov:
+            mu_hat = b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * gt / (1 - b1 ** t)
+        else:
+            mu_hat = mu / (1 - b1 ** t)
+        nu_hat = nu / (1 - b2 ** t)
+        p = p - lr * mu_hat / (np.sqrt(nu_hat + eps_root) + eps)
+    return p
+
+
+@pytest.mark.parametrize("eps_root,nesterov", [(0.0, True), (1e-8, False), (1e-8, True)])
+def test_adam_conventions_match_optax_formula(backend, dtype, eps_root, nesterov):
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(1025).astype(dtype)
+    grads = [rng.standard_normal(1025).astype(dtype) for _ in range(20)]
+    opt = adamfast.Adam([p0], lr=1e-2, eps_root=eps_root, nesterov=nesterov, backend=backend)
+    for g in grads:
+        opt.step([g])
+    want = _optax_adam(p0.astype(np.float64), [g.astype(np.float64) for g in grads], 1e-2, 0.9,
+                       0.999, 1e-8, eps_root, nesterov, 20)
+    assert_close(opt.params[0], want, dtype, "Adam vs optax formula")
+
+
+def test_bias_correction_off_is_deepspeeds(backend):
+    rng = np.random.default_rng(9)
+    p0 = rng.standard_normal(100)
+    m = np.zeros(100)
+    v = np.zeros(100)
+    p = p0.copy()
+    opt = adamfast.Adam([p0], lr=1e-2, bias_correction=False, backend=backend)
+    for t in range(1, 6):
+        g = rng.standard_normal(100)
+        opt.step([g])
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        p = p - 1e-2 * m / (np.sqrt(v) + 1e-8)
+    assert_close(opt.params[0], p, np.float64, "bias_correction=False")
