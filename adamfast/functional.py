@@ -77,7 +77,7 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
     if b.adam_fast is not None and b.adam_fast(
             params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
             decoupled, amsgrad, max_exp_avg_sq, maximize, nthreads, eps_hat, eps_root,
-            bias_correction, nesterov):
+            bias_correction, nesterov):  # all positional: keywords cost ~0.3 us here
         return
     # Full path: the single authority on what is valid.
     t = _validate.step(step)

@@ -38,6 +38,7 @@ turned on later allocates its buffer (zeros) at the next step.
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Mapping
 
 import numpy as np
@@ -102,6 +103,7 @@ class Optimizer:
     """
 
     spec = None  # set by each subclass
+    _guarded = frozenset()
 
     def __init__(self, params, *args, backend="auto", **kwargs):
         spec = self.spec
@@ -167,8 +169,10 @@ class Optimizer:
             group.update(hp)
             self.param_groups.append(group)
         self._gstate = [dict(spec.gstate) if spec.gstate else None for _ in groups]
-        self._cache = [None] * len(groups)  # (raw hp tuple, validated hp) per group
+        # Per group: (raw hp tuple, validated hp, lr is a schedule).
+        self._cache = [None] * len(groups)
         self._kind = kind
+        self._plan = None  # (kind id, state slots): set at the first step (_replan)
         self.step_count = 0
 
     # --- construction helpers ----------------------------------------------
@@ -210,6 +214,9 @@ class Optimizer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):
+        if name not in self._guarded:
+            object.__setattr__(self, name, value)
+            return
         spec = self.spec
         if name in self._OWNED or (spec is not None and name in spec.all_state_names()):
             raise AttributeError(f"{name} is owned by the optimizer and cannot be rebound (the "
@@ -244,6 +251,7 @@ class Optimizer:
     @backend.setter
     def backend(self, value):
         self._backend = _dispatch.get_backend(value)
+        self._cache = [None] * len(self.param_groups)  # replan with the new kind ids
 
     # --- the step ------------------------------------------------------------
 
@@ -273,13 +281,16 @@ class Optimizer:
         return pairs
 
     def _group_hp(self, t):
-        """Every group's validated hyperparameters for step t (cached while unchanged)."""
+        """Every group's validated hyperparameters for step t, and whether any
+        group's settings changed since the last step (then they were checked)."""
         spec = self.spec
         names = self._hp_names
+        getter = self._getter
         out = []
+        changed = False
         for gi, group in enumerate(self.param_groups):
             try:
-                raw = tuple(group[n] for n in names)
+                raw = getter(group)
             except KeyError as exc:
                 raise ValueError(f"param_groups[{gi}] is missing {exc}") from None
             cached = self._cache[gi]
@@ -287,14 +298,26 @@ class Optimizer:
                 hp = spec.validate(self._numeric_lr(dict(zip(names, raw))),
                                    f"param_groups[{gi}]: ")
                 hp["lr"] = raw[0] if callable(raw[0]) else hp["lr"]
-                cached = self._cache[gi] = (raw, hp)
+                cached = (raw, hp, callable(raw[0]))
+                changed = True
             hp = cached[1]
             if callable(hp["lr"]):
-                hp = dict(hp, lr=learning_rate(f"param_groups[{gi}]: lr({t})", hp["lr"](t)))
-                if callable(hp["lr"]):
+                lr = hp["lr"](t)
+                if callable(lr):
                     raise TypeError(f"param_groups[{gi}]: lr({t}) must return a number")
-            out.append(hp)
-        return out
+                hp = dict(hp, lr=learning_rate(f"param_groups[{gi}]: lr({t})", lr))
+            out.append((hp, cached))
+        return out, changed
+
+    def _replan(self, hps):
+        """The kind, its kernel id and its state buffers, after a change of settings."""
+        kind = self.spec.kind_of(hps)
+        if kind != self._kind:
+            self._grow(kind, hps)
+        state = tuple(self._state[n] for n in self.spec.state_names(kind))
+        self._plan = (self._backend.kind_id(kind),
+                      state + (self._empty,) * (3 - len(state)))
+        self.__dict__.pop("_c_args", None)
 
     def step(self, grads=None):
         """Take one step.
@@ -305,29 +328,59 @@ class Optimizer:
         ``opt.grads``.  Everything (gradients, every group's hyperparameters)
         is checked first: a bad call changes nothing.
         """
-        spec = self.spec
         t = self.step_count + 1
-        hps = self._group_hp(t)
+        if grads is None and len(self.param_groups) == 1:
+            # The common case, kept short: ~25% of a small step is Python here.
+            cached = self._cache[0]
+            if cached is not None and not cached[2]:
+                try:
+                    same = self._getter(self.param_groups[0]) == cached[0]
+                except KeyError:
+                    same = False
+                if same:
+                    hp = cached[1]
+                    if self._c_twin(t, hp):
+                        self.__dict__["step_count"] = t
+                        return
+                    row, new = self.spec.scalars(t, hp, self._gstate[0])
+                    self._run((row,), t, (new,))
+                    return
+        self._step_general(grads, t)
+
+    def _step_general(self, grads, t):
+        spec = self.spec
+        hps, changed = self._group_hp(t)
         pairs = self._check_grads(grads) if grads is not None else ()
-        kind = spec.kind_of(hps) if len(spec.kinds) > 1 else self._kind
         rows, gstates = [], []
-        for hp, gs in zip(hps, self._gstate):
+        for (hp, _), gs in zip(hps, self._gstate):
             row, new = spec.scalars(t, hp, gs)
             rows.append(row)
             gstates.append(new)
         # Everything is valid: from here on, write.
+        if changed or self._plan is None:
+            self._cache = [cached for _, cached in hps]
+            self._replan([hp for hp, _ in hps])
         for dst, src in pairs:
             if dst is not src:
                 np.copyto(dst, src)
-        if kind != self._kind:
-            self._grow(kind, hps)
+        self._run(rows, t, gstates)
+
+    def _run(self, rows, t, gstates):
+        kid, (s0, s1, s2) = self._plan
         b = self._backend
-        _engine.run(b, b.kind_id(kind), self.flat_params, self.flat_grads,
-                    [self._state[n] for n in spec.state_names(kind)], rows, self._chunks,
-                    _dispatch.get_num_threads(), self._empty)
-        if spec.gstate is not None:
-            self._gstate = gstates
-        self.step_count = t
+        nthreads = _dispatch.get_num_threads()
+        # One group: the cython backend takes the row as a tuple in C, no table.
+        if len(rows) > 1 or b.step_fast is None or not b.step_fast(
+                kid, self.flat_params, self.flat_grads, s0, s1, s2, rows[0], nthreads):
+            b.kernel(kid, self.flat_params, self.flat_grads, s0, s1, s2,
+                     _engine.scalar_table(rows), self._chunks, nthreads)
+        if self.spec.gstate is not None:
+            self._gstate = list(gstates)
+        self.__dict__["step_count"] = t
+
+    def _c_twin(self, t, hp):
+        """Hook: a backend's C twin of the whole step (scalars included); False to decline."""
+        return False
 
     def _grow(self, kind, hps):
         """A structural switch was turned on: allocate the buffers it needs."""
@@ -456,6 +509,28 @@ class Optimizer:
                 f"backend={self.backend!r}, step_count={self.step_count})")
 
 
+def _adam_c_twin(self, t, hp):
+    """Adam's whole step in C (adam_step_fast: its scalars are the C twin of
+    adamfast.algorithms.adam.scalars, bit for bit); declines like any fast path."""
+    fast = self._backend.adam_fast
+    if fast is None:
+        return False
+    args = self.__dict__.get("_c_args")
+    if args is None or args[0] is not hp:
+        # Built once per change of settings: the per-step cost is one call.
+        _, (s0, s1, s2) = self._plan
+        beta1, beta2 = hp["betas"]
+        args = self.__dict__["_c_args"] = (
+            hp, (self.flat_params, self.flat_grads, s0, s1),
+            (hp["lr"], beta1, beta2, hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"],
+             hp["amsgrad"], s2, hp["maximize"]),
+            (hp["eps_hat"], hp["eps_root"], hp["bias_correction"], hp["nesterov"]))
+    return fast(*args[1], t, *args[2], _dispatch.get_num_threads(), *args[3])
+
+
+_C_TWINS = {"adam": _adam_c_twin}
+
+
 def _make_class(spec, doc):
     """A class with torch's signature, from the spec."""
     P = inspect.Parameter
@@ -465,7 +540,11 @@ def _make_class(spec, doc):
         + [P("backend", P.KEYWORD_ONLY, default="auto")])
     cls = type(spec.name, (Optimizer,), {
         "spec": spec, "__signature__": sig, "__doc__": doc, "__module__": __name__,
-        "_hp_names": tuple(h.name for h in spec.hyper)})
+        "_hp_names": tuple(h.name for h in spec.hyper),
+        "_c_twin": _C_TWINS[spec.c_twin] if spec.c_twin else Optimizer._c_twin,
+        "_getter": staticmethod(operator.itemgetter(*(h.name for h in spec.hyper))),
+        "_guarded": frozenset(Optimizer._OWNED + spec.all_state_names()
+                              + tuple(h.name for h in spec.hyper))})
     return cls
 
 

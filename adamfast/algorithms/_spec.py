@@ -130,6 +130,8 @@ class Spec:
                compare with
     fixed      hyperparameters a class pins (AdamW's decoupled decay) and
                does not take as keywords
+    c_twin     the name of a C twin of the whole step in the cython backend
+               (``"adam"``: adam_step_fast), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
                the group state follows from the step alone (SGD's momentum
                starts at step 1); otherwise the caller carries it
@@ -147,6 +149,7 @@ class Spec:
     peer: str = ""
     fixed: dict = field(default_factory=dict)
     gstate_from_step: Callable | None = None
+    c_twin: str | None = None
     doc: str = ""
 
     @property
@@ -156,11 +159,16 @@ class Spec:
     def state_names(self, kind):
         return self.kinds[kind]
 
-    def all_state_names(self):
+    def __post_init__(self):
         seen = []
         for names in self.kinds.values():
             seen += [n for n in names if n not in seen]
-        return tuple(seen)
+        # Frozen: computed once here, read on every step.
+        object.__setattr__(self, "_all_state", tuple(seen))
+        object.__setattr__(self, "_hp_names", tuple(h.name for h in self.hyper))
+
+    def all_state_names(self):
+        return self._all_state
 
     def bytes_per_param(self, kind, itemsize):
         """Memory traffic of one step: read params, grads and every state
