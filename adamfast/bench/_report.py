@@ -41,7 +41,8 @@ def print_header(info: dict, cfg, setup):
               f"buffers, so its rows may beat this roofline)")
     where = f"{cfg.arrays} array(s)" + (f" in {cfg.groups} param groups" if cfg.groups > 1 else "")
     if setup is None:
-        print(f"family: every algorithm, default hyperparameters, {cfg.dtype.name}, {where}")
+        print(f"family: every algorithm with its class defaults (changes noted below), "
+              f"{cfg.dtype.name}, {where}")
         return
     bpp = info["bytes_per_param"]
     print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "

@@ -108,6 +108,13 @@ class Workload:
 _loaded = {}
 
 
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line`` of an exception, cut to ``limit`` characters for a note."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_backend(name: str, notes: Notes):
     """The adamfast Backend ``name``, or None with a note (numba may be mid-rewrite)."""
     if name not in _loaded:
@@ -117,9 +124,7 @@ def load_backend(name: str, notes: Notes):
             _loaded[name] = _dispatch.get_backend(name)
         except Exception as exc:  # ValueError when unavailable; anything from a broken import
             _loaded[name] = None
-            first = (str(exc).strip().splitlines() or [""])[0]
-            notes.add(f"adamfast backend {name!r} failed to load ({type(exc).__name__}: "
-                      f"{first}): its rows skipped")
+            notes.add(f"adamfast backend {name!r} skipped ({short_error(exc)})")
     return _loaded[name]
 
 

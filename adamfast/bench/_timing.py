@@ -86,7 +86,7 @@ def measure(impls: list[Impl], rounds: int, flush: CacheFlusher, progress: Progr
             impl.step(2)
         except Exception as exc:
             impls.remove(impl)
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = (str(exc).strip().splitlines() or [""])[0][:120]
             failed.append(f"{impl.name} failed on its first call ({type(exc).__name__}: "
                           f"{first}): row skipped")
     # Interleaved: a slow stretch of a shared machine hits every row alike,
