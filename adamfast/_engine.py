@@ -45,16 +45,3 @@ def scalar_table(rows):
     for g, row in enumerate(rows):
         table[g, :len(row)] = row
     return table
-
-
-def run(backend, kind_id, params, grads, state, rows, chunks, num_threads, empty):
-    """One kernel call.  ``state`` is the kind's buffers in spec order; ``rows``
-    the per-group scalar rows; ``empty`` a length-0 array of the dtype for the
-    unused slots.  With one group the cython backend takes the row as a tuple
-    in C (no table to build); everything else goes through ``family_kernel``."""
-    s = tuple(state) + (empty,) * (3 - len(state))
-    if len(rows) == 1 and backend.step_fast is not None and \
-            backend.step_fast(kind_id, params, grads, s[0], s[1], s[2], rows[0], num_threads):
-        return
-    backend.kernel(kind_id, params, grads, s[0], s[1], s[2], scalar_table(rows), chunks,
-                   num_threads)

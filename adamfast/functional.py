@@ -24,7 +24,7 @@ import inspect
 
 import numpy as np
 
-from . import _dispatch, _engine, _validate
+from . import _dispatch, _engine, _guard, _validate
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, flag, nonneg, unit_open
 
@@ -35,8 +35,9 @@ _ADAM = ALGORITHMS["Adam"]
 def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, max_exp_avg_sq=None,
               maximize=False, eps_hat=False, eps_root=0.0, bias_correction=True,
-              nesterov=False, backend="auto"):
-    """Perform one Adam (or AdamW) update in place.
+              nesterov=False, grad_scale=None, max_grad_norm=None, skip_nonfinite=False,
+              ema=None, ema_decay=None, backend="auto"):
+    """Perform one Adam (or AdamW) update in place; return a :class:`~adamfast.StepResult`.
 
     Parameters
     ----------
@@ -64,6 +65,13 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
         The other frameworks' conventions (TensorFlow/Keras' epsilon-hat,
         optax's eps_root and nesterov, DeepSpeed's bias_correction); see
         :mod:`adamfast.algorithms.adam`.
+    grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay
+        The guarded step (see :mod:`adamfast._guard`): divide the gradients
+        by the loss scale ``grad_scale`` inside the kernel, clip them to the
+        L2 norm ``max_grad_norm`` as ``torch.nn.utils.clip_grad_norm_``, skip
+        the step (nothing written) when they hold an Inf or NaN, and update
+        the parameter EMA ``ema`` (an array like params) with decay
+        ``ema_decay`` in the same pass.
     backend : {"auto", "numpy", "numba", "cython"}
         ``"auto"`` takes the fastest available.
 
@@ -73,12 +81,14 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
     """
     b = _dispatch.get_backend(backend)
     nthreads = _dispatch.get_num_threads()
+    guarded = not (grad_scale is None and max_grad_norm is None and skip_nonfinite is False
+                   and ema is None and ema_decay is None)
     # Fast path (cython only): True means done.
-    if b.adam_fast is not None and b.adam_fast(
+    if not guarded and b.adam_fast is not None and b.adam_fast(
             params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
             decoupled, amsgrad, max_exp_avg_sq, maximize, nthreads, eps_hat, eps_root,
             bias_correction, nesterov):  # all positional: keywords cost ~0.3 us here
-        return
+        return _guard.PLAIN
     # Full path: the single authority on what is valid.
     t = _validate.step(step)
     hp = _ADAM.validate({
@@ -94,11 +104,46 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
             raise ValueError("max_exp_avg_sq is required when amsgrad=True: pass an array like "
                              "exp_avg_sq, zero-initialised before the first step")
         named.append(("max_exp_avg_sq", max_exp_avg_sq, True))
+    guard = _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named)
     views = _validate.buffers(named)
     row, _ = _ADAM.scalars(t, hp, None)
     kind = "adam_amsgrad" if hp["amsgrad"] else "adam"
-    _engine.run(b, b.kind_id(kind), views[0], views[1], views[2:], [row],
-                _engine.single_chunks(views[0].size), nthreads, _EMPTY[views[0].dtype])
+    return _guarded_run(b, b.kind_id(kind), views, row, guard, nthreads)
+
+
+def _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named):
+    """Validate the guarded step's arguments; put ``ema`` last in ``named`` when given."""
+    max_grad_norm, skip_nonfinite, ema_decay = _guard.check_options(max_grad_norm,
+                                                                    skip_nonfinite, ema_decay)
+    if (ema is None) != (ema_decay is None):
+        raise ValueError(f"ema and ema_decay go together: pass both (the EMA buffer, like "
+                         f"params, and its decay) or neither, got ema={describe(ema)} and "
+                         f"ema_decay={ema_decay!r}")
+    if ema is not None:
+        named.append(("ema", ema, True))
+    return _guard.check_scale(grad_scale), max_grad_norm, skip_nonfinite, ema_decay
+
+
+def _guarded_run(b, kid, views, row, guard, nthreads):
+    """The kernel call of a functional step, after the guard's pass 1 if asked for."""
+    grad_scale, max_grad_norm, skip_nonfinite, ema_decay = guard
+    ema = views.pop() if ema_decay is not None else None
+    result = _guard.PLAIN
+    if grad_scale is not None or max_grad_norm is not None or skip_nonfinite or ema is not None:
+        mult, norm, skipped = _guard.multiplier(b, views[1], grad_scale, max_grad_norm,
+                                                skip_nonfinite, nthreads)
+        if skipped:
+            return _guard.StepResult(norm, True)
+        row = _guard.fold(row, mult, ema_decay)
+        if norm is not None:
+            result = _guard.StepResult(norm, False)
+    state = list(views[2:]) + [_EMPTY[views[0].dtype]] * (3 - len(views[2:]))
+    if b.step_fast is None or not b.step_fast(kid, views[0], views[1], state[0], state[1],
+                                              state[2], row, nthreads, ema):
+        b.kernel(kid, views[0], views[1], state[0], state[1], state[2],
+                 _engine.scalar_table([row]), _engine.single_chunks(views[0].size), nthreads,
+                 ema)
+    return result
 
 
 def _make_step(spec):
@@ -108,7 +153,8 @@ def _make_step(spec):
     gstate_names = list(spec.gstate or {})
     fname = spec.name.lower() + "_step"
 
-    def step_fn(params, grads, *state, step, backend="auto", **kwargs):
+    def step_fn(params, grads, *state, step, backend="auto", grad_scale=None, max_grad_norm=None,
+                skip_nonfinite=False, ema=None, ema_decay=None, **kwargs):
         b = _dispatch.get_backend(backend)
         nthreads = _dispatch.get_num_threads()
         t = _validate.step(step)
@@ -144,17 +190,22 @@ def _make_step(spec):
                                  f"torch.optim.{spec.name} initialises it")
             named.append((name, given[name], True))
         row, new_gstate = spec.scalars(t, hp, gstate)
-        # Fast path first (cython): buffers checked in C, or declined.
         kid = b.kind_id(kind)
+        guarded = not (grad_scale is None and max_grad_norm is None and skip_nonfinite is False
+                       and ema is None and ema_decay is None)
+        # Fast path first (cython): buffers checked in C, or declined.
         s = [given[name] for name in needed] + [None] * (3 - len(needed))
-        if b.step_fast is None or not b.step_fast(kid, params, grads, s[0], s[1], s[2], row,
-                                                  nthreads):
-            views = _validate.buffers(named)
-            _engine.run(b, kid, views[0], views[1], views[2:], [row],
-                        _engine.single_chunks(views[0].size), nthreads, _EMPTY[views[0].dtype])
+        if not guarded and b.step_fast is not None and b.step_fast(
+                kid, params, grads, s[0], s[1], s[2], row, nthreads):
+            result = _guard.PLAIN
+        else:
+            guard = _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named)
+            result = _guarded_run(b, kid, _validate.buffers(named), row, guard, nthreads)
         if spec.gstate is not None and spec.gstate_from_step is None:
-            return new_gstate
-        return None
+            if result.skipped:  # a skipped step leaves the group state as it was
+                new_gstate = gstate
+            return _guard.StepResult(result.grad_norm, result.skipped, new_gstate)
+        return result
 
     params_ = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
                inspect.Parameter("grads", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -165,6 +216,9 @@ def _make_step(spec):
         params_ += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in gstate_names]
     params_ += [inspect.Parameter(h.name, inspect.Parameter.KEYWORD_ONLY, default=h.default)
                 for h in spec.hyper]
+    params_ += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+                for n, d in (("grad_scale", None), ("max_grad_norm", None),
+                             ("skip_nonfinite", False), ("ema", None), ("ema_decay", None))]
     params_ += [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto")]
 
     def wrapper(params, grads, *args, **kwargs):
@@ -184,14 +238,16 @@ def _make_step(spec):
 
     wrapper.__name__ = wrapper.__qualname__ = fname
     wrapper.__signature__ = inspect.Signature(params_)
-    returns = (f"\n\nReturns the group state after this step ({', '.join(gstate_names)}), to "
-               f"pass to the next call." if spec.gstate is not None and
-               spec.gstate_from_step is None else "")
+    returns = (f"\n\nReturns a StepResult whose ``group_state`` holds "
+               f"{', '.join(gstate_names)} after this step, to pass to the next call."
+               if spec.gstate is not None and spec.gstate_from_step is None else
+               "\n\nReturns a StepResult (grad_norm, skipped).")
     wrapper.__doc__ = (
         f"One {spec.name} update in place (peer: {spec.peer}).\n\n"
         f"State buffers: {', '.join(state_names)} (torch's names; zeros before step 1 unless "
         f"torch initialises them otherwise).  Hyperparameters: {', '.join(hp_names)}, with "
-        f"torch's defaults.  The maths is stated in :mod:`{spec.reference[next(iter(spec.kinds))].__module__}`."
+        f"torch's defaults.  grad_scale, max_grad_norm, skip_nonfinite, ema and ema_decay: "
+        f"the guarded step, as in adam_step.  The maths is stated in :mod:`{spec.reference[next(iter(spec.kinds))].__module__}`."
         f"{returns}")
     wrapper.spec = spec
     return wrapper

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _dispatch, _engine, _validate
+from . import _dispatch, _engine, _guard, _validate
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate
 from ._memory import zeros_buffers
@@ -105,12 +105,16 @@ class Optimizer:
     spec = None  # set by each subclass
     _guarded = frozenset()
 
-    def __init__(self, params, *args, backend="auto", **kwargs):
+    def __init__(self, params, *args, backend="auto", max_grad_norm=None, skip_nonfinite=False,
+                 ema_decay=None, **kwargs):
         spec = self.spec
         bound = self._signature().bind(params, *args, **kwargs)
-        defaults = {name: value for name, value in bound.arguments.items() if name != "params"}
+        defaults = {name: value for name, value in bound.arguments.items()
+                    if name not in ("params", "backend", "max_grad_norm", "skip_nonfinite",
+                                    "ema_decay")}
         defaults = {h.name: defaults.get(h.name, h.default) for h in spec.hyper}
         self._backend = _dispatch.get_backend(backend)
+        guard = _guard.check_options(max_grad_norm, skip_nonfinite, ema_decay)
         self.defaults = defaults
         spec.validate(self._numeric_lr(defaults), "")
 
@@ -163,6 +167,16 @@ class Optimizer:
             self._init_state(name, clean)
         self.__dict__["params"] = self._views(self.flat_params)
         self.__dict__["grads"] = self._views(self.flat_grads)
+        # The guarded step's options (fixed at construction) and the parameter
+        # EMA, which starts as a copy of the initial params.
+        self._max_grad_norm, self._skip_nonfinite, self._ema_decay = guard
+        self._guard_on = self._max_grad_norm is not None or self._skip_nonfinite
+        if self._ema_decay is not None:
+            self.__dict__["flat_ema"] = self.flat_params.copy()
+            self.__dict__["ema_params"] = self._views(self.flat_ema)
+        else:
+            self.__dict__["flat_ema"] = None
+            self.__dict__["ema_params"] = None
         self.param_groups = []
         for g, hp in enumerate(hps):
             group = {"params": list(self.params[firsts[g]:firsts[g + 1]])}
@@ -202,7 +216,7 @@ class Optimizer:
 
     # --- attributes: the buffers are owned, never rebound --------------------
 
-    _OWNED = ("params", "grads", "flat_params", "flat_grads")
+    _OWNED = ("params", "grads", "flat_params", "flat_grads", "flat_ema", "ema_params")
 
     def __getattr__(self, name):
         spec = type(self).spec
@@ -231,6 +245,21 @@ class Optimizer:
             self.defaults[name] = value
             return
         object.__setattr__(self, name, value)
+
+    @property
+    def max_grad_norm(self):
+        """Clip to this global L2 norm (None: no clipping); fixed at construction."""
+        return self._max_grad_norm
+
+    @property
+    def skip_nonfinite(self):
+        """Skip a step whose gradients hold an Inf or NaN; fixed at construction."""
+        return self._skip_nonfinite
+
+    @property
+    def ema_decay(self):
+        """The decay d of the parameter EMA (None: no EMA); fixed at construction."""
+        return self._ema_decay
 
     @property
     def decoupled(self):
@@ -270,6 +299,8 @@ class Optimizer:
                              f"{len(grads)}")
         pairs = []
         for i, (g, dst) in enumerate(zip(grads, self.grads)):
+            if isinstance(g, np.generic):  # a 0-d param's gradient, as arithmetic returns it
+                g = np.asarray(g)
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {describe(g)}")
             if g.dtype != dtype:
@@ -319,17 +350,22 @@ class Optimizer:
                       state + (self._empty,) * (3 - len(state)))
         self.__dict__.pop("_c_args", None)
 
-    def step(self, grads=None):
-        """Take one step.
+    def step(self, grads=None, *, grad_scale=None):
+        """Take one step; return a :class:`~adamfast.StepResult`.
 
         ``grads`` is optional: by default the step uses ``opt.grads`` as the
         caller filled them.  It may also be a sequence of arrays shaped like
         the params, or one flat array of all gradients; these are copied into
-        ``opt.grads``.  Everything (gradients, every group's hyperparameters)
-        is checked first: a bad call changes nothing.
+        ``opt.grads``.  ``grad_scale`` is the loss scale: the gradients are
+        divided by it inside the kernel, never rewritten in memory.
+        Everything (gradients, every group's hyperparameters) is checked
+        first: a bad call changes nothing.  With ``skip_nonfinite``, a step
+        whose gradients hold an Inf or NaN changes nothing either (params,
+        state, EMA and step count) and reports ``skipped=True``.
         """
         t = self.step_count + 1
-        if grads is None and len(self.param_groups) == 1:
+        if grads is None and grad_scale is None and len(self.param_groups) == 1 \
+                and not self._guard_on and self.flat_ema is None:
             # The common case, kept short: ~25% of a small step is Python here.
             cached = self._cache[0]
             if cached is not None and not cached[2]:
@@ -341,39 +377,53 @@ class Optimizer:
                     hp = cached[1]
                     if self._c_twin(t, hp):
                         self.__dict__["step_count"] = t
-                        return
+                        return _guard.PLAIN
                     row, new = self.spec.scalars(t, hp, self._gstate[0])
                     self._run((row,), t, (new,))
-                    return
-        self._step_general(grads, t)
+                    return _guard.PLAIN
+        return self._step_general(grads, t, grad_scale)
 
-    def _step_general(self, grads, t):
+    def _step_general(self, grads, t, grad_scale):
         spec = self.spec
         hps, changed = self._group_hp(t)
         pairs = self._check_grads(grads) if grads is not None else ()
+        grad_scale = _guard.check_scale(grad_scale)
         rows, gstates = [], []
         for (hp, _), gs in zip(hps, self._gstate):
             row, new = spec.scalars(t, hp, gs)
             rows.append(row)
             gstates.append(new)
-        # Everything is valid: from here on, write.
+        # Everything is valid: from here on, write (the gradients first: the
+        # guard reads them).
         if changed or self._plan is None:
             self._cache = [cached for _, cached in hps]
             self._replan([hp for hp, _ in hps])
         for dst, src in pairs:
             if dst is not src:
                 np.copyto(dst, src)
+        result = _guard.PLAIN
+        if grad_scale is not None or self._guard_on or self.flat_ema is not None:
+            mult, norm, skipped = _guard.multiplier(
+                self._backend, self.flat_grads, grad_scale, self._max_grad_norm,
+                self._skip_nonfinite, _dispatch.get_num_threads())
+            if skipped:
+                return _guard.StepResult(norm, True)
+            rows = [_guard.fold(row, mult, self._ema_decay) for row in rows]
+            if norm is not None:
+                result = _guard.StepResult(norm, False)
         self._run(rows, t, gstates)
+        return result
 
     def _run(self, rows, t, gstates):
         kid, (s0, s1, s2) = self._plan
         b = self._backend
         nthreads = _dispatch.get_num_threads()
+        ema = self.flat_ema
         # One group: the cython backend takes the row as a tuple in C, no table.
         if len(rows) > 1 or b.step_fast is None or not b.step_fast(
-                kid, self.flat_params, self.flat_grads, s0, s1, s2, rows[0], nthreads):
+                kid, self.flat_params, self.flat_grads, s0, s1, s2, rows[0], nthreads, ema):
             b.kernel(kid, self.flat_params, self.flat_grads, s0, s1, s2,
-                     _engine.scalar_table(rows), self._chunks, nthreads)
+                     _engine.scalar_table(rows), self._chunks, nthreads, ema)
         if self.spec.gstate is not None:
             self._gstate = list(gstates)
         self.__dict__["step_count"] = t
@@ -419,6 +469,8 @@ class Optimizer:
                "shapes": [tuple(s) for s in self._shapes], "dtype": str(self.flat_params.dtype)}
         for name in self.spec.all_state_names():
             out[name] = self._state[name].copy() if name in self._state else None
+        if self.flat_ema is not None:
+            out["ema"] = self.flat_ema.copy()
         return out
 
     def load_state_dict(self, state_dict):
@@ -482,6 +534,12 @@ class Optimizer:
                     or arr.size != n:
                 raise ValueError(f"state_dict[{name!r}] must be a {dtype} array of {n} elements, "
                                  f"got {describe(arr)}")
+        ema = state_dict.get("ema")
+        if self.flat_ema is not None and not (isinstance(ema, np.ndarray)
+                                              and ema.dtype == self.flat_params.dtype
+                                              and ema.size == n):
+            raise ValueError(f"state_dict['ema'] must be a {dtype} array of {n} elements (this "
+                             f"optimizer keeps a parameter EMA), got {describe(ema)}")
         gstate = state_dict.get("group_state")
         if spec.gstate is not None:
             if not isinstance(gstate, (list, tuple)) or len(gstate) != len(groups) or not all(
@@ -494,6 +552,8 @@ class Optimizer:
             self._grow(kind, new_hps)
         for name in needed:
             np.copyto(self._state[name], state_dict[name].reshape(-1))
+        if self.flat_ema is not None:
+            np.copyto(self.flat_ema, ema.reshape(-1))
         for own, hp in zip(self.param_groups, new_hps):
             own.update(hp)
         self._cache = [None] * len(self.param_groups)
@@ -537,7 +597,10 @@ def _make_class(spec, doc):
     sig = inspect.Signature(
         [P("params", P.POSITIONAL_OR_KEYWORD)]
         + [P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper]
-        + [P("backend", P.KEYWORD_ONLY, default="auto")])
+        + [P("backend", P.KEYWORD_ONLY, default="auto"),
+           P("max_grad_norm", P.KEYWORD_ONLY, default=None),
+           P("skip_nonfinite", P.KEYWORD_ONLY, default=False),
+           P("ema_decay", P.KEYWORD_ONLY, default=None)])
     cls = type(spec.name, (Optimizer,), {
         "spec": spec, "__signature__": sig, "__doc__": doc, "__module__": __name__,
         "_hp_names": tuple(h.name for h in spec.hyper),

@@ -40,8 +40,12 @@ from __future__ import annotations
 import numpy as np
 
 from .algorithms import ALGORITHMS, KINDS as _ALGORITHM_KINDS, ROOFLINE_KINDS
+from .algorithms._spec import EMA_D, EMA_OMD
 
-__all__ = ["KINDS", "family_kernel"]
+__all__ = ["KINDS", "family_kernel", "sumsq_kernel"]
+
+CHUNK = 16384  # adamfast._engine.CHUNK: the norm pass's order depends on it
+LANES = 16
 
 
 def _roofline(nstate):
@@ -61,12 +65,14 @@ KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
 
 
-def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads):
+def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
     """Run ``KINDS[kind_id]``'s reference update over the chunk table.
 
     Consecutive chunks of one group are merged into one slice (the update is
     element-wise, so slicing never changes a result).  ``num_threads`` is
-    accepted for the common signature and ignored.
+    accepted for the common signature and ignored.  With ``ema``, each group
+    then does ``ema = d*ema + (1 - d)*params`` (the new params) with the
+    row's EMA slots: the compiled drivers do it in the same pass.
     """
     update = _BY_ID[kind_id]
     dtype = params.dtype.type
@@ -81,5 +87,35 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for group, lo, hi in runs:
             if hi > lo:
-                update(params[lo:hi], grads[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi],
-                       rows[group])
+                k = rows[group]
+                update(params[lo:hi], grads[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi], k)
+                if ema is not None:
+                    ema[lo:hi] = k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * params[lo:hi]
+
+
+def sumsq_kernel(grads, out, num_threads):
+    """The norm pass of the guarded step, in its defined order.
+
+    For chunk c (elements [c*CHUNK, (c+1)*CHUNK) of ``grads``): element j of
+    the chunk goes to lane j % LANES; each lane sums x*x in float64 in
+    element order; the lanes are then added left to right.  ``out[c, 0]``
+    is that sum of squares and ``out[c, 1]`` the same sum of ``x - x``,
+    which is 0 exactly when every element is finite.  The compiled kernels
+    follow the same order, so the results agree bit for bit; the caller adds
+    the chunks in chunk order.
+    """
+    n = grads.size
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(out.shape[0]):
+            x = grads[c * CHUNK:(c + 1) * CHUNK].astype(np.float64)
+            pad = -x.size % LANES
+            x = np.concatenate([x, np.zeros(pad)]).reshape(-1, LANES)
+            # A reduction over axis 0 of a C-ordered 2-D array adds row after
+            # row into each lane: exactly the lanes' element order.
+            for col, values in enumerate((x * x, x - x)):
+                lanes = np.add.reduce(values, axis=0).tolist()
+                total = lanes[0]
+                for v in lanes[1:]:
+                    total += v
+                out[c, col] = total
+    return n

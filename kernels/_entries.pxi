@@ -55,15 +55,18 @@ def family_kernel(
     cnp.ndarray scalars not None,      # IN      float64 (groups, NSLOT), C-contiguous
     cnp.ndarray chunks not None,       # IN      intp (nchunks, 3) rows of (group, lo, hi)
     int num_threads,
+    cnp.ndarray ema=None,              # IN/OUT  parameter EMA (or None): one more stream
 ):
     """One step of kind ``KINDS[kind]`` in place; the kernel contract of adamfast._dispatch.
 
     Each chunk row ``(group, lo, hi)`` updates elements [lo, hi) with the
     scalar row ``scalars[group]``.  Chunks are spread over ``num_threads``
     OpenMP threads when n >= ``PARALLEL_MIN``; results never depend on the
-    thread count.  Anything out of bounds (an unknown kind, buffers of the
-    wrong dtype/length/layout, a table or chunk row out of range) raises
-    before any buffer is written.
+    thread count.  With ``ema``, every updated element also does
+    ``ema = d*ema + (1 - d)*param`` with d and 1 - d from the row's EMA
+    slots, in the same pass.  Anything out of bounds (an unknown kind,
+    buffers of the wrong dtype/length/layout, a table or chunk row out of
+    range) raises before any buffer is written.
     """
     if not 0 <= kind < _NKINDS:
         raise ValueError("family_kernel: kind must be in [0, %d), got %d" % (_NKINDS, kind))
@@ -81,6 +84,9 @@ def family_kernel(
             and (nstate < 2 or _buffer_ok(s1, typenum, n, _OUT_FLAGS))
             and (nstate < 3 or _buffer_ok(s2, typenum, n, _OUT_FLAGS))):
         _bad_buffers("family_kernel", (params, grads, s0, s1, s2), 2 + nstate)
+    if ema is not None and not _buffer_ok(ema, typenum, n, _OUT_FLAGS):
+        raise ValueError("family_kernel: ema must be a writable 1-D C-contiguous array like "
+                         "params, got %r" % (ema,))
     if not (cnp.PyArray_TYPE(scalars) == cnp.NPY_FLOAT64 and cnp.PyArray_NDIM(scalars) == 2
             and cnp.PyArray_DIM(scalars, 1) == _NSLOT and cnp.PyArray_DIM(scalars, 0) >= 1
             and cnp.PyArray_ISCARRAY_RO(scalars)):
@@ -101,12 +107,13 @@ def family_kernel(
                                                  ngroups, n))
     if n == 0 or nchunks == 0:
         return
+    cdef void* ema_ptr = NULL if ema is None else cnp.PyArray_DATA(ema)
     # The GIL is released even for small n: it costs ~tens of ns, and lets
     # other Python threads run while a large buffer is being updated.
     with nogil:
         _run(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
              cnp.PyArray_DATA(s0), cnp.PyArray_DATA(s1), cnp.PyArray_DATA(s2),
-             <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
+             ema_ptr, <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
 
 
 # --- the fast paths ----------------------------------------------------------
@@ -156,10 +163,12 @@ cdef inline bint _disjoint(char* a, char* b, Py_ssize_t nbytes) noexcept:
 
 
 cdef inline bint _fast_buffers(object params, object grads, object s0, object s1, object s2,
-                               int nstate, int* typenum, Py_ssize_t* n, char** ptrs) noexcept:
+                               int nstate, int* typenum, Py_ssize_t* n, char** ptrs,
+                               object ema=None) noexcept:
     # The generic buffer check of every fast path, driven by the kind's
-    # number of state buffers: False to decline.
-    cdef int j, l
+    # number of state buffers (and the EMA, if any): False to decline.
+    # ptrs[5] is the EMA's data or NULL.
+    cdef int j, l, nbuf
     if not cnp.PyArray_CheckExact(params):
         return False
     typenum[0] = cnp.PyArray_TYPE(<cnp.ndarray>params)
@@ -174,11 +183,21 @@ cdef inline bint _fast_buffers(object params, object grads, object s0, object s1
     for j in range(2 + nstate):
         if ptrs[j] == NULL:
             return False
+    # The EMA, when given, goes in the slot after the used state buffers for
+    # the overlap test, and is handed over as ptrs[5].
+    nbuf = 2 + nstate
+    ptrs[5] = NULL
+    if ema is not None:
+        ptrs[5] = _fast_array(ema, typenum[0], n[0], _FAST_OUT_FLAGS)
+        if ptrs[5] == NULL:
+            return False
+        ptrs[nbuf] = ptrs[5]
+        nbuf += 1
     # No two buffers may overlap (size 0: nothing to overlap).
     cdef Py_ssize_t nbytes = n[0] * cnp.PyArray_ITEMSIZE(<cnp.ndarray>params)
     if n[0] > 0:
-        for j in range(2 + nstate):
-            for l in range(j + 1, 2 + nstate):
+        for j in range(nbuf):
+            for l in range(j + 1, nbuf):
                 if not _disjoint(ptrs[j], ptrs[l], nbytes):
                     return False
     for j in range(2 + nstate, 5):
@@ -186,7 +205,7 @@ cdef inline bint _fast_buffers(object params, object grads, object s0, object s1
     return True
 
 
-def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads):
+def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads, ema=None):
     """The generic fast path of every functional step: the step, or a refusal.
 
     ``row`` is the group's scalar row as a tuple of at most NSLOT exact
@@ -194,12 +213,13 @@ def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads):
     True after performing the step exactly as ``family_kernel`` would over
     one group, or False without writing anything when the buffers are not
     exact ndarrays of one native float dtype, C-contiguous, aligned, writable
-    but for ``grads``, of one total size and pairwise disjoint.  Never raises
-    for bad input.
+    but for ``grads``, of one total size and pairwise disjoint (``ema``
+    included, when given; then the row's EMA slots apply).  Never raises for
+    bad input.
     """
     cdef int typenum
     cdef Py_ssize_t n
-    cdef char* ptrs[5]
+    cdef char* ptrs[6]
     cdef double table[_NSLOT]
     cdef Py_ssize_t j, size
     if not 0 <= kind < _NKINDS or not PyTuple_CheckExact(row):
@@ -214,13 +234,13 @@ def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads):
         table[j] = PyFloat_AS_DOUBLE(item)
     for j in range(size, _NSLOT):
         table[j] = 0.0
-    if not _fast_buffers(params, grads, s0, s1, s2, _NSTATE_C[kind], &typenum, &n, ptrs):
+    if not _fast_buffers(params, grads, s0, s1, s2, _NSTATE_C[kind], &typenum, &n, ptrs, ema):
         return False
     if n == 0:
         return True
     with nogil:
-        _run(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], table, NULL, 0, n,
-             num_threads)
+        _run(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], table, NULL,
+             0, n, num_threads)
     return True
 
 
@@ -312,6 +332,8 @@ cdef inline bint _adam_scalars(long step, double lr, double beta1, double beta2,
     out[13] = c1
     out[14] = c2
     out[15] = 1.0 if amsgrad else 0.0
+    for j in range(16, _NSLOT):
+        out[j] = 0.0
     return True
 
 
@@ -363,7 +385,7 @@ def adam_step_fast(
     cdef double lr_, b1, b2, eps_, wd, root
     cdef int typenum
     cdef Py_ssize_t n
-    cdef char* ptrs[5]
+    cdef char* ptrs[6]
     cdef double row[_NSLOT]
 
     ams = _fast_flag(amsgrad)
@@ -396,5 +418,37 @@ def adam_step_fast(
         return True
     with nogil:
         _run(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3],
-             ptrs[4], row, NULL, 0, n, num_threads)
+             ptrs[4], NULL, row, NULL, 0, n, num_threads)
     return True
+
+
+def sumsq_kernel(cnp.ndarray grads not None,   # IN   any float32/float64 1-D C-contiguous
+                 cnp.ndarray out not None,     # OUT  float64 (nchunks, 2), C-contiguous
+                 int num_threads):
+    """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in float64.
+
+    The order inside a chunk is defined in _driver.pxi (LANES accumulators)
+    and followed by adamfast.reference.sumsq_kernel; the second column is 0
+    iff the chunk is finite.  Only reads ``grads``.
+    """
+    cdef int typenum = cnp.PyArray_TYPE(grads)
+    if not ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
+            and cnp.PyArray_NDIM(grads) == 1 and cnp.PyArray_ISCARRAY_RO(grads)
+            and cnp.PyArray_ISNOTSWAPPED(grads)):
+        raise ValueError("sumsq_kernel: grads must be a 1-D C-contiguous float32 or float64 "
+                         "array, got %r" % (grads,))
+    cdef Py_ssize_t n = cnp.PyArray_DIM(grads, 0)
+    cdef Py_ssize_t nchunks = (n + _CHUNK - 1) // _CHUNK
+    if not (cnp.PyArray_TYPE(out) == cnp.NPY_FLOAT64 and cnp.PyArray_NDIM(out) == 2
+            and cnp.PyArray_DIM(out, 0) == nchunks and cnp.PyArray_DIM(out, 1) == 2
+            and cnp.PyArray_ISCARRAY(out)):
+        raise ValueError("sumsq_kernel: out must be a writable C-contiguous float64 array of "
+                         "shape (%d, 2), got %r" % (nchunks, out))
+    if n == 0:
+        return
+    cdef double* o = <double*>cnp.PyArray_DATA(out)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            _sumsq(<const float*>cnp.PyArray_DATA(grads), n, o, num_threads)
+        else:
+            _sumsq(<const double*>cnp.PyArray_DATA(grads), n, o, num_threads)

@@ -108,7 +108,12 @@ cdef enum:
     # (The numba backend's cut-off is higher: see adamfast/_numba/_driver.py.)
     _PARALLEL_MIN = 65536
     # Scalar slots per group row: adamfast.algorithms._spec.NSLOT.
-    _NSLOT = 16
+    _NSLOT = 18
+    # Slots of the parameter EMA (applied by the driver to every kind).
+    _EMA_D = 16
+    _EMA_OMD = 17
+    # Independent float64 accumulators of the norm pass (see _driver.pxi).
+    _LANES = 16
 
 CHUNK = _CHUNK
 PARALLEL_MIN = _PARALLEL_MIN
@@ -134,6 +139,7 @@ def simd_info():
         )
     )
 NSLOT = _NSLOT
+LANES = _LANES
 
 include "algorithms/_common.pxi"
 include "_kinds.pxi"

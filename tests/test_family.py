@@ -196,10 +196,11 @@ def test_signatures_are_torchs():
     skip = {"foreach", "fused", "capturable", "differentiable"}
     for name, cls in CLASSES.items():
         ours = inspect.signature(cls).parameters
-        extras = {"backend"} | ({"eps_hat", "eps_root", "bias_correction", "nesterov"}
+        extras = {"backend", "max_grad_norm", "skip_nonfinite", "ema_decay"} | ({"eps_hat", "eps_root", "bias_correction", "nesterov"}
                                 if name in ("Adam", "AdamW") else set())
         if name == "Lion":
-            assert list(ours) == ["params", "lr", "betas", "weight_decay", "maximize", "backend"]
+            assert list(ours) == ["params", "lr", "betas", "weight_decay", "maximize", "backend",
+                                  "max_grad_norm", "skip_nonfinite", "ema_decay"]
             assert ours["lr"].default == 1e-4 and ours["betas"].default == (0.9, 0.99)
             continue
         theirs = {k: v for k, v in inspect.signature(getattr(torch.optim, name)).parameters.items()
@@ -316,7 +317,7 @@ def test_functional_step_equals_optimizer(name, backend):
         opt.step([g])
         out = fn(p, g, step=t, backend=backend, **state, **gstate)
         if gstate:
-            gstate = out
+            gstate = out.group_state
     assert bits(p) == bits(opt.params[0])
     for n, buf in state.items():
         assert bits(buf) == bits(opt.state[n])

@@ -154,7 +154,7 @@ def _check_chunks(chunks, ngroups, n):
                      f"for {ngroups} groups and {n} elements")
 
 
-def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads):
+def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
     """One step of kind ``KINDS[kind_id]`` in place; the kernel contract of adamfast._dispatch.
 
     ``s0..s2`` are the kind's state buffers in spec order; unused slots may
@@ -164,7 +164,9 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     ``scalars[group]`` rounded to the buffer dtype.  Chunks are spread over
     ``min(num_threads, NUMBA_NUM_THREADS)`` threads when n >= PARALLEL_MIN;
     results never depend on the thread count, and the caller's numba thread
-    count is restored.  Anything out of bounds (an unknown kind, buffers of
+    count is restored.  With ``ema`` (an array like params), every updated
+    element also does ``ema = d*ema + (1 - d)*param`` with the row's EMA
+    slots, in the same pass.  Anything out of bounds (an unknown kind, buffers of
     the wrong dtype/length/layout, a chunk row out of range) raises
     ValueError or TypeError before any buffer is written.
     """
@@ -182,6 +184,11 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     if nused < 5:
         empty = _EMPTY[dtype]
         arrays = arrays[:nused] + (empty,) * (5 - nused)
+    if ema is None:
+        arrays = arrays + (_EMPTY[dtype],)
+    else:
+        _check_buffers((params, ema), 2)
+        arrays = arrays + (ema,)
 
     _check_table("scalars", scalars, _F64, NSLOT)
     ngroups = scalars.shape[0]
@@ -206,5 +213,33 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     numba.set_num_threads(num_threads)
     try:
         parallel(*arrays, scalars, chunks)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def sumsq_kernel(grads, out, num_threads):
+    """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in
+    float64, in the order kernels/_driver.pxi defines (twin: its _sumsq)."""
+    from . import _norm
+
+    if not (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.dtype in _FLOATS
+            and grads.flags.c_contiguous):
+        raise ValueError(f"sumsq_kernel: grads must be a 1-D C-contiguous float32 or float64 "
+                         f"array, got {grads!r}")
+    nchunks = -(-grads.size // CHUNK)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float64
+            and out.shape == (nchunks, 2) and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"sumsq_kernel: out must be a writable C-contiguous float64 array of "
+                         f"shape ({nchunks}, 2)")
+    if grads.size == 0:
+        return
+    if grads.size < PARALLEL_MIN or num_threads <= 1:
+        _norm.sumsq_serial(grads, out)
+        return
+    num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(num_threads)
+    try:
+        _norm.sumsq_parallel(grads, out)
     finally:
         numba.set_num_threads(previous)

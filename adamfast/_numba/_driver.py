@@ -40,8 +40,10 @@ CHUNK = 16384
 # 0.13 vs 0.18 ms; 256K: 0.28 vs 0.36 ms; 1M: 0.80 vs 0.72 ms).
 PARALLEL_MIN = 1 << 19
 
-if NSLOT != 16:  # row() spells out the slots one by one
-    raise ImportError(f"adamfast._numba expects NSLOT == 16, got {NSLOT}")
+if NSLOT != 18:  # row() spells out the slots one by one
+    raise ImportError(f"adamfast._numba expects NSLOT == 18, got {NSLOT}")
+# Independent float64 accumulators of the norm pass: kernels/_driver.pxi's _LANES.
+LANES = 16
 
 
 def signatures():
@@ -49,8 +51,9 @@ def signatures():
 
     Explicit signatures, so that the entries compile (or load from the cache)
     when their module is imported, never on a call, and precision changes are
-    never silent: ``params, grads (read only), s0, s1, s2, scalars (float64,
-    read only), chunks (intp, read only)``.
+    never silent: ``params, grads (read only), s0, s1, s2, ema, scalars
+    (float64, read only), chunks (intp, read only)``; ``ema`` has length 0
+    when there is no parameter EMA.
     """
     sigs = []
     table = types.Array(types.float64, 2, "C", readonly=True)
@@ -58,7 +61,7 @@ def signatures():
     for ft in (types.float32, types.float64):
         buf = types.Array(ft, 1, "C")
         ro = types.Array(ft, 1, "C", readonly=True)
-        sigs.append(types.void(buf, ro, buf, buf, buf, table, rows))
+        sigs.append(types.void(buf, ro, buf, buf, buf, buf, table, rows))
     return sigs
 
 
@@ -72,11 +75,12 @@ def row(p, r):
     # the loop every k[j] is a plain float32 (or float64) register value.
     f = p.dtype.type
     return (f(r[0]), f(r[1]), f(r[2]), f(r[3]), f(r[4]), f(r[5]), f(r[6]), f(r[7]),
-            f(r[8]), f(r[9]), f(r[10]), f(r[11]), f(r[12]), f(r[13]), f(r[14]), f(r[15]))
+            f(r[8]), f(r[9]), f(r[10]), f(r[11]), f(r[12]), f(r[13]), f(r[14]), f(r[15]),
+            f(r[16]), f(r[17]))
 
 
 @njit(inline="always")
-def chunk(elem, p, g, s0, s1, s2, scalars, chunks, c):
+def chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c):
     """Chunk row ``c`` = (group, lo, hi): elements [lo, hi) with ``scalars[group]``.
 
     family_kernel has checked every row against the buffers and the table.
@@ -93,5 +97,13 @@ def chunk(elem, p, g, s0, s1, s2, scalars, chunks, c):
     s0_ = s0[lo:hi]
     s1_ = s1[lo:hi]
     s2_ = s2[lo:hi]
-    for i in range(hi - lo):
-        elem(i, p_, g_, s0_, s1_, s2_, k)
+    if ema.size == 0:
+        for i in range(hi - lo):
+            elem(i, p_, g_, s0_, s1_, s2_, k)
+    else:
+        # The parameter EMA: one more stream of the same pass, for every kind
+        # (twin of kernels/_driver.pxi's _span).
+        e_ = ema[lo:hi]
+        for i in range(hi - lo):
+            elem(i, p_, g_, s0_, s1_, s2_, k)
+            e_[i] = k[16] * e_[i] + k[17] * p_[i]

@@ -25,15 +25,15 @@ def elem_adadelta(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def adadelta_serial(p, g, s0, s1, s2, scalars, chunks):
+def adadelta_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adadelta, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def adadelta_parallel(p, g, s0, s1, s2, scalars, chunks):
+def adadelta_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adadelta, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"adadelta": (adadelta_serial, adadelta_parallel)}

@@ -22,15 +22,15 @@ def elem_adagrad(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def adagrad_serial(p, g, s0, s1, s2, scalars, chunks):
+def adagrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adagrad, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def adagrad_parallel(p, g, s0, s1, s2, scalars, chunks):
+def adagrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adagrad, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"adagrad": (adagrad_serial, adagrad_parallel)}

@@ -45,27 +45,27 @@ def elem_adam_amsgrad(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def adam_serial(p, g, s0, s1, s2, scalars, chunks):
+def adam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def adam_parallel(p, g, s0, s1, s2, scalars, chunks):
+def adam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def adam_amsgrad_serial(p, g, s0, s1, s2, scalars, chunks):
+def adam_amsgrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def adam_amsgrad_parallel(p, g, s0, s1, s2, scalars, chunks):
+def adam_amsgrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"adam": (adam_serial, adam_parallel),

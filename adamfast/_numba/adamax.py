@@ -24,15 +24,15 @@ def elem_adamax(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def adamax_serial(p, g, s0, s1, s2, scalars, chunks):
+def adamax_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adamax, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adamax, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def adamax_parallel(p, g, s0, s1, s2, scalars, chunks):
+def adamax_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adamax, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_adamax, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"adamax": (adamax_serial, adamax_parallel)}

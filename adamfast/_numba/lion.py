@@ -24,15 +24,15 @@ def elem_lion(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def lion_serial(p, g, s0, s1, s2, scalars, chunks):
+def lion_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_lion, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def lion_parallel(p, g, s0, s1, s2, scalars, chunks):
+def lion_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_lion, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"lion": (lion_serial, lion_parallel)}

@@ -27,15 +27,15 @@ def elem_nadam(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def nadam_serial(p, g, s0, s1, s2, scalars, chunks):
+def nadam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_nadam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_nadam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def nadam_parallel(p, g, s0, s1, s2, scalars, chunks):
+def nadam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_nadam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_nadam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"nadam": (nadam_serial, nadam_parallel)}

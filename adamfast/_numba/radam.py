@@ -28,15 +28,15 @@ def elem_radam(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def radam_serial(p, g, s0, s1, s2, scalars, chunks):
+def radam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_radam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_radam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def radam_parallel(p, g, s0, s1, s2, scalars, chunks):
+def radam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_radam, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_radam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"radam": (radam_serial, radam_parallel)}

@@ -75,51 +75,51 @@ def elem_rmsprop_centered_momentum(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def rmsprop_serial(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_parallel(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def rmsprop_centered_serial(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_centered_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_centered_parallel(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_centered_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def rmsprop_momentum_serial(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_momentum_parallel(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_centered_momentum_parallel(p, g, s0, s1, s2, scalars, chunks):
+def rmsprop_centered_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"rmsprop": (rmsprop_serial, rmsprop_parallel),

@@ -43,51 +43,51 @@ def elem_roofline3(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def roofline0_serial(p, g, s0, s1, s2, scalars, chunks):
+def roofline0_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_roofline0, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline0, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def roofline0_parallel(p, g, s0, s1, s2, scalars, chunks):
+def roofline0_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_roofline0, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline0, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def roofline1_serial(p, g, s0, s1, s2, scalars, chunks):
+def roofline1_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_roofline1, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline1, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def roofline1_parallel(p, g, s0, s1, s2, scalars, chunks):
+def roofline1_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_roofline1, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline1, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def roofline2_serial(p, g, s0, s1, s2, scalars, chunks):
+def roofline2_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_roofline2, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline2, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def roofline2_parallel(p, g, s0, s1, s2, scalars, chunks):
+def roofline2_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_roofline2, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline2, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def roofline3_serial(p, g, s0, s1, s2, scalars, chunks):
+def roofline3_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_roofline3, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline3, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def roofline3_parallel(p, g, s0, s1, s2, scalars, chunks):
+def roofline3_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_roofline3, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_roofline3, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"roofline0": (roofline0_serial, roofline0_parallel),

@@ -36,27 +36,27 @@ def elem_sgd_momentum(i, p, g, s0, s1, s2, k):
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def sgd_serial(p, g, s0, s1, s2, scalars, chunks):
+def sgd_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_sgd, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_sgd, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def sgd_parallel(p, g, s0, s1, s2, scalars, chunks):
+def sgd_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_sgd, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_sgd, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-def sgd_momentum_serial(p, g, s0, s1, s2, scalars, chunks):
+def sgd_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_sgd_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_sgd_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
-def sgd_momentum_parallel(p, g, s0, s1, s2, scalars, chunks):
+def sgd_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_sgd_momentum, p, g, s0, s1, s2, scalars, chunks, c)
+        chunk(elem_sgd_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
 ENTRIES = {"sgd": (sgd_serial, sgd_parallel),

@@ -32,8 +32,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-# Scalar slots per group row.  Adam needs the most (16).
-NSLOT = 16
+# Scalar slots per group row.  Adam needs the most (16); the last two carry
+# the parameter EMA's decay d and 1 - d, which the drivers apply to every kind.
+NSLOT = 18
+EMA_D, EMA_OMD = 16, 17
 
 
 def describe(value):
