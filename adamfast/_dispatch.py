@@ -146,6 +146,11 @@ def _probe(name):
         importlib.import_module(_module_name(name))
     except ImportError:
         return False
+    except ValueError as exc:
+        # A bad ADAMFAST_CYTHON_ISA makes the cython backend unavailable (asking
+        # for it says why), never every backend.
+        _HINTS[name] = str(exc)
+        return False
     return True
 
 
@@ -183,6 +188,10 @@ class Backend:
         self.step_fast = getattr(module, "step_fast", None)
         self.adam_fast = getattr(module, "adam_step_fast", None)
 
+    def sumsq(self, flat, out, num_threads):
+        """The guarded step's norm pass (see :mod:`adamfast._guard`)."""
+        self.module.sumsq_kernel(flat, out, num_threads)
+
     def kind_id(self, kind):
         try:
             return self.kind_ids[kind]
@@ -213,16 +222,25 @@ def get_backend(backend):
 
 # --- threads ---------------------------------------------------------------
 
+# A thread count above this is a typo, not a machine: refuse it before it
+# reaches a kernel (an OpenMP team of 100000 threads crashes the process).
+MAX_THREADS = 1024
+
+
+def _check_threads(name, value):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_THREADS}], got {value!r}")
+    return n
+
+
 def _default_threads():
     env = os.environ.get("ADAMFAST_NUM_THREADS")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"ADAMFAST_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"ADAMFAST_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+    if env is not None and env.strip():
+        return _check_threads("ADAMFAST_NUM_THREADS", env.strip())
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -230,6 +248,19 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
+# After fork() the child runs every kernel on its calling thread: an OpenMP
+# runtime that the parent used hangs (GNU libgomp) or aborts (numba's omp
+# layer) on the child's first parallel region, so the child never starts one.
+_forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _numba_max_threads():
@@ -250,9 +281,7 @@ def set_num_threads(n):
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be a positive integer, got {n!r} ({type(n).__name__})")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+    n = _check_threads("n", n.__index__())
     limit = _numba_max_threads()
     if limit is not None and n > limit:
         raise ValueError(f"n must be <= {limit}: numba's thread pool was sized at start-up "
@@ -262,5 +291,5 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The thread count the compiled kernels use."""
-    return _num_threads
+    """The thread count the compiled kernels use (1 in a child made by fork())."""
+    return 1 if _forked else _num_threads

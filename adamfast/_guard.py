@@ -62,7 +62,7 @@ def sumsq(backend, flat, num_threads):
     """(sum of squares in float64, all finite) of one 1-D buffer, in the defined order."""
     n = flat.size
     out = np.empty((-(-n // _engine.CHUNK), 2))
-    backend.module.sumsq_kernel(flat, out, num_threads)
+    backend.sumsq(flat, out, num_threads)
     total = 0.0
     for s in out[:, 0].tolist():  # chunk order, whatever the thread count
         total += s

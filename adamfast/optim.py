@@ -444,6 +444,58 @@ class Optimizer:
         """Set every gradient to zero (in place: the ``grads`` views stay valid)."""
         self.flat_grads.fill(0)
 
+    @property
+    def step_count(self):
+        """Number of steps taken; the next :meth:`step` is step ``step_count + 1``."""
+        return self.__dict__["step_count"]
+
+    @step_count.setter
+    def step_count(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"step_count must be an integer >= 0, got {describe(value)}")
+        self.__dict__["step_count"] = int(value)
+
+    # --- copying and pickling ------------------------------------------------
+    # pickle and deepcopy copy every view separately, which would leave
+    # opt.params, opt.grads and the param groups' arrays detached from the
+    # flat buffers the kernels update.  So only the flat buffers travel, and
+    # the views are rebuilt on arrival.
+
+    _VIEWS = ("params", "grads", "ema_params", "_plan", "_c_args")
+
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if k not in self._VIEWS}
+        state["_backend"] = self._backend.name
+        state["param_groups"] = [dict(g, params=len(g["params"])) for g in self.param_groups]
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        backend = _dispatch.get_backend(state.pop("_backend"))
+        groups = state.pop("param_groups")
+        self.__dict__.update(state)
+        self.__dict__["_backend"] = backend
+        self.__dict__["params"] = self._views(self.flat_params)
+        self.__dict__["grads"] = self._views(self.flat_grads)
+        self.__dict__["ema_params"] = (None if self.flat_ema is None
+                                       else self._views(self.flat_ema))
+        self.__dict__["_plan"] = None
+        self.__dict__["_cache"] = [None] * len(groups)
+        first = 0
+        rebuilt = []
+        for g in groups:
+            n = g["params"]
+            rebuilt.append(dict(g, params=list(self.params[first:first + n])))
+            first += n
+        self.__dict__["param_groups"] = rebuilt
+
+    def __copy__(self):
+        # A shallow copy would share the buffers and silently step both: copy
+        # is an independent optimizer, like deepcopy.
+        import copy
+
+        return copy.deepcopy(self)
+
     # --- checkpointing -------------------------------------------------------
 
     def state_dict(self):
@@ -479,6 +531,11 @@ class Optimizer:
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping from state_dict(), got "
                             f"{describe(state_dict)}")
+        # What np.savez(**opt.state_dict()) then np.load(..., allow_pickle=True)
+        # gives back: lists, dicts, numbers and None as 0-d arrays.
+        state_dict = {k: (v.tolist() if isinstance(v, np.ndarray) and v.dtype == object
+                          else v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v)
+                      for k, v in state_dict.items()}
         missing = {"algorithm", "step", "param_groups", "shapes", "dtype"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict is missing {sorted(missing)}")

@@ -149,7 +149,7 @@ def test_force_avx2_without_cpu_support_errors():
             "try:\n    d.cython_module()\nexcept ValueError as e:\n    print('ValueError:', e)")
     r = _run(code, "avx2")
     assert r.returncode == 0, r.stderr
-    assert "ValueError: ADAMFAST_CYTHON_ISA=avx2" in r.stdout
+    assert "ValueError: " in r.stdout and "ADAMFAST_CYTHON_ISA=avx2" in r.stdout
     assert "does not support AVX2" in r.stdout
 
 
@@ -159,5 +159,5 @@ def test_force_unknown_value_errors(value):
             "try:\n    d.get_backend('cython')\nexcept ValueError as e:\n    print('ValueError:', e)")
     r = _run(code, value)
     assert r.returncode == 0, r.stderr
-    assert "ValueError: ADAMFAST_CYTHON_ISA must be one of" in r.stdout
+    assert "ValueError: " in r.stdout and "ADAMFAST_CYTHON_ISA must be one of" in r.stdout
     assert repr(value) in r.stdout

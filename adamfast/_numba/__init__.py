@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import importlib
 import operator
+import os
+import sys
 
 import numba
 import numpy as np
@@ -90,8 +92,26 @@ _NAMES = ("params", "grads", "s0", "s1", "s2")
 _entries = {}
 
 
+def _import(name):
+    """Import a kind module, whose explicit-signature entries compile or load from
+    numba's on-disk cache right away.  If no cache location is writable (a
+    read-only install, and no writable user cache), numba refuses with
+    "cannot cache function": then cache in a private temporary directory."""
+    try:
+        return importlib.import_module(name)
+    except RuntimeError as exc:
+        if "cannot cache" not in str(exc) or numba.config.CACHE_DIR:
+            raise
+        import tempfile
+
+        numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(),
+                                              f"adamfast-numba-cache-{os.getuid()}")
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+
 def _load(kind_id):
-    module = importlib.import_module(f"{__name__}.{_MODULES[kind_id]}")
+    module = _import(f"{__name__}.{_MODULES[kind_id]}")
     entries = _entries[kind_id] = module.ENTRIES[KINDS[kind_id]]
     return entries
 
@@ -220,7 +240,7 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
 def sumsq_kernel(grads, out, num_threads):
     """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in
     float64, in the order kernels/_driver.pxi defines (twin: its _sumsq)."""
-    from . import _norm
+    _norm = _import(f"{__name__}._norm")
 
     if not (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.dtype in _FLOATS
             and grads.flags.c_contiguous):
