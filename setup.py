@@ -52,6 +52,9 @@ COMPILER_DIRECTIVES = {
 UNIX_COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 UNIX_OPENMP_ARGS = ["-fopenmp"]
 UNSWITCH_ARGS = ["--param=max-unswitch-insns=500"]
+# Keep each (kind, dtype) driver a function of its own even though it is
+# called once: tests/test_vectorized.py finds it by name in the machine code.
+NOINLINE_ONCE_ARGS = ["-fno-inline-functions-called-once"]
 # MSVC does not contract floating-point expressions under /fp:precise.
 MSVC_COMPILE_ARGS = ["/O2", "/fp:precise"]
 MSVC_OPENMP_ARGS = ["/openmp"]
@@ -159,9 +162,10 @@ class BuildExt(build_ext):
             # loop-invariant branches (the L2 term), and with several kinds
             # inlined its default size limit stopped that for AMSGrad.  The
             # vectorization test (tests/test_vectorized.py) checks the result.
-            if _compiler_accepts(self.compiler, ["-Werror"] + UNSWITCH_ARGS, [],
-                                 "int main(void) { return 0; }"):
-                compile_args += UNSWITCH_ARGS
+            for extra in (UNSWITCH_ARGS, NOINLINE_ONCE_ARGS):
+                if _compiler_accepts(self.compiler, ["-Werror"] + extra, [],
+                                     "int main(void) { return 0; }"):
+                    compile_args += extra
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)

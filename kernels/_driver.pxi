@@ -39,19 +39,14 @@ cdef inline void _chunk(kind_t* tag, floating* p, const floating* g, floating* s
 
 cdef void _drive(kind_t* tag, floating* p, const floating* g, floating* s0, floating* s1,
                  floating* s2, floating* ema, const double* table, const Py_ssize_t* chunks,
-                 Py_ssize_t nchunks, Py_ssize_t n, int nthreads) noexcept nogil:
+                 Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t n) noexcept nogil:
+    # Chunks [c0, c1) on the calling thread; the pool (_pool.pxi) hands each
+    # thread its blocks of chunks through here.
     cdef Py_ssize_t c
-    if chunks == NULL:
-        nchunks = (n + _CHUNK - 1) // _CHUNK
-    if n < _PARALLEL_MIN or nthreads <= 1:
-        # Below this, starting an OpenMP team costs more than the work.
-        if chunks == NULL:
-            _span(tag, p, g, s0, s1, s2, ema, table, 0, n)
-        else:
-            for c in range(nchunks):
-                _chunk(tag, p, g, s0, s1, s2, ema, table, chunks, n, c)
+    if chunks == NULL and c0 == 0 and c1 * <Py_ssize_t>_CHUNK >= n:
+        _span(tag, p, g, s0, s1, s2, ema, table, 0, n)  # one group, all of it
         return
-    for c in prange(nchunks, schedule='static', num_threads=nthreads):
+    for c in range(c0, c1):
         _chunk(tag, p, g, s0, s1, s2, ema, table, chunks, n, c)
 
 
@@ -66,36 +61,54 @@ cdef void _drive(kind_t* tag, floating* p, const floating* g, floating* s0, floa
 # ``x - x`` is 0 for every finite x and NaN otherwise: its sum flags a
 # non-finite element even where x*x would overflow.
 
+cdef extern from *:
+    """
+    /* The lanes' loop in C, where `omp simd` (with -fopenmp or -fopenmp-simd;
+       ignored otherwise) tells gcc the 16 accumulators are independent: it
+       left this loop scalar in Cython's form.  The pragma adds no
+       reassociation: each lane still adds in element order. */
+    #define AF_SUMSQ_SPAN(NAME, T)                                              \
+    static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
+        double acc[16] = {0}, bad[16] = {0};                                    \
+        Py_ssize_t rows = (hi - lo) / 16, r, j;                                 \
+        const T *x = g + lo;                                                    \
+        for (r = 0; r < rows; r++, x += 16) {                                   \
+            _Pragma("omp simd")                                                 \
+            for (j = 0; j < 16; j++) {                                          \
+                double v = (double)x[j];                                        \
+                acc[j] = acc[j] + v * v;                                        \
+                bad[j] = bad[j] + (v - v);                                      \
+            }                                                                   \
+        }                                                                       \
+        for (j = 0; j < hi - lo - rows * 16; j++) {                             \
+            double v = (double)x[j];                                            \
+            acc[j] = acc[j] + v * v;                                            \
+            bad[j] = bad[j] + (v - v);                                          \
+        }                                                                       \
+        out[0] = acc[0];                                                        \
+        out[1] = bad[0];                                                        \
+        for (j = 1; j < 16; j++) {                                              \
+            out[0] = out[0] + acc[j];                                           \
+            out[1] = out[1] + bad[j];                                           \
+        }                                                                       \
+    }
+    AF_SUMSQ_SPAN(af_sumsq_span_f32, float)
+    AF_SUMSQ_SPAN(af_sumsq_span_f64, double)
+    """
+    void af_sumsq_span_f32(const float* g, Py_ssize_t lo, Py_ssize_t hi, double* out) nogil
+    void af_sumsq_span_f64(const double* g, Py_ssize_t lo, Py_ssize_t hi, double* out) nogil
+
+
 cdef inline void _sumsq_span(const floating* g, Py_ssize_t lo, Py_ssize_t hi,
                              double* out) noexcept nogil:
-    cdef double acc[_LANES]
-    cdef double bad[_LANES]
-    cdef double x
-    cdef Py_ssize_t i, j, r, rows = (hi - lo) // _LANES
-    for j in range(_LANES):
-        acc[j] = 0.0
-        bad[j] = 0.0
-    for r in range(rows):
-        for j in range(_LANES):
-            x = <double>g[lo + r * _LANES + j]
-            acc[j] = acc[j] + x * x
-            bad[j] = bad[j] + (x - x)
-    for j in range(hi - lo - rows * _LANES):
-        x = <double>g[lo + rows * _LANES + j]
-        acc[j] = acc[j] + x * x
-        bad[j] = bad[j] + (x - x)
-    out[0] = acc[0]
-    out[1] = bad[0]
-    for j in range(1, _LANES):
-        out[0] = out[0] + acc[j]
-        out[1] = out[1] + bad[j]
+    if floating is float:
+        af_sumsq_span_f32(g, lo, hi, out)
+    else:
+        af_sumsq_span_f64(g, lo, hi, out)
 
 
-cdef void _sumsq(const floating* g, Py_ssize_t n, double* out, int nthreads) noexcept nogil:
-    cdef Py_ssize_t c, nchunks = (n + _CHUNK - 1) // _CHUNK
-    if n < _PARALLEL_MIN or nthreads <= 1:
-        for c in range(nchunks):
-            _sumsq_span(g, c * _CHUNK, min((c + 1) * <Py_ssize_t>_CHUNK, n), out + 2 * c)
-        return
-    for c in prange(nchunks, schedule='static', num_threads=nthreads):
+cdef void _sumsq(const floating* g, Py_ssize_t n, double* out, Py_ssize_t c0,
+                 Py_ssize_t c1) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(c0, c1):
         _sumsq_span(g, c * _CHUNK, min((c + 1) * <Py_ssize_t>_CHUNK, n), out + 2 * c)

@@ -45,6 +45,92 @@ cdef int _bad_buffers(str entry, tuple arrays, int nused) except -1:
     raise ValueError("%s: invalid buffers" % entry)  # not reached
 
 
+
+# --- one step on the pool ---------------------------------------------------
+
+cdef struct _Step:
+    int kind, typenum
+    void* p
+    const void* g
+    void* s0
+    void* s1
+    void* s2
+    void* ema
+    const double* table
+    const Py_ssize_t* chunks
+    Py_ssize_t n
+
+
+cdef void _step_block(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    cdef _Step* s = <_Step*>ctx
+    _run(s.kind, s.typenum, s.p, s.g, s.s0, s.s1, s.s2, s.ema, s.table, s.chunks, c0, c1, s.n)
+
+
+# ADAMFAST_THREADING=openmp (read at import) runs the parallel path as an
+# OpenMP team instead of the pool, for comparison; the default is the pool.
+cdef bint _OPENMP_TEAM = False
+
+
+def _set_threading(str mode):
+    """Select the parallel path: "pool" (default) or "openmp".  For benchmarks."""
+    global _OPENMP_TEAM
+    if mode not in ("pool", "openmp"):
+        raise ValueError("threading mode must be 'pool' or 'openmp', got %r" % (mode,))
+    if mode == "openmp" and not ADAMFAST_OPENMP:
+        raise ValueError("threading mode 'openmp': this build has no OpenMP")
+    _OPENMP_TEAM = mode == "openmp"
+
+
+def threading_mode():
+    """The parallel path in use: "pool" or "openmp"."""
+    return "openmp" if _OPENMP_TEAM else "pool"
+
+
+cdef void _step(int kind, int typenum, void* p, const void* g, void* s0, void* s1, void* s2,
+                void* ema, const double* table, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+                Py_ssize_t n, int nthreads) noexcept nogil:
+    # Every entry point's way in: serially below _PARALLEL_MIN (waking
+    # threads costs more than the work) or with one thread, else on the pool.
+    cdef _Step s
+    cdef Py_ssize_t c
+    if chunks == NULL:
+        nchunks = (n + _CHUNK - 1) // _CHUNK
+    if n < _PARALLEL_MIN or nthreads <= 1:
+        _run(kind, typenum, p, g, s0, s1, s2, ema, table, chunks, 0, nchunks, n)
+        return
+    if _OPENMP_TEAM:
+        for c in prange(nchunks, schedule='static', num_threads=nthreads):
+            _run(kind, typenum, p, g, s0, s1, s2, ema, table, chunks, c, c + 1, n)
+        return
+    s.kind = kind
+    s.typenum = typenum
+    s.p = p
+    s.g = g
+    s.s0 = s0
+    s.s1 = s1
+    s.s2 = s2
+    s.ema = ema
+    s.table = table
+    s.chunks = chunks
+    s.n = n
+    af_pool_run(_step_block, &s, nchunks, nthreads)
+
+
+cdef struct _Norm:
+    int typenum
+    const void* g
+    double* out
+    Py_ssize_t n
+
+
+cdef void _norm_block(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    cdef _Norm* s = <_Norm*>ctx
+    if s.typenum == cnp.NPY_FLOAT32:
+        _sumsq(<const float*>s.g, s.n, s.out, c0, c1)
+    else:
+        _sumsq(<const double*>s.g, s.n, s.out, c0, c1)
+
+
 def family_kernel(
     int kind,                          # index into KINDS
     cnp.ndarray params not None,       # IN/OUT
@@ -61,8 +147,8 @@ def family_kernel(
 
     Each chunk row ``(group, lo, hi)`` updates elements [lo, hi) with the
     scalar row ``scalars[group]``.  Chunks are spread over ``num_threads``
-    OpenMP threads when n >= ``PARALLEL_MIN``; results never depend on the
-    thread count.  With ``ema``, every updated element also does
+    threads of adamfast's pool (_pool.pxi) when n >= ``PARALLEL_MIN``;
+    results never depend on the thread count.  With ``ema``, every updated element also does
     ``ema = d*ema + (1 - d)*param`` with d and 1 - d from the row's EMA
     slots, in the same pass.  Anything out of bounds (an unknown kind,
     buffers of the wrong dtype/length/layout, a table or chunk row out of
@@ -111,7 +197,7 @@ def family_kernel(
     # The GIL is released even for small n: it costs ~tens of ns, and lets
     # other Python threads run while a large buffer is being updated.
     with nogil:
-        _run(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
+        _step(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
              cnp.PyArray_DATA(s0), cnp.PyArray_DATA(s1), cnp.PyArray_DATA(s2),
              ema_ptr, <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
 
@@ -239,8 +325,8 @@ def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads, ema=Non
     if n == 0:
         return True
     with nogil:
-        _run(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], table, NULL,
-             0, n, num_threads)
+        _step(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], table, NULL,
+              0, n, num_threads)
     return True
 
 
@@ -417,8 +503,8 @@ def adam_step_fast(
     if n == 0:
         return True
     with nogil:
-        _run(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3],
-             ptrs[4], NULL, row, NULL, 0, n, num_threads)
+        _step(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3],
+              ptrs[4], NULL, row, NULL, 0, n, num_threads)
     return True
 
 
@@ -446,9 +532,17 @@ def sumsq_kernel(cnp.ndarray grads not None,   # IN   any float32/float64 1-D C-
                          "shape (%d, 2), got %r" % (nchunks, out))
     if n == 0:
         return
-    cdef double* o = <double*>cnp.PyArray_DATA(out)
+    cdef _Norm s
+    s.typenum = typenum
+    s.g = cnp.PyArray_DATA(grads)
+    s.out = <double*>cnp.PyArray_DATA(out)
+    s.n = n
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            _sumsq(<const float*>cnp.PyArray_DATA(grads), n, o, num_threads)
+        if n < _PARALLEL_MIN or num_threads <= 1:
+            _norm_block(&s, 0, nchunks)
         else:
-            _sumsq(<const double*>cnp.PyArray_DATA(grads), n, o, num_threads)
+            af_pool_run(_norm_block, &s, nchunks, num_threads)
+
+
+import os as _os
+_set_threading(_os.environ.get("ADAMFAST_THREADING", "pool").strip().lower() or "pool")

@@ -34,6 +34,7 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
+from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, INFINITY
 from libc.float cimport DBL_MIN
 from libc.stdint cimport uintptr_t
@@ -112,7 +113,8 @@ cdef enum:
     # Slots of the parameter EMA (applied by the driver to every kind).
     _EMA_D = 16
     _EMA_OMD = 17
-    # Independent float64 accumulators of the norm pass (see _driver.pxi).
+    # Independent float64 accumulators of the norm pass (see _driver.pxi;
+    # spelled as 16 in its C loop).
     _LANES = 16
 
 CHUNK = _CHUNK

@@ -190,3 +190,46 @@ def test_step_count_must_be_an_integer():
     o = adamfast.Adam([np.ones(3)])
     with pytest.raises(ValueError, match="step_count"):
         o.step_count = 1.5
+
+
+# --- a busy core: 2 threads are never worse than 1 ---------------------------------------
+
+BUSY = """
+import json, subprocess, sys, time
+import numpy as np, adamfast
+spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+try:
+    time.sleep(0.3)
+    out = {}
+    for n, reps in ((1 << 16, 400), (1 << 24, 40)):
+        opts = {nt: adamfast.Adam([np.ones(n, np.float32)], backend=%r) for nt in (1, 2)}
+        ts = {1: [], 2: []}
+        for _ in range(reps):          # interleaved: drift hits both alike
+            for nt in (1, 2):
+                adamfast.set_num_threads(nt)
+                t = time.perf_counter(); opts[nt].step(); ts[nt].append(time.perf_counter() - t)
+        out[n] = {nt: [float(np.median(v)), float(np.percentile(v, 90))] for nt, v in ts.items()}
+    print(json.dumps(out))
+finally:
+    spin.kill()
+"""
+
+
+@pytest.mark.skipif("cython" not in COMPILED, reason="the pool is the cython backend's")
+def test_busy_core_two_threads_never_worse_than_one():
+    """With one of the cores busy (a spinning process), a 2-thread step's median is no
+    slower than the 1-thread median, and its 90th percentile within 1.5x, at 64K and 16M.
+    A timing test on a shared machine: the measurement is repeated once if the first
+    one fails, and the criterion is the issue's, unchanged."""
+    import json
+
+    failures = []
+    for attempt in range(2):
+        r = _run(BUSY % "cython", timeout=300)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        failures = [(n, v) for n, v in res.items()
+                    if not (v["2"][0] <= v["1"][0] and v["2"][1] <= 1.5 * v["1"][1])]
+        if not failures:
+            return
+    pytest.fail(f"2 threads worse than 1 on a busy core (median, p90 in s): {failures}")

@@ -22,14 +22,16 @@ WITH_SQRT_OR_DIV = [k for k in KINDS if k not in ("sgd", "sgd_momentum", "lion")
 
 
 def _cython_drive_ops(path):
-    """{(kind index, dtype index): set of sqrt/div mnemonics} over the _drive specializations."""
+    """{(kind index, dtype index): set of sqrt/div mnemonics} over the driver's
+    specializations (_drive and the _span/_chunk gcc kept out of line)."""
     out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
                          text=True, check=True).stdout
     ops, name = {}, None
     for line in out.splitlines():
         m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if m:
-            f = re.match(r"_*pyx_fuse_(\d+)_(\d+)__pyx_f_\w+__drive", m.group(1))
+            f = re.match(r"_*pyx_fuse_(\d+)_(\d+)__pyx_f_\w+__(?:drive|span|chunk)\b",
+                         m.group(1))
             name = (int(f.group(1)), int(f.group(2))) if f else None
             continue
         if name is not None:
@@ -76,3 +78,29 @@ def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
         if line:
             kind, ok = line.split()
             assert ok == "True", f"numba: {kind} is not vectorized"
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+@pytest.mark.skipif("cython" not in adamfast.available_backends(), reason="no cython backend")
+@pytest.mark.parametrize("module", ["adamfast._cython", "adamfast._cython_avx2"])
+def test_cython_norm_pass_uses_packed_float64(module):
+    """The guarded step's norm pass: its 16 lanes must become packed mulpd/addpd."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        pytest.skip(f"{module} not built here")
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", mod.__file__],
+                         capture_output=True, text=True, check=True).stdout
+    ops, name = {}, None
+    for line in out.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            name = m.group(1)
+            continue
+        i = re.search(r"\t(v?(?:mul|add)[ps]d)\b", line)
+        if i and name and ("sumsq" in name or "norm_block" in name):
+            ops.setdefault(name, set()).add(i.group(1).lstrip("v"))
+    assert ops, "no norm-pass function found in the machine code"
+    assert any({"mulpd", "addpd"} <= found for found in ops.values()), ops

@@ -1,0 +1,180 @@
+# adamfast's own thread pool: the parallel path of the cython backend.
+#
+# Why not OpenMP's: an OpenMP parallel region ends with a barrier that waits
+# for every thread of the team to *arrive*.  With one of two cores busy with
+# another process (data-loader workers do exactly this in CPU training) the
+# OS deschedules a team thread for a whole time slice and the step waits for
+# it: 2 threads were slower than 1 (median and tail).  This pool has the
+# properties that avoid it:
+#
+# * the caller takes part in the work;
+# * the chunks are cut into a fixed number of blocks, claimed dynamically from
+#   one shared counter (a 64-bit word holding the job's generation and the
+#   next block, advanced by compare-and-swap, so a late worker can never
+#   claim a block of a newer job with an older job's arguments);
+# * a step returns when every block is *done*, not when every thread has
+#   arrived: a worker still asleep or descheduled when the blocks run out
+#   costs nothing, the caller and the others have taken its share;
+# * which thread runs a block never changes a result (blocks are whole
+#   chunks, each updated by exactly one call), so results stay bit-identical
+#   for any thread count;
+# * workers spin briefly after a step (waking a sleeping thread costs tens of
+#   microseconds on a VM), then sleep on a condition variable;
+# * a second Python thread stepping at the same time runs its step serially
+#   instead of waiting; after fork() the child forgets the parent's workers
+#   (pthread_atfork) and starts new ones if it ever asks for threads.
+
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <sched.h>
+    #include <stdint.h>
+    #if defined(__x86_64__) || defined(__i386__)
+    #  include <immintrin.h>
+    #  define AF_RELAX() _mm_pause()
+    #else
+    #  define AF_RELAX() ((void)0)
+    #endif
+
+    typedef void (*af_block_fn)(void *ctx, Py_ssize_t c0, Py_ssize_t c1);
+
+    #define AF_MAX_WORKERS 1023
+    #define AF_SPIN 2000           /* spin-and-yield rounds before a worker sleeps */
+    #define AF_BLOCKS_PER_THREAD 16
+
+    static struct {
+        pthread_mutex_t run_mu;    /* one job at a time */
+        pthread_mutex_t mu;        /* sleeping workers, and a caller waiting for blocks */
+        pthread_cond_t cv;
+        pthread_cond_t done_cv;
+        int started;               /* workers created */
+        uint32_t gen;              /* generation of the published job */
+        int active;                /* workers 0..active-1 take part in this job */
+        af_block_fn fn;
+        void *ctx;
+        Py_ssize_t nblocks, nchunks;
+        uint64_t claim;            /* (generation << 32) | next block */
+        Py_ssize_t done;           /* blocks finished in this generation */
+    } af_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+                 PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                 0, 0, 0, NULL, NULL, 0, 0, 0, 0};
+    static int af_atfork_done = 0;
+
+    static void af_do_blocks(uint32_t g) {
+        for (;;) {
+            uint64_t cur = __atomic_load_n(&af_pool.claim, __ATOMIC_ACQUIRE);
+            if ((uint32_t)(cur >> 32) != g) return;
+            Py_ssize_t i = (Py_ssize_t)(uint32_t)cur;
+            if (i >= af_pool.nblocks) return;
+            if (!__atomic_compare_exchange_n(&af_pool.claim, &cur, cur + 1, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;
+            /* The block is ours: the job's fields are those of generation g
+               until every block of g is done, and this one is not yet. */
+            Py_ssize_t nb = af_pool.nblocks, nc = af_pool.nchunks;
+            af_pool.fn(af_pool.ctx, nc * i / nb, nc * (i + 1) / nb);
+            if (__atomic_add_fetch(&af_pool.done, 1, __ATOMIC_ACQ_REL) == nb) {
+                /* The last block: wake the caller if it went to sleep. */
+                pthread_mutex_lock(&af_pool.mu);
+                pthread_cond_broadcast(&af_pool.done_cv);
+                pthread_mutex_unlock(&af_pool.mu);
+            }
+        }
+    }
+
+    static void *af_worker(void *arg) {
+        int me = (int)(intptr_t)arg;
+        uint32_t seen = __atomic_load_n(&af_pool.gen, __ATOMIC_ACQUIRE);
+        for (;;) {
+            uint32_t g;
+            int spins = 0;
+            while ((g = __atomic_load_n(&af_pool.gen, __ATOMIC_ACQUIRE)) == seen) {
+                /* Spin a little for the next step (a tight training loop),
+                   yielding so a woken caller on this core runs first, then
+                   sleep. */
+                ++spins;
+                if (spins < 256) { AF_RELAX(); continue; }
+                if (spins < AF_SPIN) { sched_yield(); continue; }
+                pthread_mutex_lock(&af_pool.mu);
+                while (__atomic_load_n(&af_pool.gen, __ATOMIC_ACQUIRE) == seen)
+                    pthread_cond_wait(&af_pool.cv, &af_pool.mu);
+                pthread_mutex_unlock(&af_pool.mu);
+            }
+            seen = g;
+            if (me < __atomic_load_n(&af_pool.active, __ATOMIC_ACQUIRE))
+                af_do_blocks(g);
+        }
+        return NULL;
+    }
+
+    static void af_after_fork_child(void) {
+        /* The child has none of the parent's workers. */
+        pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+        pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+        af_pool.run_mu = m;
+        af_pool.mu = m;
+        af_pool.cv = c;
+        af_pool.done_cv = c;
+        af_pool.started = 0;
+        af_pool.active = 0;
+    }
+
+    /* Run fn over nchunks chunks on the caller and up to nthreads - 1
+       workers.  Returns the number of threads that could take part (1 when
+       it ran serially). */
+    static int af_pool_run(af_block_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
+        int workers = nthreads - 1;
+        if (workers > AF_MAX_WORKERS) workers = AF_MAX_WORKERS;
+        if (workers < 1 || nchunks < 2 || pthread_mutex_trylock(&af_pool.run_mu) != 0) {
+            fn(ctx, 0, nchunks);
+            return 1;
+        }
+        if (!af_atfork_done) {
+            pthread_atfork(NULL, NULL, af_after_fork_child);
+            af_atfork_done = 1;
+        }
+        while (af_pool.started < workers) {
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            int rc = pthread_create(&t, &attr, af_worker, (void *)(intptr_t)af_pool.started);
+            pthread_attr_destroy(&attr);
+            if (rc != 0) break;    /* fewer workers: still correct */
+            af_pool.started++;
+        }
+        if (workers > af_pool.started) workers = af_pool.started;
+        Py_ssize_t nblocks = (Py_ssize_t)(workers + 1) * AF_BLOCKS_PER_THREAD;
+        if (nblocks > nchunks) nblocks = nchunks;
+        uint32_t g = af_pool.gen + 1;
+        af_pool.fn = fn;
+        af_pool.ctx = ctx;
+        af_pool.nblocks = nblocks;
+        af_pool.nchunks = nchunks;
+        __atomic_store_n(&af_pool.done, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&af_pool.active, workers, __ATOMIC_RELAXED);
+        __atomic_store_n(&af_pool.claim, (uint64_t)g << 32, __ATOMIC_RELEASE);
+        pthread_mutex_lock(&af_pool.mu);
+        __atomic_store_n(&af_pool.gen, g, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&af_pool.cv);
+        pthread_mutex_unlock(&af_pool.mu);
+        af_do_blocks(g);
+        /* Wait for the blocks others claimed (never for threads that have
+           not): spin briefly, then sleep, which frees this core for a
+           descheduled thread that holds a block (on a busy machine the
+           caller spinning here is what kept it off the CPU). */
+        int spins = 0;
+        while (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks && ++spins < 4000)
+            AF_RELAX();
+        if (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks) {
+            pthread_mutex_lock(&af_pool.mu);
+            while (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks)
+                pthread_cond_wait(&af_pool.done_cv, &af_pool.mu);
+            pthread_mutex_unlock(&af_pool.mu);
+        }
+        pthread_mutex_unlock(&af_pool.run_mu);
+        return workers + 1;
+    }
+    """
+    ctypedef void (*af_block_fn)(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    int af_pool_run(af_block_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
