@@ -55,7 +55,9 @@ Modules: :mod:`._cli` (arguments and their checks), :mod:`._config`
 (settings, sizes, the algorithm setup), :mod:`._machine` (CPU, L3, header,
 load monitor), :mod:`._timing` (flusher, rounds, statistics), :mod:`._rows`
 and :mod:`._peers` (the implementations), :mod:`._overhead` (per-call
-cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers).
+cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers),
+:mod:`._torch` (``--torch``: adamfast.torch against torch.optim) and
+:mod:`._guarded` (``--guarded``: the guarded step against torch's pipeline).
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "bench":
         parser.print_help()
         return 2
+    if args.torch and args.guarded:
+        parser.bench.error("--torch and --guarded are two separate runs; give one")
+    if args.torch:  # adamfast.torch against torch.optim (_torch.py)
+        from ._cli import check_mode
+        from ._torch import run as run_torch
+
+        check_mode(parser.bench, args, "torch")
+        run_torch([args.threads] if args.threads else None, args.repeat, seed=args.seed)
+        return 0
+    if args.guarded:  # the guarded step against torch's pipeline (_guarded.py)
+        from ._cli import check_mode
+        from ._guarded import run as run_guarded
+
+        check_mode(parser.bench, args, "guarded")
+        run_guarded(args.sizes, args.dtype, [args.threads] if args.threads else None,
+                    args.repeat, seed=args.seed, json_path=args.json, quiet=args.quiet)
+        return 0
     cfg = config_from_args(parser.bench, args)
     from ._run import run
 

@@ -92,8 +92,68 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PATH", help="write a PNG of throughput vs size (matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     b.add_argument("--seed", type=int, default=0, help="seed for data and round order")
+    b.add_argument("--torch", action="store_true",
+                   help="adamfast.torch.AdamW opt.step() against torch.optim fused and foreach: "
+                        "200 mixed tensors (16M), one 64M tensor and one torch-allocated 16M "
+                        "tensor, at 1 thread and all cores (or --threads), with the roofline "
+                        "and per-call overhead (takes --threads, --repeat, --seed only)")
+    b.add_argument("--guarded", action="store_true",
+                   help="the fused guarded AdamW step (grad_scale, max_grad_norm=1.0, "
+                        "skip_nonfinite, and with ema_decay=0.999), NumPy API and "
+                        "adamfast.torch, against torch's pipeline (unscale, clip_grad_norm_, "
+                        "AdamW fused; + _foreach_lerp_ for the EMA) and adamfast's own "
+                        "unguarded step, at 1 and 2 threads (or --threads); takes --sizes, "
+                        "--dtype, --threads, --repeat, --seed, --json, --quiet only")
     parser.bench = b  # cross-argument errors are reported with the bench usage line
     return parser
+
+
+# The options of the special modes (--torch, --guarded): any other option given is an error.
+_DESTS = {"algorithm": "--algorithm", "family": "--family", "sizes": "--sizes",
+          "dtype": "--dtype", "threads": "--threads", "arrays": "--arrays",
+          "groups": "--groups", "repeat": "--repeat", "amsgrad": "--amsgrad",
+          "adamw": "--adamw", "impl": "--impl", "hot": "--hot", "layout": "--layout",
+          "no_overhead": "--no-overhead", "json": "--json", "plot": "--plot",
+          "quiet": "--quiet", "seed": "--seed", "torch": "--torch", "guarded": "--guarded"}
+_MODES = {"torch": ("threads", "repeat", "seed"),
+          "guarded": ("sizes", "dtype", "threads", "repeat", "seed", "json", "quiet")}
+
+
+def check_mode(parser, args, mode):
+    """Every check of --torch / --guarded, before any work: options that do not apply
+    are refused (never silently ignored), and the rest validated."""
+    defaults = {dest: parser.get_default(dest) for dest in _DESTS}
+    allowed = set(_MODES[mode]) | {mode}
+    for dest, flag in _DESTS.items():
+        if dest not in allowed and getattr(args, dest) != defaults[dest]:
+            parser.error(f"{flag} does not apply to --{mode} (it takes "
+                         f"{', '.join(_DESTS[d] for d in _MODES[mode])} only)")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0 (numpy's generators take no negative seed), got "
+                     f"{args.seed}")
+    if mode == "guarded":
+        _check_output(parser, "--json", args.json)
+        avail = _available_bytes()
+        from ._guarded import memory_need
+
+        need = memory_need(max(args.sizes), args.dtype)
+        if avail is not None and need > avail:
+            parser.error(f"--sizes {max(args.sizes)} needs about {need / 2**30:.1f} GiB for "
+                         f"{args.dtype} in --guarded and only {avail / 2**30:.1f} GiB is "
+                         f"available; use a smaller size")
+    from ._machine import try_import
+
+    if try_import("torch") is None:
+        parser.error(f"--{mode} needs torch: pip install torch")
+    import adamfast
+
+    if args.threads is not None:
+        before = adamfast.get_num_threads()
+        try:
+            adamfast.set_num_threads(args.threads)
+        except ValueError as exc:
+            parser.error(f"--threads {args.threads}: {exc}")
+        adamfast.set_num_threads(before)
 
 
 def _check_output(parser, flag: str, path: str | None):
