@@ -10,14 +10,11 @@ from ._dispatch import available_backends, get_num_threads, set_num_threads
 from ._guard import StepResult, global_norm
 from ._memory import zeros_buffers
 from .algorithms import ALGORITHMS
-from .functional import (adadelta_step, adagrad_step, adam_step, adamax_step, lion_step,
-                         nadam_step, radam_step, rmsprop_step, sgd_step)
-from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam, RMSprop
+from . import functional as _functional, optim as _optim
+from .functional import *  # noqa: F401,F403  adam_step and one step per algorithm
+from .optim import *  # noqa: F401,F403  Optimizer and one class per algorithm
 
 __version__ = "0.2.0"
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "SGD", "Adadelta",
-           "Lion", "Optimizer", "adam_step", "adamax_step", "nadam_step", "radam_step",
-           "adagrad_step", "rmsprop_step", "sgd_step", "adadelta_step", "lion_step",
-           "schedules", "ALGORITHMS", "StepResult", "global_norm", "save_checkpoint", "load_checkpoint", "available_backends", "set_num_threads", "get_num_threads",
+__all__ = [*_optim.__all__, *_functional.__all__, "schedules", "ALGORITHMS", "StepResult", "global_norm", "save_checkpoint", "load_checkpoint", "available_backends", "set_num_threads", "get_num_threads",
            "zeros_buffers", "__version__"]

@@ -253,13 +253,9 @@ def _make_step(spec):
     return wrapper
 
 
+# One functional step per registry entry but Adam's (adam_step, above; AdamW is
+# adam_step(decoupled=True)): adamax_step, nadam_step, ..., lion_step.
 STEPS = {name: _make_step(spec) for name, spec in ALGORITHMS.items()
          if name not in ("Adam", "AdamW")}
-adamax_step = STEPS["Adamax"]
-nadam_step = STEPS["NAdam"]
-radam_step = STEPS["RAdam"]
-adagrad_step = STEPS["Adagrad"]
-rmsprop_step = STEPS["RMSprop"]
-sgd_step = STEPS["SGD"]
-adadelta_step = STEPS["Adadelta"]
-lion_step = STEPS["Lion"]
+globals().update({fn.__name__: fn for fn in STEPS.values()})
+__all__ = ["adam_step", *(fn.__name__ for fn in STEPS.values())]

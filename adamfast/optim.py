@@ -48,8 +48,7 @@ from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate
 from ._memory import zeros_buffers
 
-__all__ = ["Optimizer", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "SGD",
-           "Adadelta", "Lion"]
+__all__ = ["Optimizer", *ALGORITHMS]  # the classes are made from the registry, at the end
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -678,15 +677,6 @@ def _doc(spec):
             f"The maths is stated in :mod:`{module}`; the rest is :class:`Optimizer`'s.")
 
 
-Adam = _make_class(ALGORITHMS["Adam"], _doc(ALGORITHMS["Adam"]))
-AdamW = _make_class(ALGORITHMS["AdamW"], _doc(ALGORITHMS["AdamW"]))
-Adamax = _make_class(ALGORITHMS["Adamax"], _doc(ALGORITHMS["Adamax"]))
-NAdam = _make_class(ALGORITHMS["NAdam"], _doc(ALGORITHMS["NAdam"]))
-RAdam = _make_class(ALGORITHMS["RAdam"], _doc(ALGORITHMS["RAdam"]))
-Adagrad = _make_class(ALGORITHMS["Adagrad"], _doc(ALGORITHMS["Adagrad"]))
-RMSprop = _make_class(ALGORITHMS["RMSprop"], _doc(ALGORITHMS["RMSprop"]))
-SGD = _make_class(ALGORITHMS["SGD"], _doc(ALGORITHMS["SGD"]))
-Adadelta = _make_class(ALGORITHMS["Adadelta"], _doc(ALGORITHMS["Adadelta"]))
-Lion = _make_class(ALGORITHMS["Lion"], _doc(ALGORITHMS["Lion"]))
-CLASSES = {cls.__name__: cls for cls in (Adam, AdamW, Adamax, NAdam, RAdam, Adagrad, RMSprop, SGD,
-                                         Adadelta, Lion)}
+# One class per registry entry (adamfast.Adam, ..., adamfast.Lion).
+CLASSES = {name: _make_class(spec, _doc(spec)) for name, spec in ALGORITHMS.items()}
+globals().update(CLASSES)

@@ -100,7 +100,8 @@ def sumsq_kernel(grads, out, num_threads):
     the chunk goes to lane j % LANES; each lane sums x*x in float64 in
     element order; the lanes are then added left to right.  ``out[c, 0]``
     is that sum of squares and ``out[c, 1]`` the same sum of ``x - x``,
-    which is 0 exactly when every element is finite.  The compiled kernels
+    which is 0 exactly when every element is finite (for float32 input,
+    ``out[c, 0] - out[c, 0]``, the same flag at half the work).  The compiled kernels
     follow the same order, so the results agree bit for bit; the caller adds
     the chunks in chunk order.
     """
@@ -112,10 +113,15 @@ def sumsq_kernel(grads, out, num_threads):
             x = np.concatenate([x, np.zeros(pad)]).reshape(-1, LANES)
             # A reduction over axis 0 of a C-ordered 2-D array adds row after
             # row into each lane: exactly the lanes' element order.
-            for col, values in enumerate((x * x, x - x)):
+            columns = (x * x, x - x) if grads.dtype == np.float64 else (x * x,)
+            for col, values in enumerate(columns):
                 lanes = np.add.reduce(values, axis=0).tolist()
                 total = lanes[0]
                 for v in lanes[1:]:
                     total += v
                 out[c, col] = total
+            if grads.dtype != np.float64:
+                # A float32 square is at most ~1.2e77: the float64 sum is finite
+                # exactly when every element is, so it is its own flag.
+                out[c, 1] = out[c, 0] - out[c, 0]
     return n

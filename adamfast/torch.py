@@ -180,8 +180,8 @@ from ._engine import CHUNK, scalar_table
 from ._memory import zeros_buffers
 from .algorithms import ALGORITHMS
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "SGD", "Adadelta",
-           "Lion", "Optimizer"]
+# The classes are made from the registry at the end of this module.
+__all__ = ["Optimizer", *ALGORITHMS]
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _ADAM_EXTRAS = {"eps_hat": False, "eps_root": 0.0, "bias_correction": True, "nesterov": False}
@@ -1111,31 +1111,28 @@ def _signature(spec, torch_cls):
     return inspect.Signature(positional + keyword + extra)
 
 
-def _make(name, torch_name):
+def _make(name):
+    """The class of registry entry ``name``: everything comes from its spec."""
     spec = ALGORITHMS[name]
+    peer = spec.peer.split(".")
+    torch_name = peer[-1] if peer[:2] == ["torch", "optim"] else None
     torch_cls = getattr(torch.optim, torch_name) if torch_name else None
-    scalar_keys = () if name == "SGD" else (("step", "mu_product") if name == "NAdam" else ("step",))
+    sig = _signature(spec, torch_cls)
     doc = (f"{name} as ``{spec.peer}``, over flat buffers: one kernel call per dtype per step.\n\n"
-           f"Signature: torch's (``{name}{_signature(spec, torch_cls)}``).  The maths is in "
+           f"Signature: torch's (``{name}{sig}``).  The maths is in "
            f":mod:`{spec.reference[next(iter(spec.kinds))].__module__}`; the torch integration "
            f"(flat buffers, gradient binding, state_dict, GradScaler, threads) is described in "
            f":mod:`adamfast.torch`.")
+    # adamfast's own hyperparameters (not in torch's signature): kept out of a
+    # checkpoint's param_groups while they hold their defaults.
+    torch_names = set(inspect.signature(torch_cls).parameters) if torch_cls else None
+    extras = ({h.name: h.default for h in spec.hyper if h.name not in torch_names}
+              if torch_names is not None else {})
     return type(name, (Optimizer,), {
-        "spec": spec, "_torch_class": torch_cls, "__signature__": _signature(spec, torch_cls),
-        "__doc__": doc, "__module__": __name__, "_scalar_keys": scalar_keys,
-        "_extras": dict(_ADAM_EXTRAS) if name in ("Adam", "AdamW") else {},
-        "_hp_names": tuple(h.name for h in spec.hyper)})
+        "spec": spec, "_torch_class": torch_cls, "__signature__": sig,
+        "__doc__": doc, "__module__": __name__, "_scalar_keys": spec.torch_scalar_state,
+        "_extras": extras, "_hp_names": tuple(h.name for h in spec.hyper)})
 
 
-Adam = _make("Adam", "Adam")
-AdamW = _make("AdamW", "AdamW")
-Adamax = _make("Adamax", "Adamax")
-NAdam = _make("NAdam", "NAdam")
-RAdam = _make("RAdam", "RAdam")
-Adagrad = _make("Adagrad", "Adagrad")
-RMSprop = _make("RMSprop", "RMSprop")
-SGD = _make("SGD", "SGD")
-Adadelta = _make("Adadelta", "Adadelta")
-Lion = _make("Lion", None)
-CLASSES = {cls.__name__: cls for cls in (Adam, AdamW, Adamax, NAdam, RAdam, Adagrad, RMSprop, SGD,
-                                         Adadelta, Lion)}
+CLASSES = {name: _make(name) for name in ALGORITHMS}
+globals().update(CLASSES)

@@ -151,7 +151,8 @@ def kind_cases():
         for kind in spec.kinds:
             if kind in cases:
                 continue
-            hp = spec.validate(dict(spec.defaults, **overrides[kind]))
+            # A kind without an entry here runs with its spec's defaults.
+            hp = spec.validate(dict(spec.defaults, **overrides.get(kind, {})))
             assert spec.kind_of([hp]) == kind
             cases[kind] = (spec, hp)
     return cases

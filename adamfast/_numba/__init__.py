@@ -254,12 +254,12 @@ def sumsq_kernel(grads, out, num_threads):
     if grads.size == 0:
         return
     if grads.size < PARALLEL_MIN or num_threads <= 1:
-        _norm.sumsq_serial(grads, out)
+        _norm.sumsq_serial(grads, out, grads.dtype == np.float64)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(num_threads)
     try:
-        _norm.sumsq_parallel(grads, out)
+        _norm.sumsq_parallel(grads, out, grads.dtype == np.float64)
     finally:
         numba.set_num_threads(previous)

@@ -17,43 +17,46 @@ from ._driver import CHUNK, LANES
 
 def _signatures():
     out = types.Array(types.float64, 2, "C")
-    return [types.void(types.Array(ft, 1, "C", readonly=True), out)
+    return [types.void(types.Array(ft, 1, "C", readonly=True), out, types.boolean)
             for ft in (types.float32, types.float64)]
 
 
 @njit(inline="always")
-def _chunk(g, out, c):
+def _chunk(g, out, c, check):
     lo = c * CHUNK
     hi = min(lo + CHUNK, g.size)
     acc = np.zeros(LANES)
     bad = np.zeros(LANES)
     g_ = g[lo:hi]
     rows = (hi - lo) // LANES
+    # check: float64 input (float32 needs no second sum, see the reference)
     for r in range(rows):
         for j in range(LANES):
             x = np.float64(g_[r * LANES + j])
             acc[j] = acc[j] + x * x
-            bad[j] = bad[j] + (x - x)
+            if check:
+                bad[j] = bad[j] + (x - x)
     for j in range(hi - lo - rows * LANES):
         x = np.float64(g_[rows * LANES + j])
         acc[j] = acc[j] + x * x
-        bad[j] = bad[j] + (x - x)
+        if check:
+            bad[j] = bad[j] + (x - x)
     s = acc[0]
     z = bad[0]
     for j in range(1, LANES):
         s = s + acc[j]
         z = z + bad[j]
     out[c, 0] = s
-    out[c, 1] = z
+    out[c, 1] = z if check else s - s
 
 
 @njit(_signatures(), cache=True, nogil=True, error_model="numpy")
-def sumsq_serial(g, out):
+def sumsq_serial(g, out, check):
     for c in range(out.shape[0]):
-        _chunk(g, out, c)
+        _chunk(g, out, c, check)
 
 
 @njit(_signatures(), cache=True, nogil=True, error_model="numpy", parallel=True)
-def sumsq_parallel(g, out):
+def sumsq_parallel(g, out, check):
     for c in prange(out.shape[0]):
-        _chunk(g, out, c)
+        _chunk(g, out, c, check)

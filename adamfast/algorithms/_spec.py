@@ -132,6 +132,9 @@ class Spec:
                compare with
     fixed      hyperparameters a class pins (AdamW's decoupled decay) and
                does not take as keywords
+    torch_scalar_state  the scalar (0-d) entries of the torch peer's per-param
+               state, for adamfast.torch's state_dict (SGD: none; NAdam: step
+               and mu_product)
     c_twin     the name of a C twin of the whole step in the cython backend
                (``"adam"``: adam_step_fast), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
@@ -152,6 +155,7 @@ class Spec:
     fixed: dict = field(default_factory=dict)
     gstate_from_step: Callable | None = None
     c_twin: str | None = None
+    torch_scalar_state: tuple = ("step",)
     doc: str = ""
 
     @property

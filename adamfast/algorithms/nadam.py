@@ -68,4 +68,5 @@ NADAM = Spec(
            HP("momentum_decay", 4e-3, nonneg), HP("decoupled_weight_decay", False, flag),
            HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "nadam",
-    reference={"nadam": update_nadam}, gstate={"mu_product": 1.0}, peer="torch.optim.NAdam")
+    reference={"nadam": update_nadam}, gstate={"mu_product": 1.0}, peer="torch.optim.NAdam",
+    torch_scalar_state=("step", "mu_product"))
