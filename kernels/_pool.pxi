@@ -28,6 +28,7 @@ cdef extern from *:
     """
     #include <pthread.h>
     #include <sched.h>
+    #include <time.h>
     #include <stdint.h>
     #if defined(__x86_64__) || defined(__i386__)
     #  include <immintrin.h>
@@ -39,7 +40,7 @@ cdef extern from *:
     typedef void (*af_block_fn)(void *ctx, Py_ssize_t c0, Py_ssize_t c1);
 
     #define AF_MAX_WORKERS 1023
-    #define AF_SPIN 2000           /* spin-and-yield rounds before a worker sleeps */
+    #define AF_SPIN_NS 100000L     /* how long a worker spins after a step, in ns */
     #define AF_BLOCKS_PER_THREAD 16
 
     static struct {
@@ -88,13 +89,19 @@ cdef extern from *:
         for (;;) {
             uint32_t g;
             int spins = 0;
+            struct timespec t0, t1;
             while ((g = __atomic_load_n(&af_pool.gen, __ATOMIC_ACQUIRE)) == seen) {
-                /* Spin a little for the next step (a tight training loop),
-                   yielding so a woken caller on this core runs first, then
-                   sleep. */
+                /* Spin a little for the next step (a tight loop of steps),
+                   yielding so a woken caller on this core runs first, for
+                   at most AF_SPIN_NS: longer would steal a core from the
+                   caller's own work between steps (torch's backward). */
                 ++spins;
                 if (spins < 256) { AF_RELAX(); continue; }
-                if (spins < AF_SPIN) { sched_yield(); continue; }
+                if (spins == 256) clock_gettime(CLOCK_MONOTONIC, &t0);
+                if ((spins & 15) != 0) { sched_yield(); continue; }
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                if ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec)
+                        < AF_SPIN_NS) { sched_yield(); continue; }
                 pthread_mutex_lock(&af_pool.mu);
                 while (__atomic_load_n(&af_pool.gen, __ATOMIC_ACQUIRE) == seen)
                     pthread_cond_wait(&af_pool.cv, &af_pool.mu);
@@ -166,6 +173,22 @@ cdef extern from *:
         int spins = 0;
         while (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks && ++spins < 4000)
             AF_RELAX();
+        /* Then yield for up to ~200 us: on a quiet machine the last block
+           lands here and the caller never pays a wake-up; on a busy one the
+           yield lets a preempted block holder onto this core. */
+        if (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (spins = 0; __atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks; spins++) {
+                sched_yield();
+                if ((spins & 15) == 15) {
+                    clock_gettime(CLOCK_MONOTONIC, &t1);
+                    if ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec)
+                            > 200000L)
+                        break;
+                }
+            }
+        }
         if (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks) {
             pthread_mutex_lock(&af_pool.mu);
             while (__atomic_load_n(&af_pool.done, __ATOMIC_ACQUIRE) < nblocks)
