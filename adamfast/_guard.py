@@ -119,6 +119,10 @@ def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, n
     inv = 1.0 if grad_scale is None else 1.0 / grad_scale
     if max_grad_norm is None and not skip_nonfinite:
         return inv, None, False
+    wake = getattr(backend.module, "wake_pool", None)
+    if wake is not None and num_threads > 1 and flat_grads.size >= getattr(
+            backend.module, "PARALLEL_MIN", 0):
+        wake(num_threads)  # two passes ahead: start the workers now
     total, finite = sumsq(backend, flat_grads, num_threads)
     norm = math.sqrt(total) * inv
     if skip_nonfinite and not finite:

@@ -126,6 +126,40 @@ cdef extern from *:
         af_pool.active = 0;
     }
 
+    static void af_start_workers(int workers) {
+        while (af_pool.started < workers) {
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            int rc = pthread_create(&t, &attr, af_worker, (void *)(intptr_t)af_pool.started);
+            pthread_attr_destroy(&attr);
+            if (rc != 0) break;    /* fewer workers: still correct */
+            af_pool.started++;
+        }
+    }
+
+    /* Wake the workers ahead of a job (an empty generation): they spin for
+       AF_SPIN_NS, so a job published meanwhile starts without a wake-up. */
+    static void af_pool_wake(int nthreads) {
+        int workers = nthreads - 1;
+        if (workers > AF_MAX_WORKERS) workers = AF_MAX_WORKERS;
+        if (workers < 1 || pthread_mutex_trylock(&af_pool.run_mu) != 0) return;
+        if (!af_atfork_done) {
+            pthread_atfork(NULL, NULL, af_after_fork_child);
+            af_atfork_done = 1;
+        }
+        af_start_workers(workers);
+        uint32_t g = af_pool.gen + 1;
+        af_pool.nblocks = 0;
+        __atomic_store_n(&af_pool.claim, (uint64_t)g << 32, __ATOMIC_RELEASE);
+        pthread_mutex_lock(&af_pool.mu);
+        __atomic_store_n(&af_pool.gen, g, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&af_pool.cv);
+        pthread_mutex_unlock(&af_pool.mu);
+        pthread_mutex_unlock(&af_pool.run_mu);
+    }
+
     /* Run fn over nchunks chunks on the caller and up to nthreads - 1
        workers.  Returns the number of threads that could take part (1 when
        it ran serially). */
@@ -140,16 +174,7 @@ cdef extern from *:
             pthread_atfork(NULL, NULL, af_after_fork_child);
             af_atfork_done = 1;
         }
-        while (af_pool.started < workers) {
-            pthread_t t;
-            pthread_attr_t attr;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            int rc = pthread_create(&t, &attr, af_worker, (void *)(intptr_t)af_pool.started);
-            pthread_attr_destroy(&attr);
-            if (rc != 0) break;    /* fewer workers: still correct */
-            af_pool.started++;
-        }
+        af_start_workers(workers);
         if (workers > af_pool.started) workers = af_pool.started;
         Py_ssize_t nblocks = (Py_ssize_t)(workers + 1) * AF_BLOCKS_PER_THREAD;
         if (nblocks > nchunks) nblocks = nchunks;
@@ -201,3 +226,11 @@ cdef extern from *:
     """
     ctypedef void (*af_block_fn)(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
     int af_pool_run(af_block_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
+    void af_pool_wake(int nthreads) nogil
+
+
+def wake_pool(int num_threads):
+    """Wake the pool's workers ahead of a multi-pass step (the guarded step's norm
+    pass and update): they spin briefly, so the passes start without a wake-up."""
+    with nogil:
+        af_pool_wake(num_threads)
