@@ -29,13 +29,20 @@ def _chunk(g, out, c, check):
     bad = np.zeros(LANES)
     g_ = g[lo:hi]
     rows = (hi - lo) // LANES
-    # check: float64 input (float32 needs no second sum, see the reference)
-    for r in range(rows):
-        for j in range(LANES):
-            x = np.float64(g_[r * LANES + j])
-            acc[j] = acc[j] + x * x
-            if check:
+    # check: float64 input (float32 needs no second sum, see the reference).
+    # Two loops, not a branch inside one: the branch kept LLVM from
+    # vectorizing the lanes.
+    if check:
+        for r in range(rows):
+            for j in range(LANES):
+                x = np.float64(g_[r * LANES + j])
+                acc[j] = acc[j] + x * x
                 bad[j] = bad[j] + (x - x)
+    else:
+        for r in range(rows):
+            for j in range(LANES):
+                x = np.float64(g_[r * LANES + j])
+                acc[j] = acc[j] + x * x
     for j in range(hi - lo - rows * LANES):
         x = np.float64(g_[rows * LANES + j])
         acc[j] = acc[j] + x * x
