@@ -118,6 +118,14 @@ def _ddp_worker(rank, port):
                 results.append([p.detach().clone() for p in model.parameters()])
         for r in results[1:]:
             assert _allclose(results[0], r), "DDP with adamfast differs from torch"
+        # Tear down in order: DDP's reducer must go before its process group
+        # (left to interpreter exit, gloo sometimes aborted the rank with
+        # "terminate called without an active exception").
+        del model, opt
+        import gc
+
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
