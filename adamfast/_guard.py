@@ -124,6 +124,13 @@ def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, n
             backend.module, "PARALLEL_MIN", 0):
         wake(num_threads)  # two passes ahead: start the workers now
     total, finite = sumsq(backend, flat_grads, num_threads)
+    return decide(total, finite, inv, max_grad_norm, skip_nonfinite)
+
+
+def decide(total, finite, inv, max_grad_norm, skip_nonfinite):
+    """From the scaled gradients' sum of squares and finiteness, the guard's
+    (multiplier or None if skipped, grad_norm of the unscaled grads, skipped):
+    torch.nn.utils.clip_grad_norm_'s rule, stated once."""
     norm = math.sqrt(total) * inv
     if skip_nonfinite and not finite:
         return None, norm, True

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _dispatch, _engine, _guard, _validate
+from . import _dispatch, _engine, _guard
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate
 from ._memory import zeros_buffers

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .algorithms._spec import nonneg, positive, unit_closed
+from .algorithms._spec import nonneg
 
 __all__ = ["constant", "inverse_sqrt", "inverse_time", "step_decay", "exponential",
            "linear_warmup", "cosine"]

@@ -167,7 +167,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -775,7 +774,7 @@ class Optimizer(torch.optim.Optimizer):
         """Pass 1 of the guarded step over every dtype's gradients at once:
         (gradient multiplier, grad_norm or None, skipped).
 
-        ``adamfast._guard.multiplier``'s rule over several flat buffers: the
+        ``adamfast._guard.decide``'s rule over several flat buffers: the
         norm covers exactly the params that step (torch's clip_grad_norm_
         ignores params whose grad is None), float64 sums of squares per fixed
         chunk of each buffer's active ranges, added in layout order, so it is
@@ -803,14 +802,7 @@ class Optimizer(torch.optim.Optimizer):
                 ss, ok = _guard.sumsq(b, flat[lo:hi], nthreads)
                 total += ss
                 finite = finite and ok
-        norm = math.sqrt(total) * inv
-        if self._skip_nonfinite and not finite:
-            return None, norm, True
-        if self._max_grad_norm is None:
-            return inv, norm, False
-        # min(nan, 1.0) is nan: a NaN norm propagates, as torch.clamp does.
-        coef = min(self._max_grad_norm / (norm + 1e-6), 1.0)
-        return inv * coef, norm, False
+        return _guard.decide(total, finite, inv, self._max_grad_norm, self._skip_nonfinite)
 
     def _first(self, pool, g):
         return int(pool.index[pool.groups.index(g)])

@@ -14,7 +14,6 @@ import pytest
 
 from adamfast import _dispatch
 from adamfast import _engine
-from adamfast.algorithms import ALGORITHMS
 from adamfast.algorithms._spec import NSLOT
 
 from conftest import kind_cases

@@ -9,7 +9,7 @@ import adamfast
 from adamfast import _dispatch, _engine
 from adamfast.algorithms import ALGORITHMS
 from adamfast.algorithms._spec import NSLOT
-from conftest import BACKENDS, COMPILED, SIZES, assert_close, kind_cases
+from conftest import BACKENDS, SIZES, assert_close, kind_cases
 
 KIND_CASES = kind_cases()
 STEPS = 20
@@ -122,7 +122,7 @@ def _grad_list(dtype, t):
 def test_optimizer_one_kernel_call_per_step_for_any_number_of_groups(name, monkeypatch):
     calls = []
     b = _dispatch.get_backend("cython" if "cython" in BACKENDS else "numpy")
-    real, fast = b.kernel, b.step_fast
+    real = b.kernel
     monkeypatch.setattr(b, "kernel", lambda *a: (calls.append(a[6].shape[0]), real(*a))[1])
     monkeypatch.setattr(b, "step_fast", None)
     init = _init(np.float32)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import adamfast
-from adamfast import _dispatch, functional, _validate
+from adamfast import _dispatch, functional
 
 from conftest import MODES, adam_row as step_scalars, full_path
 

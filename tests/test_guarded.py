@@ -5,7 +5,7 @@ import pytest
 
 import adamfast
 from adamfast import _dispatch
-from conftest import BACKENDS, COMPILED, assert_close
+from conftest import BACKENDS, assert_close
 
 CLASSES = adamfast.optim.CLASSES
 SHAPES = [(4, 3), (17,), (2, 3, 2), (), (16385,)]  # the last one spans two chunks

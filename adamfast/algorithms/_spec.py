@@ -74,7 +74,6 @@ def _ranged(lo, hi, lo_closed=True, hi_closed=False, text=None):
 nonneg = _ranged(0.0, math.inf, text="a finite number >= 0")
 unit_open = _ranged(0.0, 1.0, text="in [0, 1)")
 unit_closed = _ranged(0.0, 1.0, hi_closed=True, text="in [0, 1]")
-positive = _ranged(0.0, math.inf, lo_closed=False, text="a finite number > 0")
 
 
 def flag(name, value):

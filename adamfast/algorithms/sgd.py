@@ -17,7 +17,6 @@ group start together.
 
 from __future__ import annotations
 
-import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg
 
