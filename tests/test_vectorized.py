@@ -103,3 +103,22 @@ def test_cython_norm_pass_uses_packed_float64(module):
             ops.setdefault(name, set()).add(i.group(1).lstrip("v"))
     assert ops, "no norm-pass function found in the machine code"
     assert any({"mulpd", "addpd"} <= found for found in ops.values()), ops
+
+
+@pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
+def test_numba_norm_pass_uses_packed_float64(tmp_path):
+    """The numba norm pass's 16 lanes become packed mulpd/addpd (compiled with the
+    SLP vectorizer), and numba's own SLP setting is left as the caller had it."""
+    code = (
+        "import re, numba, adamfast._numba as nb\n"
+        "before = numba.config.SLP_VECTORIZE\n"
+        "m = nb._import('adamfast._numba._norm', slp=True)\n"
+        "assert numba.config.SLP_VECTORIZE == before, numba.config.SLP_VECTORIZE\n"
+        "for sig in m.sumsq_serial.signatures:\n"
+        "    asm = m.sumsq_serial.inspect_asm(sig)\n"
+        "    print(all(re.search(r'\\bv?' + op + r'\\b', asm) for op in ('mulpd', 'addpd')))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True"], r.stdout

@@ -92,22 +92,36 @@ _NAMES = ("params", "grads", "s0", "s1", "s2")
 _entries = {}
 
 
-def _import(name):
+def _import(name, slp=False):
     """Import a kind module, whose explicit-signature entries compile or load from
     numba's on-disk cache right away.  If no cache location is writable (a
     read-only install, and no writable user cache), numba refuses with
-    "cannot cache function": then cache in a private temporary directory."""
-    try:
-        return importlib.import_module(name)
-    except RuntimeError as exc:
-        if "cannot cache" not in str(exc) or numba.config.CACHE_DIR:
-            raise
-        import tempfile
+    "cannot cache function": then cache in a private temporary directory.
 
-        numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(),
-                                              f"adamfast-numba-cache-{os.getuid()}")
-        sys.modules.pop(name, None)
-        return importlib.import_module(name)
+    ``slp``: compile with LLVM's SLP vectorizer on (numba's default is off),
+    for the norm pass's spelled-out lanes (see ``_norm``); numba's setting is
+    restored afterwards.  It only packs independent operations already in the
+    code, so no result changes; a module already imported is returned as is.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    previous = numba.config.SLP_VECTORIZE
+    if slp:
+        numba.config.SLP_VECTORIZE = 1
+    try:
+        try:
+            return importlib.import_module(name)
+        except RuntimeError as exc:
+            if "cannot cache" not in str(exc) or numba.config.CACHE_DIR:
+                raise
+            import tempfile
+
+            numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(),
+                                                  f"adamfast-numba-cache-{os.getuid()}")
+            sys.modules.pop(name, None)
+            return importlib.import_module(name)
+    finally:
+        numba.config.SLP_VECTORIZE = previous
 
 
 def _load(kind_id):
@@ -240,7 +254,7 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
 def sumsq_kernel(grads, out, num_threads):
     """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in
     float64, in the order kernels/_driver.pxi defines (twin: its _sumsq)."""
-    _norm = _import(f"{__name__}._norm")
+    _norm = _import(f"{__name__}._norm", slp=True)
 
     if not (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.dtype in _FLOATS
             and grads.flags.c_contiguous):

@@ -2,9 +2,19 @@
 
 Per chunk of CHUNK elements: element j goes to lane j % LANES, each lane
 accumulates x*x (and x - x, which is 0 for finite x, NaN otherwise) in
-float64 in element order, then the lanes are added left to right.  The fixed
-lanes are independent accumulators LLVM can vectorize without reassociating
-anything, so the order is the same as the reference's and the C kernel's.
+float64 in element order, then the lanes are added left to right.  The
+lanes are independent accumulators, so vectorizing them reassociates
+nothing: the order is the reference's and the C kernel's.
+
+Why the lanes are 16 spelled-out locals: numba's default pipeline runs
+LLVM's loop vectorizer but not its SLP vectorizer (``NUMBA_SLP_VECTORIZE``
+is 0), and a 16-long inner loop over an accumulator array is fully unrolled
+before the loop vectorizer sees it, then left scalar (about 12 GB/s here, a
+third of the C kernel).  Sixteen locals in registers are what the SLP
+vectorizer packs into four ymm adds; :func:`adamfast._numba._import`
+compiles this module with it switched on (and numba's setting restored).
+The SLP vectorizer packs independent scalar operations that are already in
+the code, so it changes no result.
 """
 
 from __future__ import annotations
@@ -14,6 +24,9 @@ from numba import njit, prange, types
 
 from ._driver import CHUNK, LANES
 
+if LANES != 16:  # the helpers below spell out 16 lanes
+    raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
+
 
 def _signatures():
     out = types.Array(types.float64, 2, "C")
@@ -22,39 +35,87 @@ def _signatures():
 
 
 @njit(inline="always")
+def _squares(x2, a):
+    # Lane j += x2[r, j]**2 for every row r, in row order.
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = a
+    for r in range(x2.shape[0]):
+        x = x2[r]
+        v = np.float64(x[0]); a0 = a0 + v * v
+        v = np.float64(x[1]); a1 = a1 + v * v
+        v = np.float64(x[2]); a2 = a2 + v * v
+        v = np.float64(x[3]); a3 = a3 + v * v
+        v = np.float64(x[4]); a4 = a4 + v * v
+        v = np.float64(x[5]); a5 = a5 + v * v
+        v = np.float64(x[6]); a6 = a6 + v * v
+        v = np.float64(x[7]); a7 = a7 + v * v
+        v = np.float64(x[8]); a8 = a8 + v * v
+        v = np.float64(x[9]); a9 = a9 + v * v
+        v = np.float64(x[10]); a10 = a10 + v * v
+        v = np.float64(x[11]); a11 = a11 + v * v
+        v = np.float64(x[12]); a12 = a12 + v * v
+        v = np.float64(x[13]); a13 = a13 + v * v
+        v = np.float64(x[14]); a14 = a14 + v * v
+        v = np.float64(x[15]); a15 = a15 + v * v
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
+
+
+@njit(inline="always")
+def _flags(x2, z):
+    # Lane j += x2[r, j] - x2[r, j] (0, or NaN if not finite) for every row r.
+    # A loop of its own, not a second stream of _squares's: parfors' array
+    # analysis rejects the tuple of tuples that returning both would take.
+    z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15 = z
+    for r in range(x2.shape[0]):
+        x = x2[r]
+        v = np.float64(x[0]); z0 = z0 + (v - v)
+        v = np.float64(x[1]); z1 = z1 + (v - v)
+        v = np.float64(x[2]); z2 = z2 + (v - v)
+        v = np.float64(x[3]); z3 = z3 + (v - v)
+        v = np.float64(x[4]); z4 = z4 + (v - v)
+        v = np.float64(x[5]); z5 = z5 + (v - v)
+        v = np.float64(x[6]); z6 = z6 + (v - v)
+        v = np.float64(x[7]); z7 = z7 + (v - v)
+        v = np.float64(x[8]); z8 = z8 + (v - v)
+        v = np.float64(x[9]); z9 = z9 + (v - v)
+        v = np.float64(x[10]); z10 = z10 + (v - v)
+        v = np.float64(x[11]); z11 = z11 + (v - v)
+        v = np.float64(x[12]); z12 = z12 + (v - v)
+        v = np.float64(x[13]); z13 = z13 + (v - v)
+        v = np.float64(x[14]); z14 = z14 + (v - v)
+        v = np.float64(x[15]); z15 = z15 + (v - v)
+    return (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15)
+
+
+@njit(inline="always")
+def _total(a):
+    # The lanes left to right, as the reference adds them.
+    s = a[0]
+    for j in range(1, LANES):
+        s = s + a[j]
+    return s
+
+
+@njit(inline="always")
 def _chunk(g, out, c, check):
     lo = c * CHUNK
     hi = min(lo + CHUNK, g.size)
-    acc = np.zeros(LANES)
-    bad = np.zeros(LANES)
-    g_ = g[lo:hi]
     rows = (hi - lo) // LANES
+    # Rows of LANES elements: x2[r, j] is lane j's r-th element.  A partial
+    # last row is padded with zeros, as in the reference: adding +0.0 (or
+    # 0 - 0) leaves every lane's sum as it was, NaN and Inf included.
+    x2 = g[lo:lo + rows * LANES].reshape((rows, LANES))
+    pad = np.zeros((1 if lo + rows * LANES < hi else 0, LANES))
+    pad[:, :hi - lo - rows * LANES] = g[lo + rows * LANES:hi]
+    a = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     # check: float64 input (float32 needs no second sum, see the reference).
-    # Two loops, not a branch inside one: the branch kept LLVM from
-    # vectorizing the lanes.
     if check:
-        for r in range(rows):
-            for j in range(LANES):
-                x = np.float64(g_[r * LANES + j])
-                acc[j] = acc[j] + x * x
-                bad[j] = bad[j] + (x - x)
+        out[c, 0] = _total(_squares(pad, _squares(x2, a)))
+        out[c, 1] = _total(_flags(pad, _flags(x2, a)))
     else:
-        for r in range(rows):
-            for j in range(LANES):
-                x = np.float64(g_[r * LANES + j])
-                acc[j] = acc[j] + x * x
-    for j in range(hi - lo - rows * LANES):
-        x = np.float64(g_[rows * LANES + j])
-        acc[j] = acc[j] + x * x
-        if check:
-            bad[j] = bad[j] + (x - x)
-    s = acc[0]
-    z = bad[0]
-    for j in range(1, LANES):
-        s = s + acc[j]
-        z = z + bad[j]
-    out[c, 0] = s
-    out[c, 1] = z if check else s - s
+        a = _squares(pad, _squares(x2, a))
+        s = _total(a)
+        out[c, 0] = s
+        out[c, 1] = s - s
 
 
 @njit(_signatures(), cache=True, nogil=True, error_model="numpy")
