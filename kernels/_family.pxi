@@ -34,7 +34,6 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, INFINITY
 from libc.float cimport DBL_MIN
 from libc.stdint cimport uintptr_t

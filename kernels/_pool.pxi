@@ -234,3 +234,33 @@ def wake_pool(int num_threads):
     pass and update): they spin briefly, so the passes start without a wake-up."""
     with nogil:
         af_pool_wake(num_threads)
+
+
+def _run_blocks(size_t fn, tuple arrays, tuple sizes, Py_ssize_t nchunks, int num_threads):
+    """The numba backend's parallel path: run a C block function on this pool.
+
+    ``fn`` is the address of ``void fn(void *ctx, Py_ssize_t c0, Py_ssize_t
+    c1)`` (a numba ``cfunc``), called for chunk rows [c0, c1) of [0, nchunks)
+    by the caller and up to ``num_threads - 1`` workers.  ``ctx`` points at
+    Py_ssize_t words: the data address of each array of ``arrays``, then each
+    integer of ``sizes``, in order (at most 32 words).  Private: the caller
+    has checked that ``fn`` reads only within those arrays.  Returns the
+    number of threads that could take part.
+    """
+    cdef Py_ssize_t ctx[32]
+    cdef Py_ssize_t j, k = PyTuple_GET_SIZE(arrays)
+    cdef int used
+    if fn == 0 or nchunks < 0 or k + PyTuple_GET_SIZE(sizes) > 32:
+        raise ValueError("_run_blocks: fn must be a function address, nchunks >= 0 and at "
+                         "most 32 context words")
+    for j in range(k):
+        a = <object>PyTuple_GET_ITEM(arrays, j)
+        if not cnp.PyArray_Check(a):
+            raise TypeError("_run_blocks: arrays must hold numpy arrays, got %s"
+                            % type(a).__name__)
+        ctx[j] = <Py_ssize_t>cnp.PyArray_DATA(a)
+    for j in range(PyTuple_GET_SIZE(sizes)):
+        ctx[k + j] = <Py_ssize_t>(<object>PyTuple_GET_ITEM(sizes, j))
+    with nogil:
+        used = af_pool_run(<af_block_fn>fn, <void*>ctx, nchunks, num_threads)
+    return used

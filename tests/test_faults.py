@@ -58,6 +58,42 @@ def test_os_fork_child_steps_and_exits(backend):
     assert r.stdout.strip() == "0"
 
 
+NUMBA_PATHS = """
+    import hashlib, numpy as np, numba, adamfast, adamfast._numba as nb
+    adamfast.set_num_threads(2)
+    before = numba.get_num_threads()
+    digest, same = hashlib.sha256(), True
+    for dt in (np.float32, np.float64):
+        opts = [adamfast.AdamW([np.linspace(-1, 1, 200003, dtype=dt)], backend=b,
+                               max_grad_norm=0.5, ema_decay=0.9) for b in ("numba", "numpy")]
+        for t in range(3):
+            g = np.cos(np.arange(200003) * (t + 1)).astype(dt)
+            res = [o.step([g]) for o in opts]
+        same &= all(np.array_equal(opts[0].state_dict()[k], opts[1].state_dict()[k])
+                    for k in ("exp_avg", "exp_avg_sq")) and res[0] == res[1]
+        same &= opts[0].flat_params.tobytes() == opts[1].flat_params.tobytes()
+        same &= opts[0].flat_ema.tobytes() == opts[1].flat_ema.tobytes()
+        digest.update(opts[0].flat_params.tobytes() + opts[0].flat_ema.tobytes())
+    print(nb.threading_path() == "adamfast pool", numba.get_num_threads() == before, same,
+          digest.hexdigest())
+"""
+
+
+@pytest.mark.skipif(not {"numba", "cython"} <= set(COMPILED), reason="needs both backends")
+def test_numba_parallel_path_runs_on_adamfasts_pool_unless_openmp_is_asked_for():
+    """The numba backend's parallel work runs on the cython extension's pool (its
+    block entries); ADAMFAST_THREADING=openmp brings numba's own prange team back.
+    Both give the reference's bits (guarded step with the EMA, 2 threads), and
+    neither touches numba's thread count."""
+    pool = _run(NUMBA_PATHS, env={"ADAMFAST_THREADING": "pool"}, timeout=600)
+    team = _run(NUMBA_PATHS, env={"ADAMFAST_THREADING": "openmp"}, timeout=600)
+    assert pool.returncode == 0, pool.stderr
+    assert team.returncode == 0, team.stderr
+    on_pool, kept, same, digest = pool.stdout.split()
+    assert (on_pool, kept, same) == ("True", "True", "True")
+    assert team.stdout.split() == ["False", "True", "True", digest]
+
+
 @pytest.mark.parametrize("value", ["100000", "3000000000", "abc", "0", "-2"])
 def test_bad_thread_env_is_a_clear_error(value):
     r = _run("import adamfast", env={"ADAMFAST_NUM_THREADS": value})

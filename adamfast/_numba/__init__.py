@@ -25,20 +25,30 @@ Why the code looks the way it does:
   reference and PyTorch give anyway.
 * The float64 scalar row of a chunk's group is rounded to the buffer dtype
   once per chunk, so the loop is pure float32 (or float64) arithmetic.
-* Entry points are module-level functions, one serial and one parallel per
-  kind, not built by a factory: a closure made at run time misses numba's
-  on-disk cache in every new process.  The element function is passed to
-  the shared driver helper as a compile-time constant and inlined there.
-* Two entry points because launching numba's thread pool costs more than
-  the work below :data:`PARALLEL_MIN` elements (measurements in
-  :mod:`._driver`).  The parallel one hands chunk rows to threads with
-  ``prange``; every update is element-wise and each chunk reads its own
-  group's row, so results never depend on the thread count.
-* Threads: numba's thread count is per calling thread and capped by the
-  pool size fixed at start-up (``NUMBA_NUM_THREADS``).  A parallel call sets
-  it to ``min(num_threads, NUMBA_NUM_THREADS)`` for the call only and
+* Entry points are module-level functions, not built by a factory: a
+  closure made at run time misses numba's on-disk cache in every new
+  process.  The element function is passed to the shared driver helper as
+  a compile-time constant and inlined there.  Per kind there are three:
+  ``<kind>_serial`` (explicit signatures) for calls below
+  :data:`PARALLEL_MIN` elements or on one thread; ``<kind>_block``, a
+  C-callable ``cfunc`` that updates a range of chunk rows, which the
+  parallel path hands to adamfast's own thread pool (the cython extension's
+  ``kernels/_pool.pxi``, the one the cython backend runs on: the caller takes
+  part, chunk blocks are claimed from a counter, a step returns when the
+  blocks are done, so a descheduled thread costs nothing on a busy machine
+  and a fork()ed child is never stuck in it); and ``<kind>_parallel``, a
+  ``prange`` over the chunk rows on numba's own pool, compiled only if used:
+  when the cython extension is missing or unusable, or under
+  ADAMFAST_THREADING=openmp.  Every update is element-wise and each chunk
+  reads its own group's row, so results never depend on the path or the
+  thread count.
+* Threads: on adamfast's pool, numba's thread count is never read or set.
+  On numba's own pool, whose thread count is per calling thread and capped
+  by the size fixed at start-up (``NUMBA_NUM_THREADS``), a parallel call
+  sets it to ``min(num_threads, NUMBA_NUM_THREADS)`` for the call only and
   restores the caller's previous ``numba.get_num_threads()`` afterwards,
-  even on error; the serial path never touches it.
+  even on error.  Launching numba's pool costs more than the work below
+  2**19 elements (:mod:`._driver`), so that path has the larger cut-off.
 * numba checks types, not bounds, so :func:`family_kernel` checks in Python
   what keeps a kernel from reading or writing out of bounds before anything
   is written.  adamfast's Python layer stays the real validator.
@@ -57,7 +67,8 @@ import numpy as np
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import NSLOT
-from ._driver import CHUNK, PARALLEL_MIN
+from ._driver import CHUNK, POOL_PARALLEL_MIN
+from ._driver import PARALLEL_MIN as NUMBA_PARALLEL_MIN
 
 __all__ = ["KINDS", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel"]
 
@@ -88,7 +99,7 @@ _INTP = np.dtype(np.intp)
 _EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
 _NAMES = ("params", "grads", "s0", "s1", "s2")
 
-# kind id -> (serial entry, parallel entry), filled on first use.
+# kind id -> (serial entry, parallel entry, block entry's address), filled on first use.
 _entries = {}
 
 
@@ -126,8 +137,35 @@ def _import(name, slp=False):
 
 def _load(kind_id):
     module = _import(f"{__name__}.{_MODULES[kind_id]}")
-    entries = _entries[kind_id] = module.ENTRIES[KINDS[kind_id]]
+    serial, parallel, block = module.ENTRIES[KINDS[kind_id]]
+    entries = _entries[kind_id] = (serial, parallel, block.address)
     return entries
+
+
+def _find_pool():
+    """adamfast's thread pool, from the cython extension the cython backend loads:
+    its ``_run_blocks``, or None.  None (then the parallel path is numba's own
+    pool, ``prange``) when the extension is missing or unusable (a bad
+    ADAMFAST_CYTHON_ISA), or when ADAMFAST_THREADING=openmp asks for the old
+    thread teams back."""
+    from .. import _dispatch
+
+    try:
+        module = _dispatch.cython_module()
+        return module._run_blocks if module.threading_mode() == "pool" else None
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+_POOL = _find_pool()
+# The serial cut-off: on adamfast's pool, the cython backend's (a step costs
+# the same to start for both); on numba's own pool, its larger one.
+PARALLEL_MIN = POOL_PARALLEL_MIN if _POOL is not None else NUMBA_PARALLEL_MIN
+
+
+def threading_path():
+    """Where the parallel path runs: "adamfast pool" or "numba prange"."""
+    return "adamfast pool" if _POOL is not None else "numba prange"
 
 
 def _check_buffers(arrays, nused):
@@ -196,9 +234,9 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     ``(groups, NSLOT)`` table, ``chunks`` an intp ``(nchunks, 3)`` table of
     rows ``(group, lo, hi)``: each row updates elements [lo, hi) with
     ``scalars[group]`` rounded to the buffer dtype.  Chunks are spread over
-    ``min(num_threads, NUMBA_NUM_THREADS)`` threads when n >= PARALLEL_MIN;
-    results never depend on the thread count, and the caller's numba thread
-    count is restored.  With ``ema`` (an array like params), every updated
+    ``num_threads`` threads of adamfast's pool (or numba's, see the module
+    docstring) when n >= PARALLEL_MIN; results never depend on the thread
+    count, and the caller's numba thread count is left as it was.  With ``ema`` (an array like params), every updated
     element also does ``ema = d*ema + (1 - d)*param`` with the row's EMA
     slots, in the same pass.  Anything out of bounds (an unknown kind, buffers of
     the wrong dtype/length/layout, a chunk row out of range) raises
@@ -235,9 +273,16 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     if n == 0:
         return
 
-    serial, parallel = _entries.get(kind_id) or _load(kind_id)
+    serial, parallel, block = _entries.get(kind_id) or _load(kind_id)
     if n < PARALLEL_MIN or num_threads <= 1:
         serial(*arrays, scalars, chunks)
+        return
+    if _POOL is not None:
+        # adamfast's pool: chunk rows are claimed by the caller and the
+        # workers; the context words follow _driver's CTX_* order.
+        _POOL(block, arrays + (scalars, chunks),
+            (n, arrays[2].size, arrays[3].size, arrays[4].size, arrays[5].size, ngroups,
+             chunks.shape[0], dtype == _F64), chunks.shape[0], num_threads)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
@@ -269,6 +314,10 @@ def sumsq_kernel(grads, out, num_threads):
         return
     if grads.size < PARALLEL_MIN or num_threads <= 1:
         _norm.sumsq_serial(grads, out, grads.dtype == np.float64)
+        return
+    if _POOL is not None:
+        _POOL(_norm.sumsq_block.address, (grads, out), (grads.size, grads.dtype == np.float64),
+            nchunks, num_threads)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()

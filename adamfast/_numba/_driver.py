@@ -9,7 +9,8 @@ that pass it to :func:`chunk`::
         for c in range(chunks.shape[0]):
             chunk(elem_adam, p, g, s0, s1, s2, scalars, chunks, c)
 
-    (the parallel entry: the same with parallel=True and prange)
+    (the parallel fallback: the same with parallel=True and prange, and the
+    block entry for adamfast's pool: see "the block entries" below)
 
 The element function reaches :func:`chunk` as a compile-time constant (a
 dispatcher type), so each entry is specialised for its kind and the element
@@ -27,7 +28,10 @@ entries keep running the old inlined code.
 
 from __future__ import annotations
 
-from numba import njit, types
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from ..algorithms._spec import NSLOT
 
@@ -35,10 +39,14 @@ from ..algorithms._spec import NSLOT
 # 16384 elements keeps a chunk's 4-5 streams (256-320 KiB in float32) near L2
 # size, as in the cython backend.
 CHUNK = 16384
-# Numba's parallel launch costs more than OpenMP's in the Cython module: with
-# cold caches, one thread beat two below ~512K float32 params here (64K:
+# The serial cut-off on numba's own pool (the fallback parallel path).  Its
+# launch costs more than adamfast's pool: with cold caches, one thread beat
+# two below ~512K float32 params here (64K:
 # 0.13 vs 0.18 ms; 256K: 0.28 vs 0.36 ms; 1M: 0.80 vs 0.72 ms).
 PARALLEL_MIN = 1 << 19
+# On adamfast's own pool (the block entries below), a parallel call costs what
+# the cython backend's does: its cut-off, kernels/_family.pxi's _PARALLEL_MIN.
+POOL_PARALLEL_MIN = 1 << 16
 
 if NSLOT != 18:  # row() spells out the slots one by one
     raise ImportError(f"adamfast._numba expects NSLOT == 18, got {NSLOT}")
@@ -107,3 +115,61 @@ def chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c):
         for i in range(hi - lo):
             elem(i, p_, g_, s0_, s1_, s2_, k)
             e_[i] = k[16] * e_[i] + k[17] * p_[i]
+
+
+# --- the block entries: numba's update on adamfast's thread pool ------------------------
+#
+# The parallel path does not use numba's own pool (prange): its OpenMP or
+# workqueue team ends each call with a barrier that waits for every thread
+# to arrive, and on a busy machine that wait is a whole time slice.  Each
+# kind also has a C-callable "block" entry, ``void(ctx, c0, c1)``, that
+# updates chunk rows [c0, c1); the cython extension's pool
+# (kernels/_pool.pxi) calls it from the caller's thread and its workers.
+# ``ctx`` points at an intp array of the call's buffers (CTX_* below).
+# Block entries are nopython code without Python objects or exceptions, so
+# they run without the GIL on any thread.
+
+BLOCK_SIGNATURE = types.void(types.voidptr, types.intp, types.intp)
+(CTX_P, CTX_G, CTX_S0, CTX_S1, CTX_S2, CTX_EMA, CTX_SCALARS, CTX_CHUNKS,
+ CTX_N, CTX_N0, CTX_N1, CTX_N2, CTX_NEMA, CTX_GROUPS, CTX_ROWS, CTX_F64) = range(16)
+CTX_SIZE = 16
+
+
+@intrinsic
+def _address(typingctx, addr):
+    # An integer address as a void pointer, for carray.
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(addr), codegen
+
+
+@njit(inline="always")
+def _typed_blocks(elem, h, c0, c1, dt):
+    p = carray(_address(h[CTX_P]), (h[CTX_N],), dt)
+    g = carray(_address(h[CTX_G]), (h[CTX_N],), dt)
+    s0 = carray(_address(h[CTX_S0]), (h[CTX_N0],), dt)
+    s1 = carray(_address(h[CTX_S1]), (h[CTX_N1],), dt)
+    s2 = carray(_address(h[CTX_S2]), (h[CTX_N2],), dt)
+    ema = carray(_address(h[CTX_EMA]), (h[CTX_NEMA],), dt)
+    scalars = carray(_address(h[CTX_SCALARS]), (h[CTX_GROUPS], NSLOT), np.float64)
+    chunks = carray(_address(h[CTX_CHUNKS]), (h[CTX_ROWS], 3), np.intp)
+    for c in range(c0, c1):
+        chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@njit(inline="always")
+def blocks(elem, ctx, c0, c1):
+    """The body of every block entry: chunk rows [c0, c1) of the call in ``ctx``.
+
+    family_kernel has checked the buffers and every chunk row, as for the
+    serial entry, before it builds ``ctx``.
+    """
+    h = carray(ctx, (CTX_SIZE,), np.intp)
+    if h[CTX_F64] == 0:
+        _typed_blocks(elem, h, c0, c1, np.float32)
+    else:
+        _typed_blocks(elem, h, c0, c1, np.float64)

@@ -20,9 +20,9 @@ the code, so it changes no result.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import carray, cfunc, njit, prange, types
 
-from ._driver import CHUNK, LANES
+from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address
 
 if LANES != 16:  # the helpers below spell out 16 lanes
     raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
@@ -128,3 +128,20 @@ def sumsq_serial(g, out, check):
 def sumsq_parallel(g, out, check):
     for c in prange(out.shape[0]):
         _chunk(g, out, c, check)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def sumsq_block(ctx, c0, c1):
+    # Chunks [c0, c1) on adamfast's pool (see _driver's block entries); ctx:
+    # grads' address, out's address, grads' size, 1 for float64.
+    h = carray(ctx, (4,), np.intp)
+    n = h[2]
+    out = carray(_address(h[1]), (-(-n // CHUNK), 2), np.float64)
+    if h[3] == 0:
+        g = carray(_address(h[0]), (n,), np.float32)
+        for c in range(c0, c1):
+            _chunk(g, out, c, False)
+    else:
+        g = carray(_address(h[0]), (n,), np.float64)
+        for c in range(c0, c1):
+            _chunk(g, out, c, True)

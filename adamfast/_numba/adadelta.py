@@ -6,10 +6,10 @@ Slots: 0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -30,10 +30,15 @@ def adadelta_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def adadelta_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"adadelta": (adadelta_serial, adadelta_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def adadelta_block(ctx, c0, c1):
+    blocks(elem_adadelta, ctx, c0, c1)
+
+
+ENTRIES = {"adadelta": (adadelta_serial, adadelta_parallel, adadelta_block)}

@@ -6,10 +6,10 @@ Slots: 0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -27,10 +27,15 @@ def adagrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def adagrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"adagrad": (adagrad_serial, adagrad_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def adagrad_block(ctx, c0, c1):
+    blocks(elem_adagrad, ctx, c0, c1)
+
+
+ENTRIES = {"adagrad": (adagrad_serial, adagrad_parallel, adagrad_block)}

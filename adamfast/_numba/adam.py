@@ -9,10 +9,10 @@ Nesterov adds no select on top of AMSGrad's.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params, nanmax
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -50,10 +50,15 @@ def adam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def adam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def adam_block(ctx, c0, c1):
+    blocks(elem_adam, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -62,11 +67,16 @@ def adam_amsgrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def adam_amsgrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"adam": (adam_serial, adam_parallel),
-           "adam_amsgrad": (adam_amsgrad_serial, adam_amsgrad_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def adam_amsgrad_block(ctx, c0, c1):
+    blocks(elem_adam_amsgrad, ctx, c0, c1)
+
+
+ENTRIES = {"adam": (adam_serial, adam_parallel, adam_block),
+           "adam_amsgrad": (adam_amsgrad_serial, adam_amsgrad_parallel, adam_amsgrad_block)}

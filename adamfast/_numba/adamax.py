@@ -6,10 +6,10 @@ Slots: 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 eps, 7 lr/(1-b1^t).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params, nanmax
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -29,10 +29,15 @@ def adamax_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_adamax, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def adamax_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_adamax, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"adamax": (adamax_serial, adamax_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def adamax_block(ctx, c0, c1):
+    blocks(elem_adamax, ctx, c0, c1)
+
+
+ENTRIES = {"adamax": (adamax_serial, adamax_parallel, adamax_block)}

@@ -6,10 +6,10 @@ Slots: 0 gs, 1 ps, 2 unused (Lion has no L2 form), 3 b1, 4 1-b1, 5 b2,
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import sign
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -29,10 +29,15 @@ def lion_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def lion_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"lion": (lion_serial, lion_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def lion_block(ctx, c0, c1):
+    blocks(elem_lion, ctx, c0, c1)
+
+
+ENTRIES = {"lion": (lion_serial, lion_parallel, lion_block)}

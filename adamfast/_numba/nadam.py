@@ -8,10 +8,10 @@ them in float64, per group).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -32,10 +32,15 @@ def nadam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_nadam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def nadam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_nadam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"nadam": (nadam_serial, nadam_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def nadam_block(ctx, c0, c1):
+    blocks(elem_nadam, ctx, c0, c1)
+
+
+ENTRIES = {"nadam": (nadam_serial, nadam_parallel, nadam_block)}

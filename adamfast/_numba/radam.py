@@ -7,10 +7,10 @@ Slots: 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 eps, 8 rectified?,
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -33,10 +33,15 @@ def radam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_radam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def radam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_radam, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"radam": (radam_serial, radam_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def radam_block(ctx, c0, c1):
+    blocks(elem_radam, ctx, c0, c1)
+
+
+ENTRIES = {"radam": (radam_serial, radam_parallel, radam_block)}

@@ -9,10 +9,10 @@ per-group flags inside it, selected element-wise.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -80,10 +80,15 @@ def rmsprop_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def rmsprop_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def rmsprop_block(ctx, c0, c1):
+    blocks(elem_rmsprop, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -92,10 +97,15 @@ def rmsprop_centered_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def rmsprop_centered_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def rmsprop_centered_block(ctx, c0, c1):
+    blocks(elem_rmsprop_centered, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -104,10 +114,15 @@ def rmsprop_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def rmsprop_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def rmsprop_momentum_block(ctx, c0, c1):
+    blocks(elem_rmsprop_momentum, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -116,14 +131,23 @@ def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def rmsprop_centered_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"rmsprop": (rmsprop_serial, rmsprop_parallel),
-           "rmsprop_centered": (rmsprop_centered_serial, rmsprop_centered_parallel),
-           "rmsprop_momentum": (rmsprop_momentum_serial, rmsprop_momentum_parallel),
-           "rmsprop_centered_momentum": (rmsprop_centered_momentum_serial,
-                                         rmsprop_centered_momentum_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def rmsprop_centered_momentum_block(ctx, c0, c1):
+    blocks(elem_rmsprop_centered_momentum, ctx, c0, c1)
+
+
+ENTRIES = {
+    "rmsprop": (rmsprop_serial, rmsprop_parallel, rmsprop_block),
+    "rmsprop_centered": (rmsprop_centered_serial, rmsprop_centered_parallel,
+                         rmsprop_centered_block),
+    "rmsprop_momentum": (rmsprop_momentum_serial, rmsprop_momentum_parallel,
+                         rmsprop_momentum_block),
+    "rmsprop_centered_momentum": (rmsprop_centered_momentum_serial,
+                                  rmsprop_centered_momentum_parallel,
+                                  rmsprop_centered_momentum_block)}

@@ -8,9 +8,9 @@ between an algorithm and its roofline is the cost of its arithmetic.
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -48,10 +48,15 @@ def roofline0_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_roofline0, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def roofline0_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_roofline0, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def roofline0_block(ctx, c0, c1):
+    blocks(elem_roofline0, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -60,10 +65,15 @@ def roofline1_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_roofline1, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def roofline1_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_roofline1, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def roofline1_block(ctx, c0, c1):
+    blocks(elem_roofline1, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -72,10 +82,15 @@ def roofline2_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_roofline2, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def roofline2_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_roofline2, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def roofline2_block(ctx, c0, c1):
+    blocks(elem_roofline2, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -84,13 +99,18 @@ def roofline3_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_roofline3, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def roofline3_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_roofline3, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"roofline0": (roofline0_serial, roofline0_parallel),
-           "roofline1": (roofline1_serial, roofline1_parallel),
-           "roofline2": (roofline2_serial, roofline2_parallel),
-           "roofline3": (roofline3_serial, roofline3_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def roofline3_block(ctx, c0, c1):
+    blocks(elem_roofline3, ctx, c0, c1)
+
+
+ENTRIES = {"roofline0": (roofline0_serial, roofline0_parallel, roofline0_block),
+           "roofline1": (roofline1_serial, roofline1_parallel, roofline1_block),
+           "roofline2": (roofline2_serial, roofline2_parallel, roofline2_block),
+           "roofline3": (roofline3_serial, roofline3_parallel, roofline3_block)}

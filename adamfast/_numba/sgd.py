@@ -6,10 +6,10 @@ Slots: 0 gs, 1 ps, 2 l2, 3 lr, 4 momentum, 5 1-dampening, 6 nesterov?,
 
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import SIGNATURES, chunk
+from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
 
 
 @njit(inline="always")
@@ -41,10 +41,15 @@ def sgd_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_sgd, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def sgd_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_sgd, p, g, s0, s1, s2, ema, scalars, chunks, c)
+
+
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def sgd_block(ctx, c0, c1):
+    blocks(elem_sgd, ctx, c0, c1)
 
 
 @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
@@ -53,11 +58,16 @@ def sgd_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
         chunk(elem_sgd_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def sgd_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
         chunk(elem_sgd_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
 
 
-ENTRIES = {"sgd": (sgd_serial, sgd_parallel),
-           "sgd_momentum": (sgd_momentum_serial, sgd_momentum_parallel)}
+@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+def sgd_momentum_block(ctx, c0, c1):
+    blocks(elem_sgd_momentum, ctx, c0, c1)
+
+
+ENTRIES = {"sgd": (sgd_serial, sgd_parallel, sgd_block),
+           "sgd_momentum": (sgd_momentum_serial, sgd_momentum_parallel, sgd_momentum_block)}

@@ -167,10 +167,14 @@ def header_info(cfg, flush, setup) -> dict:
     info["torch"] = torch.__version__ if torch is not None else None
     layer = None
     if numba is not None:
-        try:
-            layer = numba.threading_layer()  # only known after a parallel call
-        except ValueError:
-            layer = None
+        nb = _numba_backend()
+        if nb is not None and nb.threading_path() == "adamfast pool":
+            layer = "none (adamfast's numba kernels run on adamfast's pool)"
+        else:
+            try:
+                layer = numba.threading_layer()  # only known after a parallel call
+            except ValueError:
+                layer = None
     info["numba_threading_layer"] = layer or "not initialised"
     info["openmp_runtimes"] = openmp_runtimes()
     cy = _cython()
