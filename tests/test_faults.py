@@ -94,6 +94,43 @@ def test_numba_parallel_path_runs_on_adamfasts_pool_unless_openmp_is_asked_for()
     assert team.stdout.split() == ["False", "True", "True", digest]
 
 
+@pytest.mark.skipif("numba" not in COMPILED, reason="numba not installed")
+def test_read_only_install_with_numba_steps(tmp_path):
+    """An install directory nobody can write to (a read-only bind mount of a copy
+    of the package, with HOME and the user cache read-only too): numba cannot
+    cache beside the sources or in the user cache, and the numba backend still
+    steps, caching in a private temporary directory instead."""
+    import shutil
+
+    site, ro = tmp_path / "site", tmp_path / "ro"
+    shutil.copytree(os.path.dirname(adamfast.__file__), site / "adamfast",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(site), str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a read-only bind mount needs root: {mounted.stderr.decode().strip()}")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)]).returncode != 0:
+            pytest.skip("cannot remount the bind mount read-only")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CACHE")}
+        env.update(PYTHONPATH=str(ro), HOME=str(ro), XDG_CACHE_HOME=str(ro))
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+            import numpy as np, numba, adamfast
+            assert adamfast.__file__.startswith(%r), adamfast.__file__
+            adamfast.set_num_threads(2)
+            o = adamfast.Adam([np.ones(1 << 17, np.float32)], backend="numba")
+            o.step([np.full(1 << 17, 0.5, np.float32)])
+            print(float(o.params[0][0]), numba.config.CACHE_DIR)
+            """ % str(ro))], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+            env=env)
+    finally:
+        subprocess.run(["umount", str(ro)])
+    assert r.returncode == 0, r.stderr
+    value, cache = r.stdout.split()
+    assert abs(float(value) - 0.999) < 1e-6
+    assert "adamfast-numba-cache" in cache
+
+
 @pytest.mark.parametrize("value", ["100000", "3000000000", "abc", "0", "-2"])
 def test_bad_thread_env_is_a_clear_error(value):
     r = _run("import adamfast", env={"ADAMFAST_NUM_THREADS": value})
