@@ -30,9 +30,10 @@ Conventions, stated once for the whole package
   ``lr/sqrt(t)``) is evaluated in Python at each step; kernels see only the
   resulting number.
 
-Each group's update computes every new value into temporaries and writes the
-buffers only at the end, so an exception in the middle of an update (a
-MemoryError, say) leaves that group's buffers as they were.
+Each update computes every new value into temporaries and writes the
+buffers only at the end, and :func:`family_kernel` computes every group (and
+the parameter EMA) before it writes any, so an exception in the middle of a
+step (a MemoryError, say) leaves every buffer as it was.
 """
 
 from __future__ import annotations
@@ -83,14 +84,31 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
             runs[-1][2] = hi
         else:
             runs.append([group, lo, hi])
+    runs = [r for r in runs if r[2] > r[1]]
     # Non-finite values propagate silently, as in the compiled kernels and PyTorch.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if len(runs) == 1 and ema is None:
+            # One slice: the update itself writes only after computing everything.
+            group, lo, hi = runs[0]
+            update(params[lo:hi], grads[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi], rows[group])
+            return
+        # Several groups, or the EMA after the update: compute every run into
+        # copies first and write them all at the end, so that a failure
+        # midway (a MemoryError in the third group, say) leaves every buffer
+        # as it was.  Unused state slots have length 0 and stay empty.
+        staged = []
         for group, lo, hi in runs:
-            if hi > lo:
-                k = rows[group]
-                update(params[lo:hi], grads[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi], k)
-                if ema is not None:
-                    ema[lo:hi] = k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * params[lo:hi]
+            k = rows[group]
+            new = [b[lo:hi].copy() for b in (params, s0, s1, s2)]
+            update(new[0], grads[lo:hi], new[1], new[2], new[3], k)
+            e = None if ema is None else k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * new[0]
+            staged.append((lo, hi, new, e))
+    # Copies into existing memory: nothing left to allocate, nothing to fail.
+    for lo, hi, new, e in staged:
+        for dst, src in zip((params, s0, s1, s2), new):
+            dst[lo:hi] = src
+        if e is not None:
+            ema[lo:hi] = e
 
 
 def sumsq_kernel(grads, out, num_threads):

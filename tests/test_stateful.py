@@ -124,3 +124,49 @@ def test_memory_error_midway_leaves_buffers_unchanged():
     if r.stdout.strip() == "no MemoryError":
         pytest.skip("the limit left enough room: no MemoryError to observe")
     assert r.stdout.strip() == "unchanged"
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_reference_failure_in_a_later_group_leaves_every_group_unchanged(monkeypatch,
+                                                                          ema_decay):
+    """A failure in the third group's update (an injected MemoryError) after two
+    groups computed fine: the numpy backend writes nothing, in any group, the
+    EMA included, and the next step runs as if the failed one never happened."""
+    import adamfast.reference as R
+
+    def make():
+        ps = [np.linspace(-1, 1, 1000), np.linspace(0, 2, 500), np.ones(300)]
+        return adamfast.Adam([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.1},
+                              {"params": [ps[2]], "lr": 0.01, "amsgrad": True}],
+                             backend="numpy", ema_decay=ema_decay)
+
+    grads = [np.cos(np.arange(n)) for n in (1000, 500, 300)]
+    opt, twin = make(), make()
+    for o in (opt, twin):
+        o.step(grads)
+    before = opt.state_dict()
+    params_before = opt.flat_params.copy()
+    kid = opt._plan[0]  # the kind id the step runs
+    real, calls = R._BY_ID[kid], []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("injected")
+        real(*args)
+
+    monkeypatch.setattr(R, "_BY_ID", R._BY_ID[:kid] + (failing,) + R._BY_ID[kid + 1:])
+    with pytest.raises(MemoryError, match="injected"):
+        opt.step(grads)
+    assert len(calls) == 3
+    monkeypatch.undo()
+    after = opt.state_dict()
+    assert opt.flat_params.tobytes() == params_before.tobytes()
+    for name, value in before.items():
+        if isinstance(value, np.ndarray):
+            assert value.tobytes() == after[name].tobytes(), name
+        else:
+            assert value == after[name], name
+    for o in (opt, twin):
+        o.step(grads)
+    assert opt.flat_params.tobytes() == twin.flat_params.tobytes()
