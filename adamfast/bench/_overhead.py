@@ -1,4 +1,5 @@
-"""Per-call overhead at a tiny size: the fixed cost many small tensors pay."""
+"""Per-call cost at small sizes: the fixed cost many small tensors pay, and the
+range (1K-256K) where a scalar fast path would show."""
 
 from __future__ import annotations
 
@@ -40,8 +41,25 @@ def functional_step(setup, p, g, state, backend):
     return step.__name__, fn
 
 
-def measure_overhead(cfg, setup, n: int = 16) -> dict[str, float]:
-    """us/call of the functional step, ``Optimizer.step`` and torch's fastest, hot cache."""
+SMALL_SIZES = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18)
+
+
+def measure_small_sizes(cfg, setup, sizes=SMALL_SIZES) -> dict[str, list[float]]:
+    """us/call at each of ``sizes`` for the default backend's functional step and
+    ``Optimizer.step`` and torch's fastest: {label: [us per size]}, hot cache."""
+    import adamfast
+
+    best = adamfast.available_backends()[0]
+    out: dict[str, list[float]] = {}
+    for n in sizes:
+        for label, us in measure_overhead(cfg, setup, n, only=(best,)).items():
+            out.setdefault(label, []).append(us)
+    return {k: v for k, v in out.items() if len(v) == len(sizes)}
+
+
+def measure_overhead(cfg, setup, n: int = 16, only=None) -> dict[str, float]:
+    """us/call of the functional step, ``Optimizer.step`` and torch's fastest, hot cache
+    (every available backend, or those in ``only``)."""
     import adamfast
 
     rng = np.random.default_rng(cfg.seed)
@@ -50,7 +68,7 @@ def measure_overhead(cfg, setup, n: int = 16) -> dict[str, float]:
     g = rng.standard_normal(n).astype(dt)
     state = _state(setup, n, dt)
     notes = Notes()  # the table already reported unavailable backends
-    names = backends(notes)
+    names = [b for b in backends(notes) if only is None or b in only]
     out: dict[str, float] = {}
 
     def timed(label, fn):

@@ -118,6 +118,19 @@ def print_overhead(overhead: dict[str, float], cfg):
     print("  " + " | ".join(parts))
 
 
+def print_small_sizes(table: dict[str, list[float]], sizes, cfg):
+    if not table:
+        return
+    width = max(len(k) for k in table) + 2
+    print()
+    print(f"per-call cost at small sizes, {cfg.dtype.name}, hot cache, {cfg.threads} "
+          f"thread(s), us/call (median of 7 repeats); ns/param in brackets:")
+    print("  " + "params".ljust(width) + "".join(f"{format_size(n):>16}" for n in sizes))
+    for label, us in table.items():
+        cells = "".join(f"{f'{u:.1f} ({u * 1e3 / n:.2f})':>16}" for u, n in zip(us, sizes))
+        print("  " + label.ljust(width) + cells)
+
+
 def print_family(rows: list[dict], n: int, rounds: int, cfg):
     print()
     where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"

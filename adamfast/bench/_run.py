@@ -114,16 +114,20 @@ def run_algorithm(cfg, flush, progress, notes) -> dict:
 
     ovh = {}
     if cfg.overhead:
-        from ._overhead import measure_overhead
+        from ._overhead import SMALL_SIZES, measure_overhead, measure_small_sizes
 
         progress.show("per-call overhead")
         ovh = measure_overhead(cfg, setup)
+        progress.show("per-call cost at small sizes")
+        small = measure_small_sizes(cfg, setup)
         progress.clear()
         _report.print_overhead(ovh, cfg)
+        _report.print_small_sizes(small, SMALL_SIZES, cfg)
 
     report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
                   results={str(n): rows for n, rows in results.items()},
-                  roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh)
+                  roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh,
+                  small_sizes_us={"sizes": list(SMALL_SIZES), **small} if cfg.overhead else {})
     if cfg.groups > 1:
         report["groups_vs_one_group"] = {str(n): g for n, g in groups.items()}
     if cfg.json_path:
