@@ -63,11 +63,13 @@ NUMBA_PATHS = """
     adamfast.set_num_threads(2)
     before = numba.get_num_threads()
     digest, same = hashlib.sha256(), True
-    for dt in (np.float32, np.float64):
-        opts = [adamfast.AdamW([np.linspace(-1, 1, 200003, dtype=dt)], backend=b,
+    # 200003: serial on either path; 600001: parallel on either (numba's own
+    # pool starts at 2**19).
+    for dt, n in ((np.float32, 200003), (np.float64, 200003), (np.float32, 600001)):
+        opts = [adamfast.AdamW([np.linspace(-1, 1, n, dtype=dt)], backend=b,
                                max_grad_norm=0.5, ema_decay=0.9) for b in ("numba", "numpy")]
         for t in range(3):
-            g = np.cos(np.arange(200003) * (t + 1)).astype(dt)
+            g = np.cos(np.arange(n) * (t + 1)).astype(dt)
             res = [o.step([g]) for o in opts]
         same &= all(np.array_equal(opts[0].state_dict()[k], opts[1].state_dict()[k])
                     for k in ("exp_avg", "exp_avg_sq")) and res[0] == res[1]

@@ -59,24 +59,45 @@ def test_cython_loops_use_packed_sqrt_and_div(module):
                                    f"vectorized (sqrt/div seen: {sorted(found)})"
 
 
+# numba's entries that run: the block cfuncs (adamfast's pool, serial calls
+# included) when the cython extension is there, else the njit serial entries.
+# A cfunc has no inspect_asm; its LLVM IR shows packed operations as vector
+# types, <N x float> / <N x double> with N >= 2.
+NUMBA_ENTRY_IR = """
+import re, sys, adamfast._numba as nb
+def entry_ir(module, name):
+    mod = nb._import('adamfast._numba.' + module, slp=module == '_norm')
+    block = getattr(mod, name + '_block', None)
+    if nb.threading_path() == 'adamfast pool' and block is not None:
+        return block.inspect_llvm()
+    serial = getattr(mod, name + '_serial')
+    for sig in nb.SIGNATURES if module != '_norm' else ():
+        serial.compile(sig)
+    return '\\n'.join(serial.inspect_llvm(sig) for sig in serial.signatures)
+def packed(ir, op, ty):
+    return bool(re.search(op + r'[^\\n]*<\\d+ x ' + ty + '>', ir))
+"""
+
+
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
 def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
-    # inspect_asm needs a fresh compile: a private, empty cache directory.
-    code = (
-        "import re, adamfast._numba as nb\n"
+    # A fresh compile: a private, empty cache directory.
+    code = NUMBA_ENTRY_IR + (
         "for kind in %r:\n"
-        "    serial = nb._load(nb.KINDS.index(kind))[0]\n"
-        "    asm = serial.inspect_asm(serial.signatures[0])\n"
-        "    print(kind, bool(re.search(r'\\bv?(sqrtps|divps)\\b', asm)))\n"
+        "    ir = entry_ir(nb._MODULES[nb.KINDS.index(kind)], kind)\n"
+        "    print(kind, all(packed(ir, op, ty) for op, ty in\n"
+        "                   (('llvm.sqrt', 'float'), ('fdiv', 'float'),\n"
+        "                    ('llvm.sqrt', 'double'), ('fdiv', 'double'))))\n"
         % (["adam", "adam_amsgrad", "nadam", "rmsprop_centered_momentum", "adadelta"],))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    for line in r.stdout.split("\n"):
-        if line:
-            kind, ok = line.split()
-            assert ok == "True", f"numba: {kind} is not vectorized"
+    lines = [line for line in r.stdout.split("\n") if line]
+    assert len(lines) == 5, r.stdout
+    for line in lines:
+        kind, ok = line.split()
+        assert ok == "True", f"numba: {kind} is not vectorized"
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
@@ -107,16 +128,17 @@ def test_cython_norm_pass_uses_packed_float64(module):
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
 def test_numba_norm_pass_uses_packed_float64(tmp_path):
-    """The numba norm pass's 16 lanes become packed mulpd/addpd (compiled with the
-    SLP vectorizer), and numba's own SLP setting is left as the caller had it."""
-    code = (
-        "import re, numba, adamfast._numba as nb\n"
+    """The numba norm pass's 16 lanes become packed float64 multiplies and adds
+    (compiled with the SLP vectorizer), and numba's own SLP setting is left as
+    the caller had it."""
+    code = NUMBA_ENTRY_IR + (
+        "import numba, numpy as np\n"
         "before = numba.config.SLP_VECTORIZE\n"
-        "m = nb._import('adamfast._numba._norm', slp=True)\n"
+        "nb.sumsq_kernel(np.ones(100, np.float32), np.zeros((1, 2)), 1)\n"
+        "nb.sumsq_kernel(np.ones(100), np.zeros((1, 2)), 1)\n"
         "assert numba.config.SLP_VECTORIZE == before, numba.config.SLP_VECTORIZE\n"
-        "for sig in m.sumsq_serial.signatures:\n"
-        "    asm = m.sumsq_serial.inspect_asm(sig)\n"
-        "    print(all(re.search(r'\\bv?' + op + r'\\b', asm) for op in ('mulpd', 'addpd')))\n")
+        "ir = entry_ir('_norm', 'sumsq')\n"
+        "print(packed(ir, 'fmul', 'double'), packed(ir, 'fadd', 'double'))\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)

@@ -67,7 +67,7 @@ import numpy as np
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import NSLOT
-from ._driver import CHUNK, POOL_PARALLEL_MIN
+from ._driver import CHUNK, POOL_PARALLEL_MIN, SIGNATURES
 from ._driver import PARALLEL_MIN as NUMBA_PARALLEL_MIN
 
 __all__ = ["KINDS", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel"]
@@ -138,6 +138,11 @@ def _import(name, slp=False):
 def _load(kind_id):
     module = _import(f"{__name__}.{_MODULES[kind_id]}")
     serial, parallel, block = module.ENTRIES[KINDS[kind_id]]
+    if _POOL is None:
+        # The fallback path: compile the serial entry for its explicit
+        # signatures now (the parallel one compiles on its first call).
+        for sig in SIGNATURES:
+            serial.compile(sig)
     entries = _entries[kind_id] = (serial, parallel, block.address)
     return entries
 
@@ -274,15 +279,19 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
         return
 
     serial, parallel, block = _entries.get(kind_id) or _load(kind_id)
+    if _POOL is not None:
+        # The block entry, through adamfast's pool: chunk rows are claimed by
+        # the caller and the workers, or all run on the caller below the
+        # cut-off.  The context words follow _driver's CTX_* order.  Serial
+        # calls come this way too: a cfunc call costs ~4 us less than
+        # numba's dispatch of the njit entry's eight arrays.
+        _POOL(block, arrays + (scalars, chunks),
+              (n, arrays[2].size, arrays[3].size, arrays[4].size, arrays[5].size, ngroups,
+               chunks.shape[0], dtype == _F64), chunks.shape[0],
+              num_threads if n >= PARALLEL_MIN else 1)
+        return
     if n < PARALLEL_MIN or num_threads <= 1:
         serial(*arrays, scalars, chunks)
-        return
-    if _POOL is not None:
-        # adamfast's pool: chunk rows are claimed by the caller and the
-        # workers; the context words follow _driver's CTX_* order.
-        _POOL(block, arrays + (scalars, chunks),
-            (n, arrays[2].size, arrays[3].size, arrays[4].size, arrays[5].size, ngroups,
-             chunks.shape[0], dtype == _F64), chunks.shape[0], num_threads)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
@@ -312,12 +321,12 @@ def sumsq_kernel(grads, out, num_threads):
                          f"shape ({nchunks}, 2)")
     if grads.size == 0:
         return
-    if grads.size < PARALLEL_MIN or num_threads <= 1:
-        _norm.sumsq_serial(grads, out, grads.dtype == np.float64)
-        return
     if _POOL is not None:
         _POOL(_norm.sumsq_block.address, (grads, out), (grads.size, grads.dtype == np.float64),
-            nchunks, num_threads)
+              nchunks, num_threads if grads.size >= PARALLEL_MIN else 1)
+        return
+    if grads.size < PARALLEL_MIN or num_threads <= 1:
+        _norm.sumsq_serial(grads, out, grads.dtype == np.float64)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()

@@ -15,23 +15,21 @@ vectorizer packs into four ymm adds; :func:`adamfast._numba._import`
 compiles this module with it switched on (and numba's setting restored).
 The SLP vectorizer packs independent scalar operations that are already in
 the code, so it changes no result.
+
+Entries: ``sumsq_block`` (a C-callable cfunc) runs every call on adamfast's
+pool when the cython extension is there; ``sumsq_serial`` and
+``sumsq_parallel`` are the fallback, compiled on their first call.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, cfunc, njit, prange, types
+from numba import carray, cfunc, njit, prange
 
 from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address
 
 if LANES != 16:  # the helpers below spell out 16 lanes
     raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
-
-
-def _signatures():
-    out = types.Array(types.float64, 2, "C")
-    return [types.void(types.Array(ft, 1, "C", readonly=True), out, types.boolean)
-            for ft in (types.float32, types.float64)]
 
 
 @njit(inline="always")
@@ -118,13 +116,13 @@ def _chunk(g, out, c, check):
         out[c, 1] = s - s
 
 
-@njit(_signatures(), cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def sumsq_serial(g, out, check):
     for c in range(out.shape[0]):
         _chunk(g, out, c, check)
 
 
-@njit(_signatures(), cache=True, nogil=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def sumsq_parallel(g, out, check):
     for c in prange(out.shape[0]):
         _chunk(g, out, c, check)

@@ -12,7 +12,7 @@ import numpy as np
 from numba import cfunc, njit, prange
 
 from ._common import grads_params, nanmax
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -44,7 +44,7 @@ def elem_adam_amsgrad(i, p, g, s0, s1, s2, k):
     p[i] = pi - k[7] * (num / (np.sqrt(vv * k[8] + k[9]) * k[10] + k[11]))
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -61,7 +61,7 @@ def adam_block(ctx, c0, c1):
     blocks(elem_adam, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_amsgrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from numba import cfunc, njit, prange
 
 from ._common import sign
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -23,7 +23,7 @@ def elem_lion(i, p, g, s0, s1, s2, k):
     p[i] = pi - k[7] * (sg + k[8] * pi)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def lion_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)

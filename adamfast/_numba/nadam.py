@@ -11,7 +11,7 @@ import numpy as np
 from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -26,7 +26,7 @@ def elem_nadam(i, p, g, s0, s1, s2, k):
     p[i] = pi - (k[9] * gi + k[10] * m) / denom
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def nadam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_nadam, p, g, s0, s1, s2, ema, scalars, chunks, c)

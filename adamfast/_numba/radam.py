@@ -10,7 +10,7 @@ import numpy as np
 from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -27,7 +27,7 @@ def elem_radam(i, p, g, s0, s1, s2, k):
     p[i] = pi - (rectified if k[8] != 0 else plain)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def radam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_radam, p, g, s0, s1, s2, ema, scalars, chunks, c)

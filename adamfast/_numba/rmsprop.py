@@ -12,7 +12,7 @@ import numpy as np
 from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -74,7 +74,7 @@ def elem_rmsprop_centered_momentum(i, p, g, s0, s1, s2, k):
     p[i] = pi - k[6] * (buf if use else q)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -91,7 +91,7 @@ def rmsprop_block(ctx, c0, c1):
     blocks(elem_rmsprop, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop_centered_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -108,7 +108,7 @@ def rmsprop_centered_block(ctx, c0, c1):
     blocks(elem_rmsprop_centered, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -125,7 +125,7 @@ def rmsprop_momentum_block(ctx, c0, c1):
     blocks(elem_rmsprop_momentum, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)

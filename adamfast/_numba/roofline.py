@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from numba import cfunc, njit, prange
 
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -42,7 +42,7 @@ def elem_roofline3(i, p, g, s0, s1, s2, k):
     s2[i] = s2[i] + gi
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def roofline0_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_roofline0, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -59,7 +59,7 @@ def roofline0_block(ctx, c0, c1):
     blocks(elem_roofline0, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def roofline1_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_roofline1, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -76,7 +76,7 @@ def roofline1_block(ctx, c0, c1):
     blocks(elem_roofline1, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def roofline2_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_roofline2, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -93,7 +93,7 @@ def roofline2_block(ctx, c0, c1):
     blocks(elem_roofline2, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def roofline3_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_roofline3, p, g, s0, s1, s2, ema, scalars, chunks, c)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from numba import cfunc, njit, prange
 
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, SIGNATURES, blocks, chunk
+from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
@@ -35,7 +35,7 @@ def elem_sgd_momentum(i, p, g, s0, s1, s2, k):
     p[i] = pi - k[3] * (d if use else gi)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def sgd_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_sgd, p, g, s0, s1, s2, ema, scalars, chunks, c)
@@ -52,7 +52,7 @@ def sgd_block(ctx, c0, c1):
     blocks(elem_sgd, ctx, c0, c1)
 
 
-@njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def sgd_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
         chunk(elem_sgd_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
