@@ -114,15 +114,31 @@ def check_scale(grad_scale):
     return x
 
 
+def pass_threads(backend, size, num_threads):
+    """The thread count for both passes of a guarded step over ``size`` gradients.
+
+    On adamfast's pool (both compiled backends): from the pool's cold cut-off
+    up, wake the workers now, so both passes start without a wake-up; below
+    it, if the workers sleep, run both passes on the caller, which is faster
+    than a worker arriving late (kernels/_pool.pxi's AF_COLD_MIN_CHUNKS).
+    Left to the pool, the update right after the norm pass would count as a
+    loop of calls and wake them.
+    """
+    module = backend.module
+    wake = getattr(module, "wake_pool", None)
+    if wake is None or num_threads <= 1:
+        return num_threads
+    if size >= module.POOL_COLD_MIN:
+        wake(num_threads)
+        return num_threads
+    return num_threads if module.pool_awake() else 1
+
+
 def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, num_threads):
     """The guard's pass 1: (gradient multiplier or None if skipped, grad_norm, skipped)."""
     inv = 1.0 if grad_scale is None else 1.0 / grad_scale
     if max_grad_norm is None and not skip_nonfinite:
         return inv, None, False
-    wake = getattr(backend.module, "wake_pool", None)
-    if wake is not None and num_threads > 1 and flat_grads.size >= getattr(
-            backend.module, "PARALLEL_MIN", 0):
-        wake(num_threads)  # two passes ahead: start the workers now
     total, finite = sumsq(backend, flat_grads, num_threads)
     return decide(total, finite, inv, max_grad_norm, skip_nonfinite)
 

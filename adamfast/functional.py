@@ -129,6 +129,8 @@ def _guarded_run(b, kid, views, row, guard, nthreads):
     grad_scale, max_grad_norm, skip_nonfinite, ema_decay = guard
     ema = views.pop() if ema_decay is not None else None
     result = _guard.PLAIN
+    if max_grad_norm is not None or skip_nonfinite:
+        nthreads = _guard.pass_threads(b, views[1].size, nthreads)
     if grad_scale is not None or max_grad_norm is not None or skip_nonfinite or ema is not None:
         mult, norm, skipped = _guard.multiplier(b, views[1], grad_scale, max_grad_norm,
                                                 skip_nonfinite, nthreads)

@@ -401,22 +401,26 @@ class Optimizer:
             if dst is not src:
                 np.copyto(dst, src)
         result = _guard.PLAIN
+        nthreads = _dispatch.get_num_threads()
+        if self._guard_on:
+            nthreads = _guard.pass_threads(self._backend, self.flat_grads.size, nthreads)
         if grad_scale is not None or self._guard_on or self.flat_ema is not None:
             mult, norm, skipped = _guard.multiplier(
                 self._backend, self.flat_grads, grad_scale, self._max_grad_norm,
-                self._skip_nonfinite, _dispatch.get_num_threads())
+                self._skip_nonfinite, nthreads)
             if skipped:
                 return _guard.StepResult(norm, True)
             rows = [_guard.fold(row, mult, self._ema_decay) for row in rows]
             if norm is not None:
                 result = _guard.StepResult(norm, False)
-        self._run(rows, t, gstates)
+        self._run(rows, t, gstates, nthreads)
         return result
 
-    def _run(self, rows, t, gstates):
+    def _run(self, rows, t, gstates, nthreads=None):
         kid, (s0, s1, s2) = self._plan
         b = self._backend
-        nthreads = _dispatch.get_num_threads()
+        if nthreads is None:
+            nthreads = _dispatch.get_num_threads()
         ema = self.flat_ema
         # One group: the cython backend takes the row as a tuple in C, no table.
         if len(rows) > 1 or b.step_fast is None or not b.step_fast(

@@ -735,6 +735,10 @@ class Optimizer(torch.optim.Optimizer):
                     for k in foreign:
                         pool.gviews[k].copy_(pool.params[k].grad)
                         pool.params[k].grad = pool.gviews[k]
+        if self._guard_on:
+            nthreads = _guard.pass_threads(self._backend,
+                                           sum(pool.np["grad"].size for pool in self._pools),
+                                           nthreads)
         mult, norm, skipped = self._guard_pass(plans, inv, nthreads)
         if skipped or amp_skip:
             # Nothing changes: params, state, EMA and step counts (GradScaler's found_inf

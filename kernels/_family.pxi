@@ -104,8 +104,9 @@ cdef enum:
     # chunk's 4-5 streams (256-320 KiB in float32) near L2 size, and the
     # split depends only on n, never on the thread count.
     _CHUNK = 16384
-    # Below this, starting an OpenMP team costs more than the work itself.
-    # (The numba backend's cut-off is higher: see adamfast/_numba/_driver.py.)
+    # Below this, waking another thread costs more than the work itself.
+    # (The numba backend's is the same on this pool, higher on numba's own:
+    # see adamfast/_numba/_driver.py.)
     _PARALLEL_MIN = 65536
     # Scalar slots per group row: adamfast.algorithms._spec.NSLOT.
     _NSLOT = 18

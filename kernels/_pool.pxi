@@ -43,15 +43,15 @@ cdef extern from *:
     #define AF_SPIN_NS 100000L     /* how long a worker spins after a step, in ns */
     #define AF_BLOCKS_PER_THREAD 16
     /* A call of fewer than AF_COLD_MIN_CHUNKS chunks that finds every
-       worker asleep, more than AF_TIGHT_NS after the previous multi-threaded
-       call returned (a training loop's forward and backward passes ran in
-       between), runs on the caller alone: a worker woken from sleep on a VM
-       arrives tens of microseconds late and then holds the last block.  With
-       a 64 MiB cache flush before each step, 2 threads were slower than 1
-       below 512K params (64K Adam: 110 vs 74 us; 256K: 188 vs 170 us), tied
-       at 512K and won from there (1M: 518 vs 573 us).  Calls closer together
-       than AF_TIGHT_NS (a loop of steps, the busy-core test) wake the
-       workers as before, and the workers' spin keeps them awake. */
+       worker asleep (a training loop's forward and backward passes ran since
+       the last step) runs on the caller alone: a worker woken from sleep on
+       a VM arrives tens of microseconds late and then holds the last block.
+       With a 64 MiB cache flush before each step, 2 threads were slower than
+       1 below 512K params (64K Adam: 110 vs 74 us; 256K: 188 vs 170 us),
+       tied at 512K and won from there (1M: 518 vs 573 us).  A call within
+       AF_TIGHT_NS of the previous one (a loop of steps, the busy-core test)
+       wakes the workers and uses them as they arrive, and their spin after
+       the step keeps them awake for the next. */
     #define AF_COLD_MIN_CHUNKS 32
     #define AF_TIGHT_NS 1000000L
 
@@ -158,14 +158,13 @@ cdef extern from *:
 
     /* Wake the workers ahead of a job (an empty generation): they spin for
        AF_SPIN_NS, so a job published meanwhile starts without a wake-up. */
-    static void af_pool_wake(int nthreads) {
-        int workers = nthreads - 1;
-        if (workers > AF_MAX_WORKERS) workers = AF_MAX_WORKERS;
-        if (workers < 1 || pthread_mutex_trylock(&af_pool.run_mu) != 0) return;
-        if (!af_atfork_done) {
-            pthread_atfork(NULL, NULL, af_after_fork_child);
-            af_atfork_done = 1;
-        }
+    static int af_pool_awake(void) {
+        return __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) < af_pool.started;
+    }
+
+    /* Publish an empty generation (run_mu held): every worker wakes, finds
+       no block and spins for AF_SPIN_NS. */
+    static void af_wake_locked(int workers) {
         af_start_workers(workers);
         uint32_t g = af_pool.gen + 1;
         af_pool.nblocks = 0;
@@ -174,8 +173,17 @@ cdef extern from *:
         __atomic_store_n(&af_pool.gen, g, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&af_pool.cv);
         pthread_mutex_unlock(&af_pool.mu);
-        /* The calls that follow count as a tight loop: they use the workers
-           this just woke, whatever their size. */
+    }
+
+    static void af_pool_wake(int nthreads) {
+        int workers = nthreads - 1;
+        if (workers > AF_MAX_WORKERS) workers = AF_MAX_WORKERS;
+        if (workers < 1 || pthread_mutex_trylock(&af_pool.run_mu) != 0) return;
+        if (!af_atfork_done) {
+            pthread_atfork(NULL, NULL, af_after_fork_child);
+            af_atfork_done = 1;
+        }
+        af_wake_locked(workers);
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         pthread_mutex_unlock(&af_pool.run_mu);
     }
@@ -262,6 +270,18 @@ cdef extern from *:
     ctypedef void (*af_block_fn)(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
     int af_pool_run(af_block_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
     void af_pool_wake(int nthreads) nogil
+    const int AF_COLD_MIN_CHUNKS
+    int af_pool_awake() nogil
+
+
+# A call of fewer elements that finds the workers asleep, away from a loop of
+# calls, runs on the caller (see AF_COLD_MIN_CHUNKS).
+POOL_COLD_MIN = AF_COLD_MIN_CHUNKS * _CHUNK
+
+
+def pool_awake():
+    """Whether any of the pool's workers is awake (spinning after a step, or working)."""
+    return bool(af_pool_awake())
 
 
 def wake_pool(int num_threads):

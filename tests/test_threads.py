@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import adamfast
-from conftest import make_grads, make_state
+from conftest import COMPILED, make_grads, make_state
 
 
 @pytest.mark.parametrize("ams", [False, True])
@@ -77,3 +77,33 @@ def test_import_compiles_nothing():
             "print('numba' in sys.modules, 'adamfast._numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_guarded_step_passes_wake_the_pool_only_when_it_pays(name):
+    """_guard.pass_threads: a guarded step at or above the pool's cold cut-off wakes
+    the workers for its two passes; a smaller one whose workers sleep runs both
+    passes on the caller; the numpy backend keeps its count."""
+    import time
+
+    from adamfast import _dispatch, _guard
+
+    b = _dispatch.get_backend(name)
+    cold_min = b.module.POOL_COLD_MIN
+    on_pool = (b.module.threading_path() == "adamfast pool" if name == "numba"
+               else b.module.threading_mode() == "pool")
+    if not on_pool:
+        pytest.skip(f"{name} is not on adamfast's pool here (ADAMFAST_THREADING=openmp?)")
+    assert _guard.pass_threads(b, cold_min, 2) == 2
+    # The workers wake, spin ~100 us and sleep again: poll without sleeping.
+    deadline = time.perf_counter() + 5
+    while not b.module.pool_awake() and time.perf_counter() < deadline:
+        pass
+    assert b.module.pool_awake(), "wake_pool did not wake the workers"
+    deadline = time.perf_counter() + 5
+    while b.module.pool_awake() and time.perf_counter() < deadline:
+        time.sleep(1e-3)                                  # they spin ~100 us, then sleep
+    assert not b.module.pool_awake()
+    assert _guard.pass_threads(b, cold_min - 1, 2) == 1   # asleep and small: the caller
+    assert _guard.pass_threads(b, 1000, 1) == 1
+    assert _guard.pass_threads(_dispatch.get_backend("numpy"), 1000, 2) == 2

@@ -163,6 +163,13 @@ def _find_pool():
 
 
 _POOL = _find_pool()
+# The pool's cold cut-off (kernels/_pool.pxi), for the guarded step's wake-up.
+POOL_COLD_MIN = 0
+if _POOL is not None:
+    from .. import _dispatch as _d
+
+    POOL_COLD_MIN = _d.cython_module().POOL_COLD_MIN
+    del _d
 # The serial cut-off: on adamfast's pool, the cython backend's (a step costs
 # the same to start for both); on numba's own pool, its larger one.
 PARALLEL_MIN = POOL_PARALLEL_MIN if _POOL is not None else NUMBA_PARALLEL_MIN
@@ -171,6 +178,24 @@ PARALLEL_MIN = POOL_PARALLEL_MIN if _POOL is not None else NUMBA_PARALLEL_MIN
 def threading_path():
     """Where the parallel path runs: "adamfast pool" or "numba prange"."""
     return "adamfast pool" if _POOL is not None else "numba prange"
+
+
+def pool_awake():
+    """Whether any worker of adamfast's pool is awake (False on numba's own pool)."""
+    if _POOL is None:
+        return False
+    from .. import _dispatch
+
+    return _dispatch.cython_module().pool_awake()
+
+
+def wake_pool(num_threads):
+    """Wake the pool's workers ahead of a multi-pass step (the guarded step's norm
+    pass and update), as the cython backend does; nothing on numba's own pool."""
+    if _POOL is not None:
+        from .. import _dispatch
+
+        _dispatch.cython_module().wake_pool(num_threads)
 
 
 def _check_buffers(arrays, nused):
