@@ -69,7 +69,7 @@ cdef extern from *:
         uint64_t claim;            /* (generation << 32) | next block */
         Py_ssize_t done;           /* blocks finished in this generation */
         int sleeping;              /* workers blocked on cv (or about to be) */
-        struct timespec last_end;  /* when the last multi-threaded call returned */
+        struct timespec last_end;  /* when the last call asking for threads returned */
     } af_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
                  PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
                  0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, {0, 0}};
