@@ -29,19 +29,19 @@ Why the code looks the way it does:
   closure made at run time misses numba's on-disk cache in every new
   process.  The element function is passed to the shared driver helper as
   a compile-time constant and inlined there.  Per kind there are three:
-  ``<kind>_serial`` (explicit signatures) for calls below
-  :data:`PARALLEL_MIN` elements or on one thread; ``<kind>_block``, a
-  C-callable ``cfunc`` that updates a range of chunk rows, which the
-  parallel path hands to adamfast's own thread pool (the cython extension's
-  ``kernels/_pool.pxi``, the one the cython backend runs on: the caller takes
-  part, chunk blocks are claimed from a counter, a step returns when the
-  blocks are done, so a descheduled thread costs nothing on a busy machine
-  and a fork()ed child is never stuck in it); and ``<kind>_parallel``, a
-  ``prange`` over the chunk rows on numba's own pool, compiled only if used:
-  when the cython extension is missing or unusable, or under
-  ADAMFAST_THREADING=openmp.  Every update is element-wise and each chunk
-  reads its own group's row, so results never depend on the path or the
-  thread count.
+  ``<kind>_block``, a C-callable ``cfunc`` that updates a range of chunk
+  rows, which every call hands to adamfast's own thread pool (the cython
+  extension's ``kernels/_pool.pxi``, the one the cython backend runs on: the
+  caller takes part, chunk blocks are claimed from a counter, a step returns
+  when the blocks are done, so a descheduled thread costs nothing on a busy
+  machine and a fork()ed child is never stuck in it; below
+  :data:`PARALLEL_MIN` elements or on one thread the caller runs them all);
+  and the fallback pair, used when the cython extension is missing or
+  unusable or under ADAMFAST_THREADING=openmp: ``<kind>_serial``, compiled
+  for its explicit signatures on first load, and ``<kind>_parallel``, a
+  ``prange`` over the chunk rows on numba's own pool, compiled on its first
+  call.  Every update is element-wise and each chunk reads its own group's
+  row, so results never depend on the path or the thread count.
 * Threads: on adamfast's pool, numba's thread count is never read or set.
   On numba's own pool, whose thread count is per calling thread and capped
   by the size fixed at start-up (``NUMBA_NUM_THREADS``), a parallel call
@@ -104,7 +104,7 @@ _entries = {}
 
 
 def _import(name, slp=False):
-    """Import a kind module, whose explicit-signature entries compile or load from
+    """Import a kind module, whose block entries (cfuncs) compile or load from
     numba's on-disk cache right away.  If no cache location is writable (a
     read-only install, and no writable user cache), numba refuses with
     "cannot cache function": then cache in a private temporary directory.
@@ -147,29 +147,26 @@ def _load(kind_id):
     return entries
 
 
-def _find_pool():
-    """adamfast's thread pool, from the cython extension the cython backend loads:
-    its ``_run_blocks``, or None.  None (then the parallel path is numba's own
-    pool, ``prange``) when the extension is missing or unusable (a bad
+def _find_pool_module():
+    """The cython extension whose thread pool the parallel path runs on (the one
+    the cython backend loads), or None: then the parallel path is numba's own
+    pool, ``prange``.  None when the extension is missing or unusable (a bad
     ADAMFAST_CYTHON_ISA), or when ADAMFAST_THREADING=openmp asks for the old
     thread teams back."""
     from .. import _dispatch
 
     try:
         module = _dispatch.cython_module()
-        return module._run_blocks if module.threading_mode() == "pool" else None
+        return module if module.threading_mode() == "pool" else None
     except (ImportError, ValueError, AttributeError):
         return None
 
 
-_POOL = _find_pool()
+_POOL_MODULE = _find_pool_module()
+# Its runner of block entries (kernels/_pool.pxi's _run_blocks), or None.
+_POOL = None if _POOL_MODULE is None else _POOL_MODULE._run_blocks
 # The pool's cold cut-off (kernels/_pool.pxi), for the guarded step's wake-up.
-POOL_COLD_MIN = 0
-if _POOL is not None:
-    from .. import _dispatch as _d
-
-    POOL_COLD_MIN = _d.cython_module().POOL_COLD_MIN
-    del _d
+POOL_COLD_MIN = 0 if _POOL_MODULE is None else _POOL_MODULE.POOL_COLD_MIN
 # The serial cut-off: on adamfast's pool, the cython backend's (a step costs
 # the same to start for both); on numba's own pool, its larger one.
 PARALLEL_MIN = POOL_PARALLEL_MIN if _POOL is not None else NUMBA_PARALLEL_MIN
@@ -182,20 +179,14 @@ def threading_path():
 
 def pool_awake():
     """Whether any worker of adamfast's pool is awake (False on numba's own pool)."""
-    if _POOL is None:
-        return False
-    from .. import _dispatch
-
-    return _dispatch.cython_module().pool_awake()
+    return _POOL_MODULE is not None and _POOL_MODULE.pool_awake()
 
 
 def wake_pool(num_threads):
     """Wake the pool's workers ahead of a multi-pass step (the guarded step's norm
     pass and update), as the cython backend does; nothing on numba's own pool."""
-    if _POOL is not None:
-        from .. import _dispatch
-
-        _dispatch.cython_module().wake_pool(num_threads)
+    if _POOL_MODULE is not None:
+        _POOL_MODULE.wake_pool(num_threads)
 
 
 def _check_buffers(arrays, nused):
@@ -266,8 +257,9 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     ``scalars[group]`` rounded to the buffer dtype.  Chunks are spread over
     ``num_threads`` threads of adamfast's pool (or numba's, see the module
     docstring) when n >= PARALLEL_MIN; results never depend on the thread
-    count, and the caller's numba thread count is left as it was.  With ``ema`` (an array like params), every updated
-    element also does ``ema = d*ema + (1 - d)*param`` with the row's EMA
+    count, and the caller's numba thread count is left as it was.  With
+    ``ema`` (an array like params), every updated element also does
+    ``ema = d*ema + (1 - d)*param`` with the row's EMA
     slots, in the same pass.  Anything out of bounds (an unknown kind, buffers of
     the wrong dtype/length/layout, a chunk row out of range) raises
     ValueError or TypeError before any buffer is written.

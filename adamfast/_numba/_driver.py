@@ -1,16 +1,17 @@
 """The one chunked driver of the numba backend, shared by every kind.
 
 Twin of ``kernels/_driver.pxi``.  Every kind module defines, per kind, an
-element function ``elem_<kind>(i, p, g, s0, s1, s2, k)`` and two entry points
+element function ``elem_<kind>(i, p, g, s0, s1, s2, k)`` and the entry points
 that pass it to :func:`chunk`::
 
-    @njit(SIGNATURES, cache=True, nogil=True, error_model="numpy")
-    def adam_serial(p, g, s0, s1, s2, scalars, chunks):
-        for c in range(chunks.shape[0]):
-            chunk(elem_adam, p, g, s0, s1, s2, scalars, chunks, c)
+    @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
+    def adam_block(ctx, c0, c1):
+        blocks(elem_adam, ctx, c0, c1)
 
-    (the parallel fallback: the same with parallel=True and prange, and the
-    block entry for adamfast's pool: see "the block entries" below)
+    (the entry adamfast's pool calls: see "the block entries" below; and the
+    fallback pair: ``adam_serial``, a loop of ``chunk(elem_adam, ...)`` over
+    the chunk rows, and ``adam_parallel``, the same with parallel=True and
+    prange)
 
 The element function reaches :func:`chunk` as a compile-time constant (a
 dispatcher type), so each entry is specialised for its kind and the element
@@ -55,13 +56,14 @@ LANES = 16
 
 
 def signatures():
-    """The float32 and float64 signatures of every entry point.
+    """The float32 and float64 signatures of the fallback's serial entries.
 
-    Explicit signatures, so that the entries compile (or load from the cache)
-    when their module is imported, never on a call, and precision changes are
+    Explicit signatures, so that they compile (or load from the cache) when
+    the fallback loads a kind, never on a call, and precision changes are
     never silent: ``params, grads (read only), s0, s1, s2, ema, scalars
     (float64, read only), chunks (intp, read only)``; ``ema`` has length 0
-    when there is no parameter EMA.
+    when there is no parameter EMA.  (The block entries have one C signature
+    and branch on the dtype inside.)
     """
     sigs = []
     table = types.Array(types.float64, 2, "C", readonly=True)
