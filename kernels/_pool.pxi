@@ -156,25 +156,13 @@ cdef extern from *:
         }
     }
 
-    /* Wake the workers ahead of a job (an empty generation): they spin for
-       AF_SPIN_NS, so a job published meanwhile starts without a wake-up. */
+    /* Is any worker awake (spinning after a step, or working)? */
     static int af_pool_awake(void) {
         return __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) < af_pool.started;
     }
 
-    /* Publish an empty generation (run_mu held): every worker wakes, finds
-       no block and spins for AF_SPIN_NS. */
-    static void af_wake_locked(int workers) {
-        af_start_workers(workers);
-        uint32_t g = af_pool.gen + 1;
-        af_pool.nblocks = 0;
-        __atomic_store_n(&af_pool.claim, (uint64_t)g << 32, __ATOMIC_RELEASE);
-        pthread_mutex_lock(&af_pool.mu);
-        __atomic_store_n(&af_pool.gen, g, __ATOMIC_RELEASE);
-        pthread_cond_broadcast(&af_pool.cv);
-        pthread_mutex_unlock(&af_pool.mu);
-    }
-
+    /* Wake the workers ahead of a job (an empty generation): they spin for
+       AF_SPIN_NS, so a job published meanwhile starts without a wake-up. */
     static void af_pool_wake(int nthreads) {
         int workers = nthreads - 1;
         if (workers > AF_MAX_WORKERS) workers = AF_MAX_WORKERS;
@@ -183,7 +171,16 @@ cdef extern from *:
             pthread_atfork(NULL, NULL, af_after_fork_child);
             af_atfork_done = 1;
         }
-        af_wake_locked(workers);
+        af_start_workers(workers);
+        uint32_t g = af_pool.gen + 1;
+        af_pool.nblocks = 0;
+        __atomic_store_n(&af_pool.claim, (uint64_t)g << 32, __ATOMIC_RELEASE);
+        pthread_mutex_lock(&af_pool.mu);
+        __atomic_store_n(&af_pool.gen, g, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&af_pool.cv);
+        pthread_mutex_unlock(&af_pool.mu);
+        /* The calls that follow count as a loop of calls: they use the
+           workers this just woke, whatever their size. */
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         pthread_mutex_unlock(&af_pool.run_mu);
     }
@@ -206,7 +203,6 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &now);
         long since = (now.tv_sec - af_pool.last_end.tv_sec) * 1000000000L
                      + (now.tv_nsec - af_pool.last_end.tv_nsec);
-        af_pool.last_end = now;
         if (nchunks < AF_COLD_MIN_CHUNKS && since > AF_TIGHT_NS
                 && __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) >= af_pool.started) {
             /* A small call, every worker asleep, not in a loop of calls:
