@@ -55,11 +55,15 @@ def print_notes(notes):
         print(note)
 
 
+def _where(cfg) -> str:
+    """How the params are laid out, for a size header: "1 array", "200 arrays in 8 groups"."""
+    where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"
+    return where + (f" in {cfg.groups} groups" if cfg.groups > 1 else "")
+
+
 def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg):
     print()
-    where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"
-    if cfg.groups > 1:
-        where += f" in {cfg.groups} groups"
+    where = _where(cfg)
     print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds; "
           f"times are medians, spread is p25-p75")
     base = roof.get("baseline")
@@ -118,9 +122,12 @@ def print_overhead(overhead: dict[str, float], cfg):
     print("  " + " | ".join(parts))
 
 
-def print_small_sizes(table: dict[str, list[float]], sizes, cfg):
+def print_small_sizes(small: dict, cfg):
+    """``small``: {"sizes": [n, ...], label: [us per size], ...}."""
+    table = {k: v for k, v in small.items() if k != "sizes"}
     if not table:
         return
+    sizes = small["sizes"]
     width = max(len(k) for k in table) + 2
     print()
     print(f"per-call cost at small sizes, {cfg.dtype.name}, hot cache, {cfg.threads} "
@@ -133,9 +140,7 @@ def print_small_sizes(table: dict[str, list[float]], sizes, cfg):
 
 def print_family(rows: list[dict], n: int, rounds: int, cfg):
     print()
-    where = f"{cfg.arrays} arrays" if cfg.arrays > 1 else "1 array"
-    if cfg.groups > 1:
-        where += f" in {cfg.groups} groups"
+    where = _where(cfg)
     print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds per algorithm; "
           f"medians")
     cols = ("algorithm", "kind", "B/param", "adamfast ms", "best backend", "% roof", "torch",

@@ -112,22 +112,22 @@ def run_algorithm(cfg, flush, progress, notes) -> dict:
         sys.stdout.flush()
         del wl, impls  # free this size's buffers before the next one
 
-    ovh = {}
+    ovh, small = {}, {}
     if cfg.overhead:
         from ._overhead import SMALL_SIZES, measure_overhead, measure_small_sizes
 
         progress.show("per-call overhead")
         ovh = measure_overhead(cfg, setup)
         progress.show("per-call cost at small sizes")
-        small = measure_small_sizes(cfg, setup)
+        small = {"sizes": list(SMALL_SIZES), **measure_small_sizes(cfg, setup)}
         progress.clear()
         _report.print_overhead(ovh, cfg)
-        _report.print_small_sizes(small, SMALL_SIZES, cfg)
+        _report.print_small_sizes(small, cfg)
 
     report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
                   results={str(n): rows for n, rows in results.items()},
                   roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh,
-                  small_sizes_us={"sizes": list(SMALL_SIZES), **small} if cfg.overhead else {})
+                  small_sizes_us=small)
     if cfg.groups > 1:
         report["groups_vs_one_group"] = {str(n): g for n, g in groups.items()}
     if cfg.json_path:
