@@ -20,24 +20,32 @@ from adamfast.algorithms import KINDS
 WITH_SQRT_OR_DIV = [k for k in KINDS if k not in ("sgd", "sgd_momentum", "lion")]
 
 
-def _cython_drive_ops(path):
-    """{(kind index, dtype index): set of sqrt/div mnemonics} over the driver's
-    specializations (_drive and the _span/_chunk gcc kept out of line)."""
+def _objdump_ops(path, key, insn):
+    """{key(function name): set of mnemonics matching ``insn``, "v" prefix dropped}
+    over the functions of the shared object at ``path`` for which ``key`` is not None."""
     out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
                          text=True, check=True).stdout
     ops, name = {}, None
     for line in out.splitlines():
         m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if m:
-            f = re.match(r"_*pyx_fuse_(\d+)_(\d+)__pyx_f_\w+__(?:drive|span|chunk)\b",
-                         m.group(1))
-            name = (int(f.group(1)), int(f.group(2))) if f else None
+            name = key(m.group(1))
             continue
         if name is not None:
-            i = re.search(r"\t(v?(?:sqrt|div)[ps][sd])\b", line)
+            i = re.search(r"\t(v?" + insn + r")\b", line)
             if i:
                 ops.setdefault(name, set()).add(i.group(1).lstrip("v"))
     return ops
+
+
+def _cython_drive_ops(path):
+    """{(kind index, dtype index): set of sqrt/div mnemonics} over the driver's
+    specializations (_drive and the _span/_chunk gcc kept out of line)."""
+    def key(fn):
+        f = re.match(r"_*pyx_fuse_(\d+)_(\d+)__pyx_f_\w+__(?:drive|span|chunk)\b", fn)
+        return (int(f.group(1)), int(f.group(2))) if f else None
+
+    return _objdump_ops(path, key, r"(?:sqrt|div)[ps][sd]")
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
@@ -111,17 +119,9 @@ def test_cython_norm_pass_uses_packed_float64(module):
         mod = importlib.import_module(module)
     except ImportError:
         pytest.skip(f"{module} not built here")
-    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", mod.__file__],
-                         capture_output=True, text=True, check=True).stdout
-    ops, name = {}, None
-    for line in out.splitlines():
-        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
-        if m:
-            name = m.group(1)
-            continue
-        i = re.search(r"\t(v?(?:mul|add)[ps]d)\b", line)
-        if i and name and ("sumsq" in name or "norm_block" in name):
-            ops.setdefault(name, set()).add(i.group(1).lstrip("v"))
+    ops = _objdump_ops(mod.__file__,
+                       lambda fn: fn if ("sumsq" in fn or "norm_block" in fn) else None,
+                       r"(?:mul|add)[ps]d")
     assert ops, "no norm-pass function found in the machine code"
     assert any({"mulpd", "addpd"} <= found for found in ops.values()), ops
 
