@@ -16,6 +16,13 @@ was.  The semantics are ``torch.nn.utils.clip_grad_norm_``'s:
 ``coef = max_grad_norm / (total_norm + 1e-6)`` clamped to at most 1, with
 the norm taken over the unscaled gradients; a NaN norm gives a NaN
 coefficient, which propagates as in torch.
+
+``skip_nonfinite`` judges the unscaled gradients ``grad * (1/grad_scale)``
+as the kernel forms them: a finite gradient that unscaling overflows makes
+the step non-finite.  (torch's CPU ``unscale_`` checks the scaled values, so
+it lets such a step through with Inf gradients.)  A ``grad_scale`` whose
+reciprocal does not fit in the gradients' dtype is refused before anything
+is written.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import math
 import numpy as np
 
 from . import _dispatch, _engine
-from .algorithms._spec import NSLOT, describe, flag, nonneg, unit_closed
+from .algorithms._spec import NSLOT, _ranged, describe, flag, nonneg, unit_closed
+
+_positive = _ranged(0.0, math.inf, lo_closed=False,
+                    text="a finite number > 0 (the loss scale the gradients are divided by)")
 
 __all__ = ["StepResult", "global_norm"]
 
@@ -55,18 +65,35 @@ class StepResult:
             other.grad_norm, other.skipped, other.group_state)
 
 
+_FMAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float32, np.float64)}
+
 PLAIN = StepResult()  # the result of an unguarded step (immutable in use: never modified)
 
 
-def sumsq(backend, flat, num_threads):
-    """(sum of squares in float64, all finite) of one 1-D buffer, in the defined order."""
+def sumsq(backend, flat, num_threads, inv=1.0):
+    """(sum of squares in float64, all finite) of one 1-D buffer, in the defined order.
+
+    "All finite" is about the unscaled gradients ``flat * inv`` as the kernel
+    forms them (in the buffer's dtype), as torch's ``unscale_`` judges
+    found_inf: unscaling can overflow where ``flat`` is finite.
+    """
     n = flat.size
     out = np.empty((-(-n // _engine.CHUNK), 2))
     backend.sumsq(flat, out, num_threads)
     total = 0.0
     for s in out[:, 0].tolist():  # chunk order, whatever the thread count
         total += s
-    return total, not out[:, 1].any()
+    finite = not out[:, 1].any()
+    if finite and inv > 1.0 and n:
+        # No element exceeds the norm, so only a norm this close to the dtype's
+        # range can hide an element that overflows: then (rarely) find the
+        # largest magnitude and unscale it as the kernel would.
+        big = _FMAX[flat.dtype] / inv
+        if not math.sqrt(total) < 0.5 * big:
+            dt = flat.dtype.type
+            with np.errstate(over="ignore"):
+                finite = bool(np.isfinite(dt(np.abs(flat).max()) * dt(inv)))
+    return total, finite
 
 
 def global_norm(arrays, backend="auto"):
@@ -107,11 +134,22 @@ def check_scale(grad_scale):
         return None
     if isinstance(grad_scale, np.ndarray) and grad_scale.size == 1:
         grad_scale = grad_scale.item()
-    x = nonneg("grad_scale", grad_scale)
-    if x == 0.0:
-        raise ValueError(f"grad_scale must be a finite number > 0 (the loss scale the gradients "
-                         f"are divided by), got {grad_scale!r}")
-    return x
+    return _positive("grad_scale", grad_scale)
+
+
+def unscale(grad_scale, dtypes):
+    """The gradient multiplier 1/grad_scale, refused when it overflows one of
+    ``dtypes`` (the gradients' dtypes): every unscaled gradient would be Inf,
+    or NaN where it is zero, so such a scale is a mistake, not a step."""
+    if grad_scale is None:
+        return 1.0
+    inv = 1.0 / grad_scale
+    for dt in dtypes:
+        if not inv <= _FMAX[np.dtype(dt)]:
+            raise ValueError(f"grad_scale must be at least {1.0 / _FMAX[np.dtype(dt)]:.4g} for "
+                             f"{np.dtype(dt)} gradients (its reciprocal, the unscaling factor, "
+                             f"must fit in {np.dtype(dt)}), got {grad_scale!r}")
+    return inv
 
 
 def pass_threads(backend, size, num_threads):
@@ -136,15 +174,15 @@ def pass_threads(backend, size, num_threads):
 
 def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, num_threads):
     """The guard's pass 1: (gradient multiplier or None if skipped, grad_norm, skipped)."""
-    inv = 1.0 if grad_scale is None else 1.0 / grad_scale
+    inv = unscale(grad_scale, (flat_grads.dtype,))
     if max_grad_norm is None and not skip_nonfinite:
         return inv, None, False
-    total, finite = sumsq(backend, flat_grads, num_threads)
+    total, finite = sumsq(backend, flat_grads, num_threads, inv)
     return decide(total, finite, inv, max_grad_norm, skip_nonfinite)
 
 
 def decide(total, finite, inv, max_grad_norm, skip_nonfinite):
-    """From the scaled gradients' sum of squares and finiteness, the guard's
+    """From the scaled gradients' sum of squares and the unscaled ones' finiteness, the guard's
     (multiplier or None if skipped, grad_norm of the unscaled grads, skipped):
     torch.nn.utils.clip_grad_norm_'s rule, stated once."""
     norm = math.sqrt(total) * inv

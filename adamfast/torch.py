@@ -714,7 +714,7 @@ class Optimizer(torch.optim.Optimizer):
         else:
             scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
         amp_skip = found_inf is not None and float(found_inf) != 0.0
-        inv = 1.0 if scale is None else 1.0 / scale
+        inv = _guard.unscale(scale, [_NP[pool.dtype] for pool in self._pools])
         groups = self.param_groups
         self._hp_changed = False
         hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
@@ -803,7 +803,7 @@ class Optimizer(torch.optim.Optimizer):
                     else:
                         spans.append((lo, hi))
             for lo, hi in spans:
-                ss, ok = _guard.sumsq(b, flat[lo:hi], nthreads)
+                ss, ok = _guard.sumsq(b, flat[lo:hi], nthreads, inv)
                 total += ss
                 finite = finite and ok
         return _guard.decide(total, finite, inv, self._max_grad_norm, self._skip_nonfinite)
