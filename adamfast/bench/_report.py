@@ -132,10 +132,13 @@ def print_small_sizes(small: dict, cfg):
     print()
     print(f"per-call cost at small sizes, {cfg.dtype.name}, hot cache, {cfg.threads} "
           f"thread(s), us/call (median of 7 repeats); ns/param in brackets:")
-    print("  " + "params".ljust(width) + "".join(f"{format_size(n):>16}" for n in sizes))
-    for label, us in table.items():
-        cells = "".join(f"{f'{u:.1f} ({u * 1e3 / n:.2f})':>16}" for u, n in zip(us, sizes))
-        print("  " + label.ljust(width) + cells)
+    cells = {label: [f"{u:.1f} ({u * 1e3 / n:.2f})" for u, n in zip(us, sizes)]
+             for label, us in table.items()}
+    # Each column as wide as its widest cell, two spaces apart: never run together.
+    col = max(len(c) for row in cells.values() for c in row) + 2
+    print("  " + "params".ljust(width) + "".join(f"{format_size(n):>{col}}" for n in sizes))
+    for label, row in cells.items():
+        print("  " + label.ljust(width) + "".join(f"{c:>{col}}" for c in row))
 
 
 def print_family(rows: list[dict], n: int, rounds: int, cfg):
