@@ -6,7 +6,7 @@ their on-disk cache) on the first call that uses them.
 
 from . import schedules
 from .checkpoint import load_checkpoint, save_checkpoint
-from ._dispatch import available_backends, get_num_threads, set_num_threads
+from ._dispatch import available_backends, backend_status, get_num_threads, set_num_threads
 from ._guard import StepResult, global_norm
 from ._memory import zeros_buffers
 from .algorithms import ALGORITHMS
@@ -16,5 +16,5 @@ from .optim import *  # noqa: F401,F403  Optimizer and one class per algorithm
 
 __version__ = "0.2.0"
 
-__all__ = [*_optim.__all__, *_functional.__all__, "schedules", "ALGORITHMS", "StepResult", "global_norm", "save_checkpoint", "load_checkpoint", "available_backends", "set_num_threads", "get_num_threads",
+__all__ = [*_optim.__all__, *_functional.__all__, "schedules", "ALGORITHMS", "StepResult", "global_norm", "save_checkpoint", "load_checkpoint", "available_backends", "backend_status", "set_num_threads", "get_num_threads",
            "zeros_buffers", "__version__"]

@@ -126,6 +126,58 @@ def _module_name(name):
     return _cython_module_name() if name == "cython" else _MODULES[name]
 
 
+# --- ADAMFAST_THREADING: the parallel path of both compiled backends --------
+
+THREADING_ENV = "ADAMFAST_THREADING"
+_THREADING_MODES = ("pool", "openmp")
+
+
+def _check_threading_env():
+    # The same reading as the extension's own at its import (kernels/_entries.pxi),
+    # checked here first so that the message names the variable.
+    raw = os.environ.get(THREADING_ENV, "")
+    if (raw.strip().lower() or "pool") not in _THREADING_MODES:
+        raise ValueError(f"{THREADING_ENV} must be 'pool' or 'openmp' (or unset), got {raw!r}")
+
+
+# The cython extension as probed once: (module, None) or (None, why not).
+_cython_probe = None
+# A bad ADAMFAST_THREADING or ADAMFAST_CYTHON_ISA, as its message: it leaves
+# both compiled backends and "auto" unresolvable (the numba backend runs on
+# the extension's pool), so that a typo never moves "auto" to another backend.
+_config_error = None
+
+
+def _load_cython():
+    global _cython_probe, _config_error
+    if _cython_probe is None:
+        try:
+            _check_threading_env()
+            module = importlib.import_module(_cython_module_name())
+        except ImportError as exc:
+            _cython_probe = (None, f"{_HINTS['cython']} ({exc})")
+        except ValueError as exc:
+            msg = str(exc)
+            if THREADING_ENV not in msg and CYTHON_ISA_ENV not in msg:
+                # The extension refused at import: ADAMFAST_THREADING=openmp on a
+                # build without OpenMP.
+                msg = f"{THREADING_ENV}={os.environ.get(THREADING_ENV)!r}: {msg}"
+            _config_error = msg
+            _cython_probe = (None, msg)
+        else:
+            _cython_probe = (module, None)
+    return _cython_probe
+
+
+def _pool_module():
+    """The extension whose thread pool both compiled backends run on, or None:
+    then the numba backend runs on numba's own pool (``prange``).  None when
+    the extension is missing or unusable, or under ADAMFAST_THREADING=openmp."""
+    module = _load_cython()[0]
+    mode = getattr(module, "threading_mode", None)  # absent in a stale build
+    return module if mode is not None and mode() == "pool" else None
+
+
 def cython_module():
     """The extension module the cython backend uses (see ``_cython_module_name``).
 
@@ -136,29 +188,32 @@ def cython_module():
     return importlib.import_module(_cython_module_name())
 
 
+# Why each backend is unavailable (None: it is available), from its probe.
+_reasons = {}
+
+
 def _probe(name):
-    """Can this backend load?  Cheap: numba's kernels are not compiled here."""
+    """Why this backend cannot load, or None.  Cheap: numba is not imported."""
     if name == "numpy":
-        return True
+        return None
     if name == "numba":
-        return importlib.util.find_spec("numba") is not None
-    try:
-        importlib.import_module(_module_name(name))
-    except ImportError:
-        return False
-    except ValueError as exc:
-        # A bad ADAMFAST_CYTHON_ISA makes the cython backend unavailable (asking
-        # for it says why), never every backend.
-        _HINTS[name] = str(exc)
-        return False
-    return True
+        if importlib.util.find_spec("numba") is None:
+            return _HINTS["numba"]
+        _load_cython()
+        if _config_error is not None:
+            return (f"{_config_error} (the numba backend runs its threads on the cython "
+                    f"extension's pool, which this variable selects)")
+        return None
+    return _load_cython()[1]
 
 
 def available_backends():
     """The backends that work on this machine, as a tuple, in ``"auto"`` order."""
     global _available
     if _available is None:
-        _available = tuple(name for name in AUTO_ORDER if _probe(name))
+        for name in AUTO_ORDER:
+            _reasons[name] = _probe(name)
+        _available = tuple(name for name in AUTO_ORDER if _reasons[name] is None)
     return _available
 
 
@@ -166,13 +221,57 @@ def resolve(backend):
     """Map a backend argument to a concrete backend name, or raise."""
     _check_name(backend)
     if backend == "auto":
-        return available_backends()[0]
+        available = available_backends()
+        if _config_error is not None:
+            raise ValueError(f"backend 'auto' cannot choose a backend: {_config_error}. Fix or "
+                             f"unset it (backend='numpy' does not depend on it)")
+        return available[0]
     if backend not in _MODULES:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     if backend not in available_backends():
-        raise ValueError(f"backend {backend!r} is not available on this machine: {_HINTS[backend]}. "
+        reason = _reasons.get(backend) or _HINTS[backend]
+        raise ValueError(f"backend {backend!r} is not available on this machine: {reason}. "
                          f"Available: {available_backends()}")
     return backend
+
+
+def backend_status():
+    """Which backends work here and, for each that does not, why.
+
+    Returns a dict (JSON-serializable):
+
+    * ``"numpy"``, ``"numba"``, ``"cython"``: ``{"available": bool, "reason":
+      str or None}``, the reason being the error that asking for it raises;
+    * ``"auto"``: the backend ``backend="auto"`` picks, or None, and
+      ``"auto_error"``: why it cannot pick (a bad ADAMFAST_THREADING or
+      ADAMFAST_CYTHON_ISA), or None;
+    * ``"cython_build"``: ``"baseline"`` or ``"avx2"``, the build the cython
+      backend loads (None if it is unavailable);
+    * ``"threading"``: the parallel path, ``{"cython": "pool" or "openmp",
+      "numba": "adamfast pool" or "numba prange"}`` (None for a backend that
+      is unavailable).
+
+    Probes like :func:`available_backends`: nothing is compiled and numba is
+    not imported.
+    """
+    available = available_backends()
+    status = {name: {"available": name in available,
+                     "reason": None if name in available
+                     else (_reasons.get(name) or _HINTS[name])}
+              for name in BACKENDS}
+    try:
+        status["auto"], status["auto_error"] = resolve("auto"), None
+    except ValueError as exc:
+        status["auto"], status["auto_error"] = None, str(exc)
+    module = _load_cython()[0] if "cython" in available else None
+    status["cython_build"] = None if module is None else next(
+        variant for variant, name in _CYTHON_VARIANTS.items() if name == module.__name__)
+    status["threading"] = {
+        "cython": None if module is None else module.threading_mode(),
+        "numba": None if "numba" not in available
+        else ("adamfast pool" if _pool_module() is not None else "numba prange"),
+    }
+    return status
 
 
 class Backend:
@@ -225,22 +324,37 @@ def get_backend(backend):
 # A thread count above this is a typo, not a machine: refuse it before it
 # reaches a kernel (an OpenMP team of 100000 threads crashes the process).
 MAX_THREADS = 1024
+NUM_THREADS_ENV = "ADAMFAST_NUM_THREADS"
 
 
-def _check_threads(name, value):
+def _check_threads(name, value, shown=None):
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_THREADS}], got "
+                         f"{value if shown is None else shown!r}")
+    return value
+
+
+def _env_threads():
+    """ADAMFAST_NUM_THREADS as an int, or None when it is unset or empty."""
+    raw = os.environ.get(NUM_THREADS_ENV, "")
+    if not raw:
+        return None
+    # ASCII digits only: int() also takes "1_0", " 10", "+10" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"{NUM_THREADS_ENV} must be a positive integer in ASCII digits, "
+                         f"got {raw!r}")
     try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"{name} must be an integer in [1, {MAX_THREADS}], got {value!r}")
-    return n
+        n = int(raw)
+    except ValueError:  # beyond int()'s digit limit
+        n = MAX_THREADS + 1
+    return _check_threads(NUM_THREADS_ENV, n, raw)
 
 
 def _default_threads():
-    env = os.environ.get("ADAMFAST_NUM_THREADS")
-    if env is not None and env.strip():
-        return _check_threads("ADAMFAST_NUM_THREADS", env.strip())
+    """ADAMFAST_NUM_THREADS, else every core this process may run on."""
+    env = _env_threads()
+    if env is not None:
+        return env
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -248,6 +362,9 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
+# The knob's value as ADAMFAST_NUM_THREADS gave it, until set_num_threads: it is
+# checked against numba's pool when numba's kernels load on it (_check_env_threads).
+_env_default = os.environ.get(NUM_THREADS_ENV) or None
 # After fork() the child runs every kernel on its calling thread: an OpenMP
 # runtime that the parent used hangs (GNU libgomp) or aborts (numba's omp
 # layer) on the child's first parallel region, so the child never starts one.
@@ -263,13 +380,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _numba_max_threads():
-    """numba sizes its pool at start-up (NUMBA_NUM_THREADS) and cannot grow it."""
-    if "numba" not in available_backends():
+def _numba_thread_limit():
+    """numba's pool size when adamfast's numba kernels run on numba's own pool
+    (``prange``: no usable cython extension, or ADAMFAST_THREADING=openmp), else
+    None: on adamfast's pool numba's thread count is never used.  numba sizes
+    its pool at start-up (NUMBA_NUM_THREADS) and cannot grow it."""
+    if "numba" not in available_backends() or _pool_module() is not None:
         return None
     from numba import config
 
     return config.NUMBA_NUM_THREADS
+
+
+_LIMIT_WHY = ("adamfast's numba kernels run on numba's own thread pool here (no usable cython "
+              "extension, or ADAMFAST_THREADING=openmp), which was sized at start-up "
+              "(NUMBA_NUM_THREADS={limit}); set NUMBA_NUM_THREADS before starting Python to "
+              "use more")
+
+
+def _check_env_threads(limit):
+    """Called once by adamfast._numba when its kernels load on numba's own pool:
+    the ADAMFAST_NUM_THREADS default must fit it, as set_num_threads(n) must."""
+    if _env_default is not None and _num_threads > limit:
+        raise ValueError(f"{NUM_THREADS_ENV} must be <= {limit}: " + _LIMIT_WHY.format(limit=limit)
+                         + f", got {_env_default!r}")
 
 
 def set_num_threads(n):
@@ -278,16 +412,16 @@ def set_num_threads(n):
     The ``ADAMFAST_NUM_THREADS`` environment variable sets the default at
     import.  The numpy backend is single-threaded and ignores it.
     """
-    global _num_threads
+    global _num_threads, _env_default
     if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be a positive integer, got {n!r} ({type(n).__name__})")
     n = _check_threads("n", n.__index__())
-    limit = _numba_max_threads()
+    limit = _numba_thread_limit()
     if limit is not None and n > limit:
-        raise ValueError(f"n must be <= {limit}: numba's thread pool was sized at start-up "
-                         f"(NUMBA_NUM_THREADS={limit}); set NUMBA_NUM_THREADS before starting "
-                         f"Python to use more, got {n}")
+        raise ValueError(f"n must be <= {limit}: " + _LIMIT_WHY.format(limit=limit)
+                         + f", got {n}")
     _num_threads = n
+    _env_default = None
 
 
 def get_num_threads():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 
 import numpy as np
 
@@ -65,9 +65,24 @@ def _decode(value):
     return value
 
 
+def _create_temp(directory):
+    """A new file in ``directory`` opened for writing, and its path.  Created with
+    mode 0o666 so that the umask (and a default ACL) decide the final mode, as for
+    any file the user writes; ``tempfile.mkstemp`` would force 0o600."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    for _ in range(100):
+        tmp = os.path.join(directory, f".adamfast-{secrets.token_hex(8)}.npz.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name in {directory!r}")
+
+
 def save_checkpoint(path, opt, params=True):
     """Write ``opt.state_dict()`` (and ``opt.flat_params`` unless ``params=False``)
-    to ``path`` atomically.  Returns ``path``."""
+    to ``path`` atomically, with the mode the umask gives new files.  Returns ``path``."""
     sd = opt.state_dict()
     arrays, meta = {}, {}
     for key, value in sd.items():
@@ -83,7 +98,7 @@ def save_checkpoint(path, opt, params=True):
     arrays[_META] = np.array(json.dumps(meta))
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".adamfast-", suffix=".npz.tmp", dir=directory)
+    fd, tmp = _create_temp(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

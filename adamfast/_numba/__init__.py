@@ -64,6 +64,7 @@ import sys
 import numba
 import numpy as np
 
+from .. import _dispatch
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import NSLOT
@@ -147,22 +148,14 @@ def _load(kind_id):
     return entries
 
 
-def _find_pool_module():
-    """The cython extension whose thread pool the parallel path runs on (the one
-    the cython backend loads), or None: then the parallel path is numba's own
-    pool, ``prange``.  None when the extension is missing or unusable (a bad
-    ADAMFAST_CYTHON_ISA), or when ADAMFAST_THREADING=openmp asks for the old
-    thread teams back."""
-    from .. import _dispatch
-
-    try:
-        module = _dispatch.cython_module()
-        return module if module.threading_mode() == "pool" else None
-    except (ImportError, ValueError, AttributeError):
-        return None
-
-
-_POOL_MODULE = _find_pool_module()
+# The cython extension whose thread pool the parallel path runs on (the one the
+# cython backend loads), or None: then the parallel path is numba's own pool,
+# ``prange`` (see _dispatch._pool_module).
+_POOL_MODULE = _dispatch._pool_module()
+if _POOL_MODULE is None:
+    # numba's pool was sized at start-up: an ADAMFAST_NUM_THREADS above it is
+    # refused here, as set_num_threads refuses it.
+    _dispatch._check_env_threads(numba.config.NUMBA_NUM_THREADS)
 # Its runner of block entries (kernels/_pool.pxi's _run_blocks), or None.
 _POOL = None if _POOL_MODULE is None else _POOL_MODULE._run_blocks
 # The pool's cold cut-off (kernels/_pool.pxi), for the guarded step's wake-up.
