@@ -25,6 +25,16 @@ CASES = [
     (["--repeat", "-1"], "--repeat"),
     (["--guarded", "--amsgrad"], "--amsgrad"),
     (["--guarded", "--json", "/nonexistent-dir/g.json"], "--json"),
+    (["--after-torch", "--no-after-torch"], "--no-after-torch"),
+    (["--after-torch-size", "0"], "--after-torch-size"),
+    (["--after-torch-size", "x"], "--after-torch-size"),
+    (["--after-torch-size", "1K"], "--after-torch-size"),  # too small for a parallel torch op
+    (["--no-after-torch", "--after-torch-size", "2M"], "--after-torch-size"),
+    (["--family", "--no-after-torch"], "--no-after-torch"),
+    (["--family", "--after-torch-size", "2M"], "--after-torch-size"),
+    (["--torch", "--after-torch"], "--after-torch"),
+    (["--guarded", "--no-after-torch"], "--no-after-torch"),
+    (["--guarded", "--after-torch-size", "2M"], "--after-torch-size"),
 ]
 
 

@@ -21,13 +21,36 @@ What it measures, and why it is measured this way:
   also gives the OpenMP pools of torch, Cython and Numba time to stop
   spinning, so one runtime's idle spinning does not steal a core from the
   next implementation on a small machine.
+* That is not how a training loop runs, though: there the step comes right
+  after the backward pass, whose OpenMP workers (torch's libgomp) are still
+  spinning on the cores the step wants.  So the run also times the step
+  *after torch*: after the flush and outside the timer, one torch op on
+  torch's threads (``torch.add`` over ``--after-torch-size`` float32, a few
+  MB, well above torch's grain size) runs before each timed step.  torch's
+  settings are left alone: OMP_WAIT_POLICY is never set, and torch keeps its
+  own thread count unless ``--threads`` is given.  By default one more
+  table at the largest size does this for the rooflines, the default
+  backend's adamfast rows and torch's fastest row (over the same rows and
+  buffers as its cold table; the speed-up column is then against torch);
+  ``--after-torch`` runs every table this way, ``--no-after-torch`` none.
 * Throughput is reported against a roofline measured in the same run: the
   engine's ``roofline{N}`` kind for an algorithm whose kind has N state
-  buffers (read p, g and N states; write p and N states; one add each), run
-  through each compiled backend's ``family_kernel``.  It therefore moves
-  exactly the algorithm's bytes per parameter (``spec.bytes_per_param``) and
-  pays the same chunking, serial cut-off and thread count as that backend's
-  algorithm kernels; the gap to it is the cost of the arithmetic.
+  buffers (read p, g and N states; write p and N states; one add each).  It
+  moves exactly the algorithm's bytes per parameter (``spec.bytes_per_param``)
+  and is timed on every threading available, one row each, so that a loss in
+  adamfast's own pool (which the adamfast rows run on) shows instead of being
+  shared by the ceiling: ``roofline-pool`` (the cython extension's
+  family_kernel on adamfast's pool, with the algorithm kernels' chunking and
+  serial cut-off), ``roofline-openmp`` (the same kernel on an OpenMP team:
+  the extension's parallel path is switched for that row's call only) and
+  ``roofline-prange`` (numba's own ``prange`` entry of the kind, on numba's
+  threading layer, at the run's thread count for that call only).  % roof is
+  judged against the fastest of them; the gap to it is the cost of the
+  arithmetic and of the threading.
+* Every page of every buffer is written before timing (the workload's
+  arrays, the rooflines', each optimizer's, the user arrays' state): a page
+  never written maps the shared zero page, whose reads cost no memory
+  traffic and would flatter whichever row reads it, a roofline above all.
 * adamfast rows are the optimizer class (``adamfast.Adam(...).step()``) over
   one flat buffer: what a user runs, one kernel call per step, Python
   overhead included, as torch's rows are ``opt.step()`` of torch's class.
@@ -41,7 +64,10 @@ What it measures, and why it is measured this way:
   the adamfast optimizers: separate equal-sized NumPy arrays start at the
   same offset modulo the huge page and their streams collide in cache
   sets/banks.  ``--layout separate`` allocates each on its own and shows that
-  cost (adamfast's optimizers still copy into their own staggered buffers).
+  cost: adamfast's optimizers still copy into their own staggered buffers,
+  and rows ``adam_step-<backend> (user arrays)`` (the algorithm's functional
+  step for the others) call the functional step directly on the separately
+  allocated arrays, with state allocated beside them, as a NumPy user does.
 * ``--groups G`` spreads ``--arrays`` tensors over G param groups and adds
   1-group rows over the same arrays, so the cost of groups is a paired ratio
   from the same run; ``--family`` times every algorithm, each in its own

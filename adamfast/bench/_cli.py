@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from ._config import (DEFAULT_ALGORITHM, DEFAULT_SIZE, Config, SizeError, lookup_algorithm,
-                      make_setup)
+from ._config import (AFTER_TORCH_MIN, AFTER_TORCH_SIZE, DEFAULT_ALGORITHM, DEFAULT_SIZE, Config,
+                      SizeError, format_size, lookup_algorithm, make_setup)
 
 
 def _size(text: str) -> int:
@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Time one optimizer step per implementation (roofline, NumPy textbook and in-place "
             "for Adam/AdamW, every adamfast backend, torch fused/foreach), interleaved over "
             "shuffled rounds, cold cache by default. Prints median ms/step, spread, throughput, "
-            "% of a roofline with the algorithm's exact traffic measured in the same run, a "
-            "paired speed-up over a NumPy baseline, and first-call time. --family prints one "
-            "row per algorithm instead."
+            "% of a roofline with the algorithm's exact traffic measured in the same run (on "
+            "adamfast's pool, an OpenMP team and numba prange; judged against the fastest), a "
+            "paired speed-up over a NumPy baseline, and first-call time; then one table of the "
+            "step right after a torch op, as in a training loop. --family prints one row per "
+            "algorithm instead."
         ),
     )
     b.add_argument("--algorithm", metavar="NAME", default=None,
@@ -87,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "adamfast.zeros_buffers call, as the adamfast optimizers do; 'separate' "
                         "allocates each with NumPy on its own, as a user's own arrays, "
                         "showing what that costs")
+    after = b.add_mutually_exclusive_group()
+    after.add_argument("--after-torch", action="store_true",
+                       help="run every table after torch: before each timed step (after the "
+                            "flush, outside the timer) one torch op on torch's threads, as a "
+                            "backward pass runs right before the optimizer step; the speed-up "
+                            "column is then against torch's fastest row. Without it, the run "
+                            "adds one after-torch table at the largest size (rooflines, the "
+                            "default backend's adamfast rows, torch's fastest)")
+    after.add_argument("--no-after-torch", action="store_true",
+                       help="no after-torch table (only the cold-cache tables)")
+    b.add_argument("--after-torch-size", type=_size, default=AFTER_TORCH_SIZE, metavar="N",
+                   help=f"float32 elements of the after-torch op, torch.add(a, b, out=c) "
+                        f"(at least {format_size(AFTER_TORCH_MIN)}, so that torch runs it on "
+                        f"all its threads; default {format_size(AFTER_TORCH_SIZE)})")
     b.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead line")
     b.add_argument("--json", metavar="PATH", help="write all results (with raw times) as JSON")
     b.add_argument("--plot", metavar="PATH", help="write a PNG of throughput vs size (matplotlib)")
@@ -114,7 +130,9 @@ _DESTS = {"algorithm": "--algorithm", "family": "--family", "sizes": "--sizes",
           "groups": "--groups", "repeat": "--repeat", "amsgrad": "--amsgrad",
           "adamw": "--adamw", "impl": "--impl", "hot": "--hot", "layout": "--layout",
           "no_overhead": "--no-overhead", "json": "--json", "plot": "--plot",
-          "quiet": "--quiet", "seed": "--seed", "torch": "--torch", "guarded": "--guarded"}
+          "quiet": "--quiet", "seed": "--seed", "torch": "--torch", "guarded": "--guarded",
+          "after_torch": "--after-torch", "no_after_torch": "--no-after-torch",
+          "after_torch_size": "--after-torch-size"}
 _MODES = {"torch": ("threads", "repeat", "seed"),
           "guarded": ("sizes", "dtype", "threads", "repeat", "seed", "json", "quiet")}
 
@@ -195,8 +213,9 @@ def _check_memory(parser, args, setups):
     nstate = max(s.nstate for s in setups)
     optimizers = (2 if args.family else 3) + (0 if args.family or args.groups == 1 else 2)
     modes = 1 if args.family else 2
-    count = (2 + nstate) * (2 + optimizers) + modes * nstate + 6
-    need = count * n * np.dtype(args.dtype).itemsize
+    user = nstate if args.layout == "separate" and not args.family else 0  # user arrays' state
+    count = (2 + nstate) * (2 + optimizers) + modes * nstate + user + 6
+    need = count * n * np.dtype(args.dtype).itemsize + 3 * 4 * args.after_torch_size
     if need > avail:
         parser.error(f"--sizes {n} needs about {need / 2**30:.1f} GiB for {args.dtype} and only "
                      f"{avail / 2**30:.1f} GiB is available; use a smaller size")
@@ -249,12 +268,14 @@ def config_from_args(parser, args) -> Config:
     impl = None
     if args.impl:
         impl = [tok.strip() for item in args.impl for tok in item.split(",") if tok.strip()]
-        valid = possible_names(setup, args.groups)
+        valid = possible_names(setup, args.groups, args.layout)
         unknown = [tok for tok in impl if not any(tok in name for name in valid)]
         if unknown or not impl:
             parser.error(f"--impl: no {setup.name} row matches {unknown or args.impl}; rows "
                          f"are: {', '.join(valid)} (a name's part selects every row "
                          f"containing it)")
+
+    after_torch = _after_torch_mode(parser, args)
 
     _check_output(parser, "--json", args.json)
     _check_output(parser, "--plot", args.plot)
@@ -264,7 +285,13 @@ def config_from_args(parser, args) -> Config:
     threads = args.threads if args.threads is not None else core_count()
     # torch first (see _run.run): checking the thread count loads the
     # backends, and the cython extension brings the system OpenMP runtime.
-    try_import("torch")
+    if try_import("torch") is None and after_torch != "off":
+        if args.after_torch:
+            parser.error("--after-torch needs torch: pip install torch")
+        after_torch = "off"  # the run notes it
+    from ._peers import torch_default_threads
+
+    torch_default_threads()  # torch's own count, before anything sets it
     import adamfast
 
     try:
@@ -277,4 +304,23 @@ def config_from_args(parser, args) -> Config:
                   algorithm=spec.name, amsgrad=args.amsgrad, family=args.family, impl=impl,
                   hot=args.hot, quiet=args.quiet, seed=args.seed, layout=args.layout,
                   overhead=not args.no_overhead, json_path=args.json, plot_path=args.plot,
-                  setup=setup)
+                  setup=setup, after_torch=after_torch, after_torch_size=args.after_torch_size,
+                  torch_threads=args.threads)
+
+
+def _after_torch_mode(parser, args) -> str:
+    """"all" (--after-torch), "extra" (the default: one more table) or "off"."""
+    if args.family and args.no_after_torch:
+        parser.error("--no-after-torch does not apply to --family (it adds no after-torch "
+                     "table; --after-torch runs its rounds after torch)")
+    mode = "all" if args.after_torch else (
+        "off" if args.no_after_torch or args.family else "extra")
+    if args.after_torch_size != AFTER_TORCH_SIZE:
+        if mode == "off":
+            why = "--no-after-torch" if args.no_after_torch else "--family without --after-torch"
+            parser.error(f"--after-torch-size does not apply with {why}: no torch op runs")
+        if args.after_torch_size < AFTER_TORCH_MIN:
+            parser.error(f"--after-torch-size must be at least {format_size(AFTER_TORCH_MIN)} "
+                         f"(torch runs smaller element-wise ops on one thread, with no OpenMP "
+                         f"region), got {args.after_torch_size}")
+    return mode

@@ -16,9 +16,15 @@ DEFAULT_ALGORITHM = "Adam"
 TEXTBOOK = "numpy-textbook"
 # Rows in table order: reference first, then the compiled ones ("slow -> fast").
 BACKEND_ORDER = ("numpy", "numba", "cython")
-# Backends that have a roofline: the rooflines are their family_kernel's
-# bandwidth-only kinds, so they share each backend's chunking and serial cut-off.
-ROOFLINE_BACKENDS = ("numba", "cython")
+# The roofline rows: the bandwidth-only kind on each threading available, so that
+# a loss in adamfast's own pool shows (see _rows.roofline_impls).
+ROOFLINES = ("roofline-pool", "roofline-openmp", "roofline-prange")
+# The torch op of the after-torch tables: element-wise over this many float32
+# (a few MB), well above torch's grain size, so it is one OpenMP region on
+# every thread torch has.
+AFTER_TORCH_SIZE = 1 << 20
+# Below this torch runs an element-wise op on one thread: no OpenMP region.
+AFTER_TORCH_MIN = 1 << 16
 # The NumPy textbook/in-place rows spell out Adam's formula; other algorithms
 # compare with adamfast's own NumPy reference backend instead.
 NUMPY_FORMULA = ("Adam", "AdamW")
@@ -163,6 +169,14 @@ class Config:
     json_path: str | None = None
     plot_path: str | None = None
     setup: Setup | None = None  # the algorithm's Setup; None with --family
+    # "extra": one after-torch table at the largest size besides the cold
+    # tables (the default); "all": every table after torch (--after-torch);
+    # "off": none (--no-after-torch, or no torch).
+    after_torch: str = "extra"
+    after_torch_size: int = AFTER_TORCH_SIZE
+    # torch's threads in the after-torch tables: --threads when given, else
+    # None, torch's own default (see _peers.torch_default_threads).
+    torch_threads: int | None = None
 
     def rounds_for(self, n: int) -> int:
         # Big sizes are dominated by memory traffic and vary little, small

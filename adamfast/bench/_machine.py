@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from ._config import format_size
+
 FALLBACK_L3_BYTES = 64 * 2**20
 _SUFFIXES = {"K": 2**10, "M": 2**20, "G": 2**30}
 
@@ -148,8 +150,9 @@ def _numba_backend():
         return None
 
 
-def header_info(cfg, flush, setup) -> dict:
-    """Everything the header prints (and the JSON keeps as ``meta``)."""
+def header_info(cfg, flush, setup, after=None) -> dict:
+    """Everything the header prints (and the JSON keeps as ``meta``); ``after``: the
+    :class:`~._peers.AfterTorch` of the run's after-torch tables, if any."""
     import adamfast
 
     info = dict(
@@ -192,6 +195,15 @@ def header_info(cfg, flush, setup) -> dict:
                               f"(2x L3 of {flush.l3 // 2**20} MiB, {src})")
     else:
         info["cache_mode"] = "hot: no flush between steps"
+    info["after_torch"] = None
+    if after is not None:
+        where = ("every table" if cfg.after_torch == "all" else
+                 f"one more table at {format_size(max(cfg.sizes))} (rooflines, the default "
+                 f"backend's adamfast rows, torch's fastest; --after-torch for every table, "
+                 f"--no-after-torch for none)")
+        when = "after the flush" if flush.enabled else "no flush (--hot)"
+        info["after_torch"] = (f"{where}; torch.add over {format_size(after.size)} float32 "
+                               f"before each timed step, {when}")
     info["dtype"] = cfg.dtype.name
     info["arrays"] = cfg.arrays
     info["groups"] = cfg.groups

@@ -12,15 +12,17 @@ from ._rows import Notes, backends, decoupled
 from ._timing import per_call_us
 
 
-def _state(setup, n, dtype):
-    """The algorithm's state buffers by name, initialised as its optimizer would."""
+def initial_state(setup, n, dtype):
+    """The algorithm's state buffers by name, initialised as its optimizer would, each
+    allocated on its own (as a NumPy user does) and written in full."""
     init = setup.spec.state_init
     return {name: np.full(n, init(name, setup.hp) if init else 0, dtype)
             for name in setup.state_names}
 
 
 def functional_step(setup, p, g, state, backend):
-    """(label, zero-argument call) of the algorithm's functional step at step 10."""
+    """(label, call) of the algorithm's functional step at step 10; the call takes
+    ``step=t`` to run another step."""
     from adamfast import functional
 
     hp = setup.hp
@@ -66,7 +68,7 @@ def measure_overhead(cfg, setup, n: int = 16, only=None) -> dict[str, float]:
     dt = cfg.dtype
     p = rng.standard_normal(n).astype(dt)
     g = rng.standard_normal(n).astype(dt)
-    state = _state(setup, n, dt)
+    state = initial_state(setup, n, dt)
     notes = Notes()  # the table already reported unavailable backends
     names = [b for b in backends(notes) if only is None or b in only]
     out: dict[str, float] = {}

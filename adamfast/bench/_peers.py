@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -87,6 +88,70 @@ def torch_impls(wl, cfg, setup, notes, fastest_only: bool = False, keep=None) ->
         opt = cls(wl.grouped(params, cfg.groups), **kw, **{mode: True})
         impls.append(Impl(f"torch-{mode}", lambda t, opt=opt: opt.step(), "torch"))
     return impls
+
+
+@functools.lru_cache(maxsize=None)
+def torch_default_threads() -> int | None:
+    """torch's own thread count, read once, before the benchmark sets any (None without
+    torch).  Called as soon as torch is imported, so later calls still see the default."""
+    torch = try_import("torch")
+    return None if torch is None else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch at ``threads`` threads (None: torch's default) inside, the previous count after."""
+    torch = try_import("torch")
+    previous = torch.get_num_threads()
+    want = torch_default_threads() if threads is None else threads
+    if want != previous:
+        torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+class AfterTorch:
+    """Before each timed step, outside the timer: the cache flush, then one torch op on
+    all of torch's threads, as a backward pass runs right before the optimizer step.
+
+    The op is ``torch.add(a, b, out=c)`` over ``size`` float32: element-wise and
+    well above torch's grain size, so one OpenMP region in torch's runtime, whose
+    workers keep spinning for a while after it (libgomp's default wait policy)
+    on the cores the step then wants.  Nothing of torch's is configured here:
+    OMP_WAIT_POLICY is left as the user has it, and torch's thread count is the
+    caller's business (:func:`torch_threads`).
+    """
+
+    def __init__(self, flush, size: int):
+        import torch
+
+        from ._rows import touch
+
+        self.flush = flush
+        self.size = size
+        self.a = torch.ones(size)
+        self.b = torch.ones(size)
+        self.c = torch.empty(size)
+        touch(self.a.numpy(), self.b.numpy(), self.c.numpy())
+        self._add = torch.add
+
+    def __call__(self):
+        self.flush()
+        self._add(self.a, self.b, out=self.c)
+
+    def describe(self, threads: int) -> str:
+        from ._config import format_size
+
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        wait = (f"OMP_WAIT_POLICY={policy}" if policy else
+                "OMP_WAIT_POLICY unset: its workers spin a while after")
+        when = "after the flush" if self.flush.enabled else "hot cache, no flush"
+        return (f"before each timed step ({when}), torch.add over "
+                f"{format_size(self.size)} float32 ({3 * 4 * self.size / 2**20:.0f} MiB) on "
+                f"torch's {threads} thread(s) ({wait})")
 
 
 @functools.lru_cache(maxsize=None)

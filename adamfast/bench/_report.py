@@ -24,13 +24,15 @@ def print_header(info: dict, cfg, setup):
     cut = info.get("parallel_min") or {}
     if cut:
         parts = ", ".join(f"{k} from {format_size(n)}" for k, n in cut.items() if n)
-        print(f"parallel kernels: {parts} params (serial below; each roofline runs through "
-              f"its backend's family_kernel, so it shares that cut-off)")
+        print(f"parallel kernels: {parts} params (serial below; roofline-pool and "
+              f"roofline-openmp share the cython cut-off, roofline-prange has none)")
     rts = info.get("openmp_runtimes")
     if rts is not None:
         short = [p[p.index("site-packages/"):] if "site-packages/" in p else p for p in rts]
         print(f"OpenMP runtimes loaded: {', '.join(short) if short else 'none'}")
     print(f"cache: {info['cache_mode']}")
+    if info.get("after_torch"):
+        print(f"after torch: {info['after_torch']}")
     cls = f"adamfast.{setup.name}" if setup is not None else "each adamfast optimizer"
     if cfg.layout == "staggered":
         print(f"layout: staggered (p, g and state from one adamfast.zeros_buffers call, as "
@@ -47,7 +49,25 @@ def print_header(info: dict, cfg, setup):
     bpp = info["bytes_per_param"]
     print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "
           f"(roofline: {setup.roofline_kind}, the same {bpp // cfg.dtype.itemsize} accesses)")
+    print(ROOFLINES_LINE)
     print(f"adamfast rows: {cls}(...).step() over one flat buffer, one kernel call per step")
+    if cfg.layout == "separate":
+        from ._rows import USER_ARRAYS, functional_name
+
+        fn = functional_name(setup)
+        print(f"'{fn}-<backend>{USER_ARRAYS}' rows: adamfast.{fn}(p, g, <state>, step=t, ...) "
+              f"called directly on the separately allocated arrays, one call per array")
+
+
+ROOFLINES_LINE = (
+    "rooflines on three threadings, % roof judged against the fastest (marked *): "
+    "roofline-pool (cython family_kernel on adamfast's pool, as the adamfast rows), "
+    "roofline-openmp (the same kernel on an OpenMP team), roofline-prange (numba's prange "
+    "entry of the kind, on numba's threading layer)")
+
+
+def after_torch_title(after, threads: int) -> str:
+    return f"AFTER TORCH: {after.describe(threads)}"
 
 
 def print_notes(notes):
@@ -61,18 +81,24 @@ def _where(cfg) -> str:
     return where + (f" in {cfg.groups} groups" if cfg.groups > 1 else "")
 
 
-def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg):
+def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg, mode: str | None = None):
+    """One size's table; ``mode`` (the after-torch description) heads it when given."""
     print()
+    if mode:
+        print(mode)
     where = _where(cfg)
     print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds; "
           f"times are medians, spread is p25-p75")
     base = roof.get("baseline")
-    short = {"numpy-textbook": "textbook", "adamfast-numpy": "numpy ref"}.get(base, base)
+    short = {"numpy-textbook": "textbook", "adamfast-numpy": "numpy ref",
+             "torch-fused": "torch fused", "torch-foreach": "torch foreach"}.get(base, base)
     width = max([17] + [len(r["impl"]) + 1 for r in rows])
-    cols = ("implementation", "ms/step", "p25-p75 ms", "Mparam/s", "GB/s", "% roof",
-            f"vs {short} (p25-p75)" if base else "speed-up", "first ms")
-    widths = (width, 9, 17, 9, 7, 7, 22, 9)
-    fmt = f"{{:<{width}}} {{:>9}} {{:>17}} {{:>9}} {{:>7}} {{:>7}} {{:>22}} {{:>9}}"
+    speed = f"vs {short} (p25-p75)" if base else "speed-up"
+    sw = max(22, len(speed))
+    cols = ("implementation", "ms/step", "p25-p75 ms", "Mparam/s", "GB/s", "% roof", speed,
+            "first ms")
+    widths = (width, 9, 17, 9, 7, 7, sw, 9)
+    fmt = f"{{:<{width}}} {{:>9}} {{:>17}} {{:>9}} {{:>7}} {{:>7}} {{:>{sw}}} {{:>9}}"
     print(fmt.format(*cols))
     print("-" * (sum(widths) + len(widths) - 1))
     for r in rows:
@@ -87,8 +113,12 @@ def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg):
         print(fmt.format(name, _ms(r["median_ms"]), spread, f"{r['mparams_per_s']:.0f}",
                          f"{r['gb_per_s']:.1f}", pct, sp, first))
     if roof["impl"]:
-        print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, "
-              f"{roof['bytes_per_param']} B/param); % roof = row GB/s / roofline GB/s")
+        ran = roof.get("rooflines") or [roof["impl"]]
+        layer = f"; roofline-prange on numba's {roof['prange_layer']!r} layer" if roof.get(
+            "prange_layer") else ""
+        print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, the fastest of "
+              f"{', '.join(ran)}{layer}; {roof['bytes_per_param']} B/param); "
+              f"% roof = row GB/s / roofline GB/s")
     if base and base != "numpy-textbook":
         print(f"speed-up = {base} time / row time, paired within each round")
 
@@ -141,8 +171,10 @@ def print_small_sizes(small: dict, cfg):
         print("  " + label.ljust(width) + "".join(f"{c:>{col}}" for c in row))
 
 
-def print_family(rows: list[dict], n: int, rounds: int, cfg):
+def print_family(rows: list[dict], n: int, rounds: int, cfg, mode: str | None = None):
     print()
+    if mode:
+        print(mode)
     where = _where(cfg)
     print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds per algorithm; "
           f"medians")
@@ -159,8 +191,9 @@ def print_family(rows: list[dict], n: int, rounds: int, cfg):
                  if r.get("ratio") is not None else "-")
         print(fmt.format(r["algorithm"], r["kind"], r["bytes_per_param"], best,
                          r["backend"] or "-", pct, r["torch_impl"] or "-", tms, ratio))
-    print("% roof: best adamfast backend vs the best same-run roofline{N} of its kind (N state "
-          "buffers, same bytes/param); torch/adamfast: paired ratio of times within each round")
+    print("% roof: best adamfast backend vs the fastest same-run roofline{N} of its kind (N "
+          "state buffers, same bytes/param; timed on adamfast's pool, an OpenMP team and numba "
+          "prange); torch/adamfast: paired ratio of times within each round")
 
 
 def write_json(path: str, report: dict):

@@ -6,9 +6,11 @@ torch and DeepSpeed rows live in :mod:`._peers`.  Every row is an
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
-from ._config import BACKEND_ORDER, ROOFLINE_BACKENDS, TEXTBOOK, split_groups, split_sizes
+from ._config import BACKEND_ORDER, ROOFLINES, TEXTBOOK, split_groups, split_sizes
 from ._timing import Impl
 
 
@@ -18,6 +20,27 @@ class Notes(list):
     def add(self, text: str):
         if text not in self:
             self.append(text)
+
+
+_UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def touch(*arrays):
+    """Write every element of each array once, keeping its bits.
+
+    A page that was never written maps the shared zero page: reading it
+    costs no memory traffic (which flatters whichever row reads it first,
+    a roofline above all), and its first write costs a page fault.  An
+    or-with-zero through an integer view rewrites each element as it is,
+    NaNs and signed zeros included.  ``None`` and empty arrays are skipped.
+    """
+    for a in arrays:
+        if a is None or a.size == 0:
+            continue
+        if not a.flags.c_contiguous:
+            raise ValueError(f"touch: a C-contiguous array is needed, got strides {a.strides}")
+        u = a.reshape(-1).view(_UINTS[a.itemsize])
+        np.bitwise_or(u, 0, out=u)
 
 
 class Workload:
@@ -65,6 +88,7 @@ class Workload:
         self._scratch = None
         # (label, array) pairs checked for non-finite values after the run.
         self.checks = [("params", self.p)]
+        touch(self.p, self.g, self.m, self.v, self.vmax)
 
     def _alloc(self, n: int, count: int) -> tuple:
         """``count`` buffers of ``n`` elements in the configured layout (contents undefined)."""
@@ -97,10 +121,11 @@ class Workload:
         """(p, g, s0, ...) for the roofline kernels, with the algorithm's number of states."""
         if self._roof is None:
             bufs = self._alloc(self.n, 2 + self.setup.nstate)
-            bufs[0][...] = self.p  # also faults every page in before timing
+            bufs[0][...] = self.p
             bufs[1][...] = self.g
             for s in bufs[2:]:
                 s.fill(0)
+            touch(*bufs)
             self._roof = bufs
         return self._roof
 
@@ -142,13 +167,60 @@ def backends(notes: Notes, wanted=BACKEND_ORDER) -> list:
     return out
 
 
+def on_threading(module, mode, call):
+    """``call`` run with the cython extension's parallel path set to ``mode``.
+
+    The path is the extension's global switch, so it is set for this call
+    only and the previous one restored even when ``call`` raises: every
+    other row must run on the path the user chose.
+    """
+    def run(*args):
+        previous = module.threading_mode()
+        if previous == mode:
+            return call(*args)
+        module._set_threading(mode)
+        try:
+            return call(*args)
+        finally:
+            module._set_threading(previous)
+
+    return run
+
+
+def on_numba_threads(threads, call):
+    """``call`` run with numba's thread count at ``threads`` (a per-thread setting),
+    set only if it differs and restored afterwards, even when ``call`` raises."""
+    import numba
+
+    def run(*args):
+        previous = numba.get_num_threads()
+        if previous == threads:
+            return call(*args)
+        numba.set_num_threads(threads)
+        try:
+            return call(*args)
+        finally:
+            numba.set_num_threads(previous)
+
+    return run
+
+
 def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
-    """roofline{N} of each compiled backend, through its family_kernel.
+    """The roofline{N} kind on every threading available, one row each.
 
     The algorithm's kind has N state buffers and the engine's roofline{N}
-    kind moves exactly its bytes per parameter with trivial arithmetic.  It
-    runs through the same driver, chunking and serial cut-off as the
-    backend's algorithm kernels, so it pays the same threading costs.
+    kind moves exactly its bytes per parameter with trivial arithmetic.
+    Timed on three threadings, so that a loss in adamfast's own pool (which
+    the algorithm rows run on) shows instead of being shared by its ceiling:
+
+    * ``roofline-pool``: the cython extension's family_kernel on adamfast's
+      pool, with the chunking and serial cut-off of the algorithm kernels;
+    * ``roofline-openmp``: the same kernel on an OpenMP team (the extension's
+      parallel path switched for this row's call only);
+    * ``roofline-prange``: numba's own ``prange`` entry of the kind, on
+      numba's threading layer (always parallel: it has no cut-off).
+
+    All three share one set of buffers (the workload's roofline set).
     """
     from adamfast import _engine
     from adamfast.algorithms._spec import NSLOT
@@ -160,20 +232,60 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
     scalars = np.zeros((1, NSLOT))  # the rooflines read no scalars; one row satisfies the checks
     chunks = _engine.single_chunks(wl.n)
     threads = cfg.threads
+    kind = setup.roofline_kind
     impls = []
-    for name in backends(notes, ROOFLINE_BACKENDS):
-        b = load_backend(name, notes)
+
+    cy = load_backend("cython", notes) if "cython" in _available() else None
+    if cy is None:
+        notes.add("roofline-pool and roofline-openmp skipped: no usable cython extension")
+    else:
         try:
-            kid = b.kind_id(setup.roofline_kind)
+            kid = cy.kind_id(kind)
         except ValueError as exc:
-            notes.add(f"roofline-{name} skipped: {exc}")
-            continue
+            notes.add(f"roofline-pool and roofline-openmp skipped: {exc}")
+        else:
+            def kernel(t, k=cy.kernel, kid=kid):
+                k(kid, p, g, s0, s1, s2, scalars, chunks, threads)
 
-        def step(t, k=b.kernel, kid=kid):
-            k(kid, p, g, s0, s1, s2, scalars, chunks, threads)
+            module = cy.module
+            impls.append(Impl("roofline-pool", on_threading(module, "pool", kernel), "roofline",
+                              backend="cython"))
+            if module.openmp_enabled():
+                impls.append(Impl("roofline-openmp", on_threading(module, "openmp", kernel),
+                                  "roofline", backend="cython"))
+            else:
+                notes.add("roofline-openmp skipped: this cython build has no OpenMP")
 
-        impls.append(Impl(f"roofline-{name}", step, "roofline", backend=name))
+    nb = load_backend("numba", notes) if "numba" in _available() else None
+    if nb is None:
+        notes.add("roofline-prange skipped: the numba backend is not available")
+        return impls
+    import numba
+
+    try:
+        load = getattr(nb.module, "_import", importlib.import_module)
+        parallel = load(f"{nb.module.__name__}.roofline").ENTRIES[kind][1]
+    except Exception as exc:  # a module mid-rewrite must not stop the run
+        notes.add(f"roofline-prange skipped ({short_error(exc)})")
+        return impls
+    nthreads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    if nthreads < threads:
+        notes.add(f"roofline-prange runs {nthreads} threads: numba's pool was sized at start-up "
+                  f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
+    ema = np.zeros(0, cfg.dtype)  # no parameter EMA
+
+    def prange_step(t):
+        parallel(p, g, s0, s1, s2, ema, scalars, chunks)
+
+    impls.append(Impl("roofline-prange", on_numba_threads(nthreads, prange_step), "roofline",
+                      backend="numba"))
     return impls
+
+
+def _available() -> tuple:
+    import adamfast
+
+    return adamfast.available_backends()
 
 
 def _textbook(views, hp, decoupled):
@@ -305,20 +417,74 @@ def adamfast_impls(wl: Workload, cfg, setup, notes: Notes, wanted=BACKEND_ORDER,
             if (suffix and backend == "numpy") or not keep(label):
                 continue  # the reference's per-group cost is not the question
             opt = make_optimizer(wl, setup, backend, groups)
+            # zeros_buffers leaves the state's pages unmapped until written.
+            touch(opt.flat_params, opt.flat_grads, *opt.state.values())
             wl.checks.append((f"{label} params", opt.flat_params))
             wl.checks += [(f"{label} {k}", v) for k, v in opt.state.items()]
             impls.append(Impl(label, lambda t, opt=opt: opt.step(), "adamfast", backend=backend))
     return impls
 
 
-def possible_names(setup, groups: int) -> list[str]:
+USER_ARRAYS = " (user arrays)"
+
+
+def user_array_impls(wl: Workload, cfg, setup, notes: Notes, wanted=("numba", "cython"),
+                     keep=keep_all) -> list[Impl]:
+    """With ``--layout separate``: the functional step on the user's own arrays.
+
+    ``adamfast.adam_step(p, g, m, v, step=t, ...)`` (the algorithm's
+    functional step for the others) called directly on the workload's
+    separately allocated p and g, with state a NumPy user allocates beside
+    them (``np.full`` per array), one call per array: what a NumPy user
+    runs.  The optimizer rows copy the same arrays into their own staggered
+    buffers, so the gap between the two is the cost of the user's layout.
+    The rows of every backend share one set of state arrays.
+    """
+    if cfg.layout != "separate":
+        return []
+    from ._overhead import functional_step, initial_state
+
+    names = [b for b in backends(notes, wanted)
+             if keep(f"{functional_name(setup)}-{b}{USER_ARRAYS}")]
+    if not names:
+        return []
+    states = [initial_state(setup, a.size, cfg.dtype) for a in wl.views(wl.p)]
+    for k, state in enumerate(states):
+        touch(*state.values())
+        wl.checks += [(f"user arrays {name}[{k}]", a) for name, a in state.items()]
+    impls = []
+    for backend in names:
+        calls = [functional_step(setup, p, g, state, backend)[1]
+                 for p, g, state in zip(wl.views(wl.p), wl.views(wl.g), states)]
+
+        def step(t, calls=calls):
+            for call in calls:
+                call(step=t)
+
+        impls.append(Impl(f"{functional_name(setup)}-{backend}{USER_ARRAYS}", step, "adamfast",
+                          backend=backend))
+    return impls
+
+
+def functional_name(setup) -> str:
+    """The name of the algorithm's functional step: ``adam_step`` for Adam and AdamW."""
+    if setup.numpy_formula:
+        return "adam_step"
+    from adamfast import functional
+
+    return functional.STEPS[setup.spec.name].__name__
+
+
+def possible_names(setup, groups: int, layout: str = "staggered") -> list[str]:
     """Every row name this algorithm can have (whether or not it can run here)."""
-    names = [f"roofline-{b}" for b in ROOFLINE_BACKENDS]
+    names = list(ROOFLINES)
     if setup.numpy_formula:
         names += [TEXTBOOK, "numpy-inplace"]
     names += [f"adamfast-{b}" for b in BACKEND_ORDER]
     if groups > 1:
         names += [f"adamfast-{b}-1group" for b in BACKEND_ORDER if b != "numpy"]
+    if layout == "separate":
+        names += [f"{functional_name(setup)}-{b}{USER_ARRAYS}" for b in ("numba", "cython")]
     if setup.torch_name is not None:
         names += ["torch-fused", "torch-foreach"]
     if setup.numpy_formula:

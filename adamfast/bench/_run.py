@@ -11,10 +11,10 @@ from adamfast.algorithms._spec import NSLOT
 from . import _report
 from ._config import format_size, make_setup
 from ._machine import CpuMonitor, core_count, header_info, try_import
-from ._peers import deepspeed_impls, torch_impls
-from ._rows import (Notes, Workload, adamfast_impls, backends, check_finite, load_backend,
-                    numpy_impls, roofline_impls)
-from ._timing import CacheFlusher, Progress, fastest, measure, paired, summarize
+from ._peers import AfterTorch, deepspeed_impls, torch_default_threads, torch_impls, torch_threads
+from ._rows import (USER_ARRAYS, Notes, Workload, adamfast_impls, backends, check_finite,
+                    functional_name, load_backend, numpy_impls, roofline_impls, user_array_impls)
+from ._timing import CacheFlusher, Impl, Progress, fastest, measure, paired, summarize
 
 
 def _warm_numba(cfg, notes):
@@ -44,6 +44,7 @@ def run(cfg) -> dict:
     # 0.3 ms per step at 8K params).  Importing torch first is also what a
     # training script does, so this is torch's realistic case.
     try_import("torch")
+    torch_default_threads()  # read before anything here sets torch's thread count
     import adamfast
 
     adamfast.set_num_threads(cfg.threads)  # checked by the CLI already
@@ -51,9 +52,63 @@ def run(cfg) -> dict:
     _warm_numba(cfg, notes)
     flush = CacheFlusher(enabled=not cfg.hot)
     progress = Progress(enabled=not cfg.quiet)
+    after = None
+    if cfg.after_torch != "off":
+        if try_import("torch") is None:
+            notes.add("torch not installed: no after-torch table")
+        else:
+            after = AfterTorch(flush, cfg.after_torch_size)
     if cfg.family:
-        return run_family(cfg, flush, progress, notes)
-    return run_algorithm(cfg, flush, progress, notes)
+        return run_family(cfg, flush, progress, notes, after)
+    return run_algorithm(cfg, flush, progress, notes, after)
+
+
+def _after_torch_run(after, cfg, impls, rounds, progress, label, seed, first_call=True):
+    """Time ``impls`` with the torch op before each step, torch at its after-torch
+    thread count; (failure notes, torch's thread count, the machine load)."""
+    monitor = CpuMonitor()
+    with torch_threads(cfg.torch_threads) as threads:
+        failed = measure(impls, rounds, after, progress, label, seed=seed, first_call=first_call)
+    return failed, threads, monitor.stop()
+
+
+def _torch_count(cfg) -> int:
+    return cfg.torch_threads if cfg.torch_threads is not None else torch_default_threads()
+
+
+def _torch_baseline(impls, default):
+    """The after-torch tables' speed-up column: torch's fastest row (fused first)."""
+    return next((i.name for i in impls if i.kind == "torch"), default)
+
+
+def after_torch_rows(impls, best: str, setup) -> list[Impl]:
+    """The extra after-torch table's rows, as fresh copies of the cold table's: every
+    roofline, the default backend's adamfast rows and torch's fastest row."""
+    mine = {f"adamfast-{best}", f"adamfast-{best}-1group",
+            f"{functional_name(setup)}-{best}{USER_ARRAYS}"}
+    torch_row = _torch_baseline(impls, None)
+    return [Impl(i.name, i.step, i.kind, backend=i.backend) for i in impls
+            if i.kind == "roofline" or i.name in mine or i.name == torch_row]
+
+
+def _roofline_info(impls) -> dict:
+    """Which roofline rows ran, and numba's threading layer under roofline-prange
+    (known only after its first parallel call)."""
+    names = [i.name for i in impls if i.kind == "roofline"]
+    layer = None
+    if "roofline-prange" in names:
+        try:
+            import numba
+
+            layer = numba.threading_layer()
+        except (ImportError, ValueError):
+            layer = None
+    return dict(rooflines=names, prange_layer=layer)
+
+
+def _after_table(tables, n, rows, roof, threads, after):
+    tables[n] = dict(rows=rows, roofline=roof, torch_threads=threads,
+                     torch_op=dict(op="torch.add", params=after.size, dtype="float32"))
 
 
 def _groups_ratios(impls) -> dict:
@@ -67,15 +122,23 @@ def _groups_ratios(impls) -> dict:
     return out
 
 
-def run_algorithm(cfg, flush, progress, notes) -> dict:
+def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
+    import adamfast
+
     setup = cfg.setup
-    info = header_info(cfg, flush, setup)
+    info = header_info(cfg, flush, setup, after)
     _report.print_header(info, cfg, setup)
     for note in setup.notes:
         notes.add(note)
-    results, roofs, groups = {}, {}, {}
+    results, roofs, groups, after_tables = {}, {}, {}, {}
     printed = 0
     bpp = setup.bytes_per_param(cfg.dtype.itemsize)
+    every = after is not None and cfg.after_torch == "all"
+    # The extra after-torch table: at the largest size, over the rows its cold
+    # table built (so it costs no memory and no construction).
+    extra_at = (cfg.sizes.index(max(cfg.sizes))
+                if after is not None and cfg.after_torch == "extra" else None)
+    best = adamfast.available_backends()[0]
     for size_idx, n in enumerate(cfg.sizes):
         wl = Workload(n, cfg, setup)
         # Rows --impl rejects are not even built (each optimizer owns a copy
@@ -85,27 +148,55 @@ def run_algorithm(cfg, flush, progress, notes) -> dict:
                              or any(tok in name for tok in cfg.impl))
         impls = (roofline_impls(wl, cfg, setup, notes) + numpy_impls(wl, setup, keep)
                  + adamfast_impls(wl, cfg, setup, notes, keep=keep)
+                 + user_array_impls(wl, cfg, setup, notes, keep=keep)
                  + torch_impls(wl, cfg, setup, notes, keep=keep)
                  + deepspeed_impls(wl, cfg, setup, notes, keep=keep))
         _report.print_notes(notes[printed:])
         printed = len(notes)
         rounds = cfg.rounds_for(n)
-        monitor = CpuMonitor()
-        failed = measure(impls, rounds, flush, progress, f"size {format_size(n)}",
-                         seed=cfg.seed + size_idx)
-        load = monitor.stop()
+        label = f"size {format_size(n)}"
+        if every:
+            failed, threads, load = _after_torch_run(after, cfg, impls, rounds, progress,
+                                                     f"after torch {label}", cfg.seed + size_idx)
+        else:
+            monitor = CpuMonitor()
+            failed = measure(impls, rounds, flush, progress, label, seed=cfg.seed + size_idx)
+            load = monitor.stop()
         for note in failed:
             notes.add(note)
         _report.print_notes(notes[printed:])
         printed = len(notes)
-        rows, roof = summarize(impls, n, bpp, setup.baseline)
-        roof.update(machine_load=load, kind=setup.roofline_kind)
+        rows, roof = summarize(impls, n, bpp,
+                               _torch_baseline(impls, setup.baseline) if every
+                               else setup.baseline)
+        roof.update(machine_load=load, kind=setup.roofline_kind, **_roofline_info(impls))
         results[n], roofs[n] = rows, roof
-        _report.print_table(rows, roof, n, rounds, cfg)
+        if every:
+            _after_table(after_tables, n, rows, roof, threads, after)
+            _report.print_table(rows, roof, n, rounds, cfg,
+                                mode=_report.after_torch_title(after, threads))
+        else:
+            _report.print_table(rows, roof, n, rounds, cfg)
         ratios = _groups_ratios(impls)
         groups[n] = {b: dict(p25=r[0], median=r[1], p75=r[2]) for b, r in ratios.items()}
         _report.print_groups(ratios, cfg)
         _report.print_load(load, cfg)
+        if size_idx == extra_at:
+            sub = after_torch_rows(impls, best, setup)
+            failed, threads, load = _after_torch_run(after, cfg, sub, rounds, progress,
+                                                     f"after torch {label}",
+                                                     cfg.seed + 1000 + size_idx,
+                                                     first_call=False)
+            for note in failed:
+                notes.add(note)
+            _report.print_notes(notes[printed:])
+            printed = len(notes)
+            rows, roof = summarize(sub, n, bpp, _torch_baseline(sub, None))
+            roof.update(machine_load=load, kind=setup.roofline_kind, **_roofline_info(sub))
+            _after_table(after_tables, n, rows, roof, threads, after)
+            _report.print_table(rows, roof, n, rounds, cfg,
+                                mode=_report.after_torch_title(after, threads))
+            _report.print_load(load, cfg)
         warning = check_finite(wl)
         if warning:
             print(warning)
@@ -124,10 +215,12 @@ def run_algorithm(cfg, flush, progress, notes) -> dict:
         _report.print_overhead(ovh, cfg)
         _report.print_small_sizes(small, cfg)
 
+    _report.print_notes(notes[printed:])
     report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
                   results={str(n): rows for n, rows in results.items()},
                   roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh,
-                  small_sizes_us=small)
+                  small_sizes_us=small,
+                  after_torch={str(n): t for n, t in after_tables.items()})
     if cfg.groups > 1:
         report["groups_vs_one_group"] = {str(n): g for n, g in groups.items()}
     if cfg.json_path:
@@ -156,10 +249,11 @@ def _family_row(setup, impls, itemsize) -> dict:
     return row
 
 
-def run_family(cfg, flush, progress, notes) -> dict:
+def run_family(cfg, flush, progress, notes, after=None) -> dict:
     from adamfast.algorithms import ALGORITHMS
 
-    info = header_info(cfg, flush, None)
+    every = after is not None and cfg.after_torch == "all"
+    info = header_info(cfg, flush, None, after if every else None)
     _report.print_header(info, cfg, None)
     setups = [make_setup(name) for name in ALGORITHMS]
     for s in setups:
@@ -180,8 +274,13 @@ def run_family(cfg, flush, progress, notes) -> dict:
                      + adamfast_impls(wl, cfg, setup, notes, wanted=("numba", "cython"),
                                       one_group_rows=False)
                      + torch_impls(wl, cfg, setup, notes, fastest_only=True))
-            failed = measure(impls, rounds, flush, progress, f"{setup.name} size {format_size(n)}",
-                             seed=cfg.seed + 100 * size_idx + k)
+            label = f"{setup.name} size {format_size(n)}"
+            seed = cfg.seed + 100 * size_idx + k
+            if every:
+                failed = _after_torch_run(after, cfg, impls, rounds, progress,
+                                          f"after torch {label}", seed)[0]
+            else:
+                failed = measure(impls, rounds, flush, progress, label, seed=seed)
             for note in failed:
                 notes.add(note)
             fam.append(_family_row(setup, impls, cfg.dtype.itemsize))
@@ -195,7 +294,9 @@ def run_family(cfg, flush, progress, notes) -> dict:
         _report.print_notes(notes[printed:])
         printed = len(notes)
         results[n] = fam
-        _report.print_family(fam, n, rounds, cfg)
+        _report.print_family(fam, n, rounds, cfg,
+                             mode=_report.after_torch_title(after, _torch_count(cfg))
+                             if every else None)
         _report.print_load(load, cfg)
         sys.stdout.flush()
     report = dict(meta=info, config=_config_dict(cfg), notes=list(notes),
@@ -211,4 +312,5 @@ def _config_dict(cfg) -> dict:
                 groups=cfg.groups, repeat={str(n): cfg.rounds_for(n) for n in cfg.sizes},
                 algorithm=None if cfg.family else cfg.setup.name, family=cfg.family,
                 amsgrad=cfg.amsgrad, impl=cfg.impl, hot=cfg.hot, seed=cfg.seed,
-                layout=cfg.layout)
+                layout=cfg.layout, after_torch=cfg.after_torch,
+                after_torch_size=cfg.after_torch_size, torch_threads=cfg.torch_threads)

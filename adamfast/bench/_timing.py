@@ -64,13 +64,17 @@ class Progress:
             self.width = 0
 
 
-def measure(impls: list[Impl], rounds: int, flush: CacheFlusher, progress: Progress, label: str,
-            seed: int) -> list[str]:
+def measure(impls: list[Impl], rounds: int, flush, progress: Progress, label: str,
+            seed: int, first_call: bool = True) -> list[str]:
     """Warm up each implementation, then ``rounds`` rounds over all of them in shuffled order.
 
-    A row whose first call raises (a numba kind module that does not load,
-    say) is dropped from ``impls`` and reported in the returned notes, so one
-    broken backend cannot stop the run.
+    ``flush`` is called before every step, outside the timer: the
+    :class:`CacheFlusher`, or :class:`~._peers.AfterTorch` (the flush, then
+    a torch op).  A row whose first call raises (a numba kind module that
+    does not load, say) is dropped from ``impls`` and reported in the
+    returned notes, so one broken backend cannot stop the run.
+    ``first_call=False``: rows that already ran (a second table over the
+    same rows) record no first-call time.
     """
     rng = random.Random(seed)
     failed = []
@@ -82,7 +86,8 @@ def measure(impls: list[Impl], rounds: int, flush: CacheFlusher, progress: Progr
         try:
             t0 = time.perf_counter_ns()
             impl.step(1)
-            impl.first_call_ns = time.perf_counter_ns() - t0
+            if first_call:
+                impl.first_call_ns = time.perf_counter_ns() - t0
             impl.step(2)
         except Exception as exc:
             impls.remove(impl)

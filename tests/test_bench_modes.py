@@ -1,0 +1,226 @@
+"""The benchmark's roofline rows, its after-torch tables and its user-array rows.
+
+Structure only: tiny sizes and few rounds, never a speed (the machine is shared).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import adamfast
+from adamfast.bench._cli import build_parser, config_from_args
+from adamfast.bench._config import AFTER_TORCH_SIZE, ROOFLINES, Config, make_setup
+from adamfast.bench._rows import (Notes, Workload, on_numba_threads, on_threading, roofline_impls,
+                                  touch)
+
+torch = pytest.importorskip("torch")
+CYTHON = "cython" in adamfast.available_backends()
+NUMBA = "numba" in adamfast.available_backends()
+needs_all = pytest.mark.skipif(not (CYTHON and NUMBA), reason="needs the cython and numba backends")
+
+
+def _config(*argv):
+    threads = adamfast.get_num_threads()
+    parser = build_parser()
+    try:
+        return config_from_args(parser.bench, parser.parse_args(["bench", *argv]))
+    finally:
+        adamfast.set_num_threads(threads)
+
+
+def test_after_torch_flags_parse():
+    assert _config().after_torch == "extra"  # the default run adds one after-torch table
+    assert _config("--after-torch").after_torch == "all"
+    assert _config("--no-after-torch").after_torch == "off"
+    assert _config("--family").after_torch == "off"
+    assert _config("--family", "--after-torch").after_torch == "all"
+    assert _config().after_torch_size == AFTER_TORCH_SIZE
+    assert _config("--after-torch-size", "2M").after_torch_size == 2 * 2**20
+    # torch keeps its own thread count unless --threads is given
+    assert _config().torch_threads is None
+    assert _config("--threads", "1").torch_threads == 1
+
+
+def _run(tmp_path, *argv):
+    out = tmp_path / "run.json"
+    r = subprocess.run([sys.executable, "-m", "adamfast", "bench", "--quiet", "--sizes", "64K",
+                        "--repeat", "2", "--no-overhead", "--json", str(out), *argv],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    return r.stdout, json.loads(out.read_text())
+
+
+def _table_names(block: str) -> list[str]:
+    """Row names of the first table in ``block`` (the lines between the rule and the footer)."""
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    names = []
+    for line in lines[start:]:
+        if not line.strip() or line.startswith("*"):
+            break
+        names.append(line.split("  ")[0].rstrip("*").strip())
+    return names
+
+
+@needs_all
+def test_default_run_has_three_rooflines_and_an_after_torch_table(tmp_path):
+    stdout, report = _run(tmp_path)
+    cold, _, after = stdout.partition("AFTER TORCH:")
+    assert after, "no after-torch table in the default run"
+    best = adamfast.available_backends()[0]
+    cold_names, after_names = _table_names(cold), _table_names(after)
+    assert set(ROOFLINES) <= set(cold_names)
+    assert after_names == [*ROOFLINES, f"adamfast-{best}", "torch-fused"]
+    assert "rooflines on three threadings" in cold
+    assert "the fastest of roofline-pool, roofline-openmp, roofline-prange" in after
+    assert "vs torch fused" in after
+
+    assert report["config"]["after_torch"] == "extra"
+    cold_rows = report["results"]["65536"]
+    assert set(ROOFLINES) <= {r["impl"] for r in cold_rows}
+    assert all(r["first_call_ms"] is not None for r in cold_rows)
+    table = report["after_torch"]["65536"]
+    assert [r["impl"] for r in table["rows"]] == after_names
+    assert table["roofline"]["impl"] in ROOFLINES
+    assert table["roofline"]["rooflines"] == list(ROOFLINES)
+    assert table["roofline"]["baseline"] == "torch-fused"
+    assert table["torch_threads"] == torch.get_num_threads()  # torch's default, untouched
+    assert table["torch_op"]["params"] == AFTER_TORCH_SIZE
+    # the rows already ran in the cold table: no first call to report
+    assert all(r["first_call_ms"] is None for r in table["rows"])
+    # % roof is judged against the fastest roofline
+    fastest = min((r for r in table["rows"] if r["kind"] == "roofline"),
+                  key=lambda r: r["median_ms"])
+    assert table["roofline"]["impl"] == fastest["impl"]
+    assert max(r["pct_roofline"] for r in table["rows"] if r["kind"] == "roofline") == \
+        pytest.approx(100)
+
+
+@needs_all
+def test_after_torch_run_with_user_arrays(tmp_path):
+    stdout, report = _run(tmp_path, "--after-torch", "--hot", "--layout", "separate",
+                          "--threads", "1", "--impl", "cython", "torch-fused")
+    assert stdout.count("AFTER TORCH:") == 1  # every table after torch, no extra one
+    user = "adam_step-cython (user arrays)"
+    names = _table_names(stdout.partition("AFTER TORCH:")[2])
+    assert names == [*ROOFLINES, "numpy-textbook", "adamfast-cython", user, "torch-fused"]
+    assert report["config"]["after_torch"] == "all"
+    table = report["after_torch"]["65536"]
+    assert [r["impl"] for r in table["rows"]] == names
+    assert [r["impl"] for r in report["results"]["65536"]] == names
+    assert table["roofline"]["baseline"] == "torch-fused"
+    assert table["torch_threads"] == 1  # --threads applies to torch
+    assert "warning: non-finite" not in stdout
+
+
+def test_extra_after_torch_table_takes_the_default_backends_rows_and_torchs_fastest():
+    from adamfast.bench._run import after_torch_rows
+    from adamfast.bench._timing import Impl
+
+    names = [("roofline-pool", "roofline"), ("roofline-prange", "roofline"),
+             ("numpy-textbook", "numpy"), ("adamfast-numba", "adamfast"),
+             ("adamfast-cython", "adamfast"), ("adamfast-cython-1group", "adamfast"),
+             ("adam_step-numba (user arrays)", "adamfast"),
+             ("adam_step-cython (user arrays)", "adamfast"), ("torch-fused", "torch"),
+             ("torch-foreach", "torch")]
+    impls = [Impl(name, lambda t: None, kind) for name, kind in names]
+    impls[0].times_ns.append(1)
+    impls[0].first_call_ns = 1
+    rows = after_torch_rows(impls, "cython", make_setup("Adam"))
+    assert [r.name for r in rows] == ["roofline-pool", "roofline-prange", "adamfast-cython",
+                                      "adamfast-cython-1group",
+                                      "adam_step-cython (user arrays)", "torch-fused"]
+    assert rows[0] is not impls[0] and rows[0].times_ns == [] and rows[0].first_call_ns is None
+
+
+def _workload(n=1 << 16, layout="staggered"):
+    setup = make_setup("Adam")
+    cfg = Config(sizes=[n], dtype=np.dtype(np.float32), threads=2, layout=layout, setup=setup)
+    return Workload(n, cfg, setup), cfg, setup
+
+
+@pytest.mark.skipif(not CYTHON, reason="needs the cython extension")
+def test_openmp_roofline_restores_the_threading_mode_when_the_kernel_raises():
+    from adamfast._dispatch import cython_module
+
+    module = cython_module()
+    if not module.openmp_enabled():
+        pytest.skip("this cython build has no OpenMP")
+    before = module.threading_mode()
+    seen = []
+
+    def failing(t):
+        seen.append(module.threading_mode())
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        on_threading(module, "openmp", failing)(1)
+    assert seen == ["openmp"]
+    assert module.threading_mode() == before
+
+    # The real row: a read-only params buffer makes the kernel itself refuse.
+    wl, cfg, setup = _workload()
+    rows = {i.name: i for i in roofline_impls(wl, cfg, setup, Notes())}
+    rows["roofline-openmp"].step(1)  # runs
+    assert module.threading_mode() == before
+    wl.roofline_buffers[0].flags.writeable = False
+    with pytest.raises(ValueError):
+        rows["roofline-openmp"].step(2)
+    assert module.threading_mode() == before
+
+
+@pytest.mark.skipif(not NUMBA, reason="needs numba")
+def test_prange_roofline_restores_numba_threads_when_it_raises():
+    import numba
+
+    before = numba.get_num_threads()
+    want = 1 if before != 1 else min(2, numba.config.NUMBA_NUM_THREADS)
+    if want == before:
+        pytest.skip("numba has one thread only")
+    seen = []
+
+    def failing(t):
+        seen.append(numba.get_num_threads())
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError):
+        on_numba_threads(want, failing)(1)
+    assert seen == [want]
+    assert numba.get_num_threads() == before
+
+
+@needs_all
+def test_rooflines_move_the_same_data_on_every_threading():
+    wl, cfg, setup = _workload(100003 * 3)
+    rows = roofline_impls(wl, cfg, setup, Notes())
+    assert [r.name for r in rows] == list(ROOFLINES)
+    p, g, s0, s1 = wl.roofline_buffers
+    want_p, want_s = p.copy(), s1.copy()
+    for k, row in enumerate(rows, 1):
+        row.step(k)
+        want_p += g  # one p += g per call, every element (float32, as the kernels)
+        want_s += g
+        np.testing.assert_array_equal(p, want_p, err_msg=row.name)
+        np.testing.assert_array_equal(s1, want_s, err_msg=row.name)
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_touch_maps_every_page_and_keeps_every_bit():
+    a = np.zeros(32 * 2**20 // 4, np.float32)  # calloc'd: its pages are not mapped yet
+    before = _resident_bytes()
+    touch(a)
+    assert _resident_bytes() - before >= 0.9 * a.nbytes
+    b = np.array([-0.0, np.nan, np.inf, -1.5, 1e-45], np.float32)
+    bits = b.view(np.uint32).copy()
+    touch(b, None, np.zeros(0))
+    np.testing.assert_array_equal(b.view(np.uint32), bits)
