@@ -253,7 +253,8 @@ extensions = [
 setup(
     # Listed explicitly so kernels/, tests/ and bench/ never get installed
     # as top-level packages.
-    packages=["adamfast", "adamfast.algorithms", "adamfast._numba", "adamfast.bench"],
+    packages=["adamfast", "adamfast.algorithms", "adamfast._numba", "adamfast.bench",
+              "adamfast.paper"],
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
