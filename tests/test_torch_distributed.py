@@ -48,7 +48,11 @@ def _run(fn, *args):
 
 
 def _init(rank, port):
-    os.environ.setdefault("ADAMFAST_NUM_THREADS", "1")  # 2 ranks on 2 cores
+    # 2 ranks on 2 cores.  ADAMFAST_NUM_THREADS would be read too late here: the
+    # worker imported adamfast already.
+    import adamfast
+
+    adamfast.set_num_threads(1)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD, timeout=timedelta(seconds=60))
@@ -95,6 +99,12 @@ def _zero_worker(rank, port):
             other = p.clone()
             dist.broadcast(other, src=0)
             assert torch.equal(other, p)
+        # ZeRO holds the process group: drop it first, as the DDP worker does.
+        del model, opt
+        import gc
+
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
