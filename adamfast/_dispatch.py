@@ -25,6 +25,12 @@ callable with this signature::
   straddle a group, so one kernel call serves every group.
 * Kernels keep no state between calls.  The update is element-wise and the
   chunking fixed, so results are bit-identical for any ``num_threads``.
+* A kernel writes all of a step or none of it, so the optimizers can keep
+  their counters with the buffers when a KeyboardInterrupt arrives: compiled
+  code is never interrupted midway, and a backend whose kernel runs Python
+  code (numba's checks, the reference) sets ``MARKS_UNWRITTEN = True`` and
+  tags whatever stops it before its first write with
+  ``exc.adamfast_unwritten = True`` (read by ``adamfast.optim._kernel_wrote``).
 
 The cython module also provides the fast paths ``step_fast`` (any kind, one
 group, buffers checked in C) and ``adam_step_fast`` (all of ``adam_step`` in

@@ -174,7 +174,7 @@ def _make_step(spec):
             gstate = {}
             for name, default in spec.gstate.items():
                 if name in kwargs:
-                    gstate[name] = kwargs[name]
+                    gstate[name] = spec.check_gstate(name, kwargs[name])
                 elif spec.gstate_from_step is not None:
                     gstate[name] = spec.gstate_from_step(name, t)
                 else:

@@ -66,6 +66,11 @@ KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
 
 
+# family_kernel marks an exception that stops it before its first write
+# (adamfast.optim._kernel_wrote).
+MARKS_UNWRITTEN = True
+
+
 def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
     """Run ``KINDS[kind_id]``'s reference update over the chunk table.
 
@@ -75,40 +80,55 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     then does ``ema = d*ema + (1 - d)*params`` (the new params) with the
     row's EMA slots: the compiled drivers do it in the same pass.
     """
-    update = _BY_ID[kind_id]
-    dtype = params.dtype.type
-    rows = [tuple(dtype(x) for x in row) for row in scalars.tolist()]
-    runs = []
-    for group, lo, hi in chunks.tolist():
-        if runs and runs[-1][0] == group and runs[-1][2] == lo:
-            runs[-1][2] = hi
-        else:
-            runs.append([group, lo, hi])
-    runs = [r for r in runs if r[2] > r[1]]
-    # Non-finite values propagate silently, as in the compiled kernels and PyTorch.
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if len(runs) == 1 and ema is None:
-            # One slice: the update itself writes only after computing everything.
-            group, lo, hi = runs[0]
-            update(params[lo:hi], grads[lo:hi], s0[lo:hi], s1[lo:hi], s2[lo:hi], rows[group])
+    try:
+        update = _BY_ID[kind_id]
+        dtype = params.dtype.type
+        rows = [tuple(dtype(x) for x in row) for row in scalars.tolist()]
+        runs = []
+        for group, lo, hi in chunks.tolist():
+            if runs and runs[-1][0] == group and runs[-1][2] == lo:
+                runs[-1][2] = hi
+            else:
+                runs.append([group, lo, hi])
+        runs = [r for r in runs if r[2] > r[1]]
+        if not runs:
             return
-        # Several groups, or the EMA after the update: compute every run into
-        # copies first and write them all at the end, so that a failure
-        # midway (a MemoryError in the third group, say) leaves every buffer
-        # as it was.  Unused state slots have length 0 and stay empty.
+        # Compute every run into copies first and write them all at the end, so
+        # that a failure midway (a MemoryError in the third group, say) leaves
+        # every buffer as it was.  Unused state slots have length 0 and stay
+        # empty.  Non-finite values propagate silently, as in the compiled
+        # kernels and PyTorch.
         staged = []
-        for group, lo, hi in runs:
-            k = rows[group]
-            new = [b[lo:hi].copy() for b in (params, s0, s1, s2)]
-            update(new[0], grads[lo:hi], new[1], new[2], new[3], k)
-            e = None if ema is None else k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * new[0]
-            staged.append((lo, hi, new, e))
-    # Copies into existing memory: nothing left to allocate, nothing to fail.
-    for lo, hi, new, e in staged:
-        for dst, src in zip((params, s0, s1, s2), new):
-            dst[lo:hi] = src
-        if e is not None:
-            ema[lo:hi] = e
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            for group, lo, hi in runs:
+                k = rows[group]
+                new = [b[lo:hi].copy() for b in (params, s0, s1, s2)]
+                update(new[0], grads[lo:hi], new[1], new[2], new[3], k)
+                new.append(ema if ema is None else k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * new[0])
+                staged.append(new)
+        if len(runs) == 1:
+            index = slice(runs[0][1], runs[0][2])
+            new = staged[0]
+        else:
+            index = np.concatenate([np.arange(lo, hi) for _, lo, hi in runs])
+            new = [None if parts[0] is None else np.concatenate(parts)
+                   for parts in zip(*staged)]
+    except BaseException as exc:
+        # Python so far, and nothing written: an interrupt here came before the
+        # writes, which the optimizer must know (adamfast.optim._kernel_wrote).
+        exc.adamfast_unwritten = True
+        raise
+    # The writes: no call and no loop (no bytecode that runs a signal handler)
+    # up to the return, so an interrupt comes before all of them or after.
+    params[index] = new[0]
+    if s0.size:
+        s0[index] = new[1]
+    if s1.size:
+        s1[index] = new[2]
+    if s2.size:
+        s2[index] = new[3]
+    if ema is not None:
+        ema[index] = new[4]
 
 
 def sumsq_kernel(grads, out, num_threads):

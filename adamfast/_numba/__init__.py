@@ -240,6 +240,11 @@ def _check_chunks(chunks, ngroups, n):
                      f"for {ngroups} groups and {n} elements")
 
 
+# family_kernel marks an exception that stops it before its first write
+# (adamfast.optim._kernel_wrote).
+MARKS_UNWRITTEN = True
+
+
 def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
     """One step of kind ``KINDS[kind_id]`` in place; the kernel contract of adamfast._dispatch.
 
@@ -257,38 +262,44 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     the wrong dtype/length/layout, a chunk row out of range) raises
     ValueError or TypeError before any buffer is written.
     """
+    # Python up to here: an interrupt (KeyboardInterrupt) in it came before any
+    # write, which the optimizer must know (adamfast.optim._kernel_wrote).
     try:
-        kind_id = operator.index(kind_id)
-        num_threads = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(f"family_kernel: kind_id and num_threads must be integers, got "
-                        f"{kind_id!r} and {num_threads!r}") from None
-    if not 0 <= kind_id < len(KINDS):
-        raise ValueError(f"family_kernel: kind_id must be in [0, {len(KINDS)}), got {kind_id}")
-    nused = 2 + _NSTATE[kind_id]
-    arrays = (params, grads, s0, s1, s2)
-    dtype, n = _check_buffers(arrays, nused)
-    if nused < 5:
-        empty = _EMPTY[dtype]
-        arrays = arrays[:nused] + (empty,) * (5 - nused)
-    if ema is None:
-        arrays = arrays + (_EMPTY[dtype],)
-    else:
-        _check_buffers((params, ema), 2)
-        arrays = arrays + (ema,)
+        try:
+            kind_id = operator.index(kind_id)
+            num_threads = operator.index(num_threads)
+        except TypeError:
+            raise TypeError(f"family_kernel: kind_id and num_threads must be integers, got "
+                            f"{kind_id!r} and {num_threads!r}") from None
+        if not 0 <= kind_id < len(KINDS):
+            raise ValueError(f"family_kernel: kind_id must be in [0, {len(KINDS)}), got {kind_id}")
+        nused = 2 + _NSTATE[kind_id]
+        arrays = (params, grads, s0, s1, s2)
+        dtype, n = _check_buffers(arrays, nused)
+        if nused < 5:
+            empty = _EMPTY[dtype]
+            arrays = arrays[:nused] + (empty,) * (5 - nused)
+        if ema is None:
+            arrays = arrays + (_EMPTY[dtype],)
+        else:
+            _check_buffers((params, ema), 2)
+            arrays = arrays + (ema,)
 
-    _check_table("scalars", scalars, _F64, NSLOT)
-    ngroups = scalars.shape[0]
-    if ngroups < 1:
-        raise ValueError("family_kernel: scalars must have at least one row")
-    _check_table("chunks", chunks, _INTP, 3)
-    if chunks.shape[0] == 0:
-        return
-    _check_chunks(chunks, ngroups, n)
-    if n == 0:
-        return
+        _check_table("scalars", scalars, _F64, NSLOT)
+        ngroups = scalars.shape[0]
+        if ngroups < 1:
+            raise ValueError("family_kernel: scalars must have at least one row")
+        _check_table("chunks", chunks, _INTP, 3)
+        if chunks.shape[0] == 0:
+            return
+        _check_chunks(chunks, ngroups, n)
+        if n == 0:
+            return
 
-    serial, parallel, block = _entries.get(kind_id) or _load(kind_id)
+        serial, parallel, block = _entries.get(kind_id) or _load(kind_id)
+    except BaseException as exc:
+        exc.adamfast_unwritten = True
+        raise
     if _POOL is not None:
         # The block entry, through adamfast's pool: chunk rows are claimed by
         # the caller and the workers, or all run on the caller below the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,21 +49,24 @@ def describe(value):
     return f"{text} ({type(value).__name__})"
 
 
-def _real(name, value):
+def _real(name, value, expected="a real number"):
     if type(value) is float:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+        raise TypeError(f"{name} must be {expected}, got {describe(value)}")
     return float(value)
 
 
-def _ranged(lo, hi, lo_closed=True, hi_closed=False, text=None):
-    """A check for a finite real in a range; the range is part of the message."""
+def _ranged(lo, hi, lo_closed=True, hi_closed=False, text=None, type_text=False):
+    """A check for a finite real in a range; the range is part of the message (of a
+    TypeError's too with ``type_text``)."""
+    expected = text if type_text else "a real number"
+
     def check(name, value):
         if type(value) is float and (lo <= value if lo_closed else lo < value) and \
                 (value <= hi if hi_closed else value < hi):
             return value
-        x = _real(name, value)
+        x = _real(name, value, expected)
         ok = (lo <= x if lo_closed else lo < x) and (x <= hi if hi_closed else x < hi)
         if not ok or math.isnan(x):
             raise ValueError(f"{name} must be {text}, got {value!r}")
@@ -74,6 +78,7 @@ def _ranged(lo, hi, lo_closed=True, hi_closed=False, text=None):
 nonneg = _ranged(0.0, math.inf, text="a finite number >= 0")
 unit_open = _ranged(0.0, 1.0, text="in [0, 1)")
 unit_closed = _ranged(0.0, 1.0, hi_closed=True, text="in [0, 1]")
+finite = _ranged(-math.inf, math.inf, lo_closed=False, text="a finite number", type_text=True)
 
 
 def flag(name, value):
@@ -127,6 +132,10 @@ class Spec:
     check      cross-field checks of one group's hp (raise ValueError)
     state_init ``(buffer name, hp) -> fill value`` before the first step
     gstate     the group state before the first step (a dict), or None
+    gstate_checks  name -> check of a group-state entry given from outside (a
+               functional step's keyword, a state_dict); undeclared entries
+               are checked by the type of their initial value (a flag, or a
+               finite number)
     peer       the torch class (``"torch.optim.Adam"``) or formula the tests
                compare with
     fixed      hyperparameters a class pins (AdamW's decoupled decay) and
@@ -150,6 +159,7 @@ class Spec:
     check: Callable | None = None
     state_init: Callable | None = None
     gstate: dict | None = None
+    gstate_checks: dict = field(default_factory=dict)
     peer: str = ""
     fixed: dict = field(default_factory=dict)
     gstate_from_step: Callable | None = None
@@ -171,6 +181,9 @@ class Spec:
         # Frozen: computed once here, read on every step.
         object.__setattr__(self, "_all_state", tuple(seen))
         object.__setattr__(self, "_hp_names", tuple(h.name for h in self.hyper))
+        object.__setattr__(self, "_gstate_checks", {
+            name: self.gstate_checks.get(name) or (flag if isinstance(value, bool) else finite)
+            for name, value in (self.gstate or {}).items()})
 
     def all_state_names(self):
         return self._all_state
@@ -195,6 +208,19 @@ class Spec:
             self.check(out, where)
         out.update(self.fixed)
         return out
+
+    def check_gstate(self, name, value, label=None):
+        """One entry of the group state, checked as declared; ``label`` names it in errors."""
+        return self._gstate_checks[name](label or name, value)
+
+    def validate_gstate(self, gstate, where=""):
+        """Check one group's state (a mapping with exactly the spec's keys); return a new
+        dict of clean values.  Errors name ``{where}[{key!r}]``, or the bare key."""
+        if not isinstance(gstate, Mapping) or set(gstate) != set(self._gstate_checks):
+            raise ValueError(f"{where or 'group state'} must be a dict with keys "
+                             f"{sorted(self._gstate_checks)}, got {describe(gstate)}")
+        return {name: self.check_gstate(name, value, f"{where}[{name!r}]" if where else name)
+                for name, value in gstate.items()}
 
     def check_names(self, keys, where=""):
         known = {h.name for h in self.hyper}

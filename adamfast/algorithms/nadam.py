@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._spec import HP, Spec, flag, learning_rate, nonneg, pair, unit_open
+from ._spec import HP, Spec, _ranged, flag, learning_rate, nonneg, pair, unit_open
 
 GS, PS, L2, B1, OMB1, B2, OMB2, IBC2, EPS, CG, CM = range(11)
 
@@ -60,6 +60,13 @@ def update_nadam(p, g, s0, s1, s2, k):
     p[...] = p_new
 
 
+# Each mu_t is in [0, 1) (beta1 in [0, 1)), so their product is in [0, 1]; 0 is
+# real: exactly 0 after step 1 with beta1 = 0, and the float64 product of
+# factors below 1/2 (momentum_decay=0) underflows to 0 after about 900 steps.
+check_mu_product = _ranged(0.0, 1.0, hi_closed=True, type_text=True,
+                           text="a finite number in [0, 1] (the product of the factors mu_t, each "
+                                "in [0, 1); 1.0 before the first step)")
+
 NADAM = Spec(
     name="NAdam",
     kinds={"nadam": ("exp_avg", "exp_avg_sq")},
@@ -68,5 +75,6 @@ NADAM = Spec(
            HP("momentum_decay", 4e-3, nonneg), HP("decoupled_weight_decay", False, flag),
            HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "nadam",
-    reference={"nadam": update_nadam}, gstate={"mu_product": 1.0}, peer="torch.optim.NAdam",
+    reference={"nadam": update_nadam}, gstate={"mu_product": 1.0},
+    gstate_checks={"mu_product": check_mu_product}, peer="torch.optim.NAdam",
     torch_scalar_state=("step", "mu_product"))
