@@ -54,6 +54,32 @@ of them in a model of up to 32 tensors), because ``p.data_ptr()`` costs as
 much as the rest of the per-tensor work: a rebinding is reported within
 ceil(tensors/32) steps, before the run could go on silently.
 
+Sparse gradients (``nn.Embedding(sparse=True)``): SGD and Adagrad take a
+``torch.sparse_coo`` grad as torch's do.  It is densified into the flat
+gradient buffer (duplicate indices summed) and ``p.grad`` stays the sparse
+tensor (never rebound), so a sparse grad costs a dense copy per step: a
+correct path, not a fast one.  The result is torch's element by element (an
+entry the gradient does not touch gets a zero gradient, which leaves it, and
+its ``sum``, unchanged).  What torch refuses is refused with torch's
+RuntimeError: ``weight_decay != 0`` and ``fused=True`` with a sparse grad, and
+a sparse grad in any other class.  Adagrad with ``eps=0`` is refused too
+(ValueError): an untouched entry whose accumulator is 0 would be 0/0 in the
+dense kernel, where torch's sparse path skips it.  The state is dense:
+``momentum_buffer`` is a strided tensor where torch's sparse path keeps a
+sparse one (a checkpoint with a sparse one loads, densified).  A grad with the
+wrong dtype, shape, device or layout is refused with a message naming that
+property.
+
+Hyperparameters
+===============
+A group's hyperparameters may change between steps, as schedulers change
+them, in place included: a Tensor ``lr`` that a scheduler ``fill_``s, Tensor
+betas changed in place, list betas mutated.  Each step sees the current
+values, and a changed value is validated before anything is written (as at
+construction: a refused value raises ValueError and the step changes
+nothing).  Unchanged groups cost one identity check over the group's values,
+plus reading the Tensors' and lists' values.
+
 Checkpoints
 ===========
 ``state_dict()`` is torch's own (torch's implementation): per param the keys
@@ -67,6 +93,61 @@ checks everything first and then copies into the existing views; it never
 rebinds them.  Checkpoints load into ``torch.optim`` and back.  The extras
 (``eps_hat`` ...) appear in ``param_groups`` only when set to a non-default
 value, so a default adamfast checkpoint's groups have exactly torch's keys.
+As torch's, Adagrad creates ``step`` and ``sum`` in its constructor (for the
+params given then; a group added later gets its state at its first step, as
+does a param that a loaded checkpoint has no state for).
+
+Saving a module, not the optimizer: every param is a view of its dtype's flat
+buffer, and ``torch.save`` writes a tensor's whole storage.  So
+``torch.save(model.state_dict())`` writes the buffer once (no waste: the
+params fill it exactly), but a submodule's ``state_dict()`` (or a single param) also
+writes the whole flat buffer: a 10-element bias of a 1M-parameter model saves
+as 4 MB.  ``pickle.dumps`` is worse: it writes the whole storage once per
+tensor.  Save a part compactly by cloning it first::
+
+    sd = model.head.state_dict()
+    torch.save({k: v.clone() for k, v in sd.items()}, "head.pt")
+
+Copies
+======
+``copy.deepcopy(opt)`` and ``pickle`` work as with torch.optim.  A copy is an
+independent optimizer over the copied params: it lays out flat buffers of its
+own and rebinds each copied param's ``.data`` to a view of them (a copy cannot
+share the original's buffers).  ``copy.deepcopy((model, opt))`` (or one pickle
+of both) copies each param once, so the copied optimizer steps the copied
+model; ``copy.deepcopy(opt)`` alone copies the params too, and the copy then
+steps params no model holds, as torch.optim's copy does.  The copy carries
+``param_groups``, the state (as ``load_state_dict`` takes it, plus NAdam's
+``mu_product`` in float64), the EMA, the guarded step's options, the backend
+and ``last_result``; step hooks and gradients are not copied (torch.optim
+copies no hooks, and ``Parameter`` copies no ``.grad``).
+
+Concurrency, interruption, ``torch.compile``
+============================================
+``step()`` on one optimizer from several threads is serialized by a lock
+per optimizer (one step after the other, none lost; optimizers never share
+a lock, so different optimizers in different threads run concurrently).  A
+``step()`` called from inside the same optimizer's step (by its closure)
+raises RuntimeError instead of deadlocking.  Only ``step()`` (and taking a
+copy) holds the lock: ``zero_grad``, ``load_state_dict`` and
+``add_param_group`` concurrent with a step are the caller's to order, as with
+torch.optim.
+
+A step is atomic as the user sees it: everything is checked before anything
+is written, and a kernel checks its arguments before it writes, so an
+exception leaves params, state and counters as they were.  A KeyboardInterrupt
+(Ctrl-C) arriving during the kernel call is raised when the call returns,
+after it wrote: the step then completes its bookkeeping (``step``,
+``mu_product``, the other dtype's kernel) before the interrupt propagates, so
+the counters never lag the buffers.  (The numpy backend's kernel is Python
+code and can be interrupted midway; the compiled kernels cannot.  With params
+of both dtypes a step is two kernel calls; only a bug could make the second
+refuse arguments the first accepted.)
+
+Under ``torch.compile``, the step runs eagerly: dynamo does not trace it
+(tracing would guard on the step's float scalars and recompile at every
+step), so a compiled training step graph-breaks at ``opt.step()`` and never
+recompiles because of it.
 
 Threads
 =======
@@ -167,7 +248,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 
@@ -188,6 +271,9 @@ _GUARDED = {"max_grad_norm": None, "skip_nonfinite": False, "ema_decay": None}
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PARAM_ARGS = ("params", "param_names")
 _CHECK = 32  # params whose data pointer each step checks, in rotation (see _collect)
+_SPARSE = ("SGD", "Adagrad")  # torch's classes that take sparse gradients
+_STATE_AT_CONSTRUCTION = ("Adagrad",)  # torch's classes whose constructor creates the state
+_BETAS_ALIKE = ("Adam", "AdamW")  # torch's classes refusing betas that mix float and Tensor
 
 
 def _scalar_dtype():
@@ -205,6 +291,35 @@ def _plain(value):
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
     return value
+
+
+_PLAIN_TYPES = (float, int, bool, str, type(None), np.float64, np.float32, np.bool_)
+
+
+def _reader(value):
+    """A zero-argument function returning the current value of a hyperparameter that
+    can change in place without the group noticing (a Tensor, which schedulers
+    ``fill_``; a list; a tuple holding either), or None for one that cannot."""
+    if type(value) in _PLAIN_TYPES:  # isinstance(x, torch.Tensor) costs ~0.2 us
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.tolist
+    if isinstance(value, (list, tuple)):
+        parts = [_reader(v) for v in value]
+        if all(r is None for r in parts):
+            return value.copy if isinstance(value, list) else None
+        return lambda: [v if r is None else r() for v, r in zip(value, parts)]
+    return None
+
+
+def _readers(raw):
+    """One function reading every in-place-changeable value of ``raw``, or None."""
+    found = [r for r in map(_reader, raw) if r is not None]
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0]
+    return lambda: [r() for r in found]
 
 
 def _describe(p):
@@ -308,10 +423,20 @@ class Optimizer(torch.optim.Optimizer):
         self._plist = []
         self._ema_list = None
         self._hp_cache = {}
+        self._lock = threading.Lock()  # serializes step()
+        self._closure_thread = None
         self._building = True
         super().__init__(params, defaults)
         self._building = False
         self._layout()
+        if self.spec.name in _STATE_AT_CONSTRUCTION:
+            # torch's Adagrad creates step and sum in its constructor, for the params
+            # given then only: a group added later, or a param that a loaded checkpoint
+            # has no state for, gets its state at its first step, as in torch.
+            for i, g in enumerate(self._gidx):
+                self._fill_state(i, self._group_hp(g, self.param_groups[g]))
+            for pool in self._pools:
+                self._refresh(pool)
         self._warn_threads()
 
     # --- hyperparameters ------------------------------------------------------
@@ -337,6 +462,12 @@ class Optimizer(torch.optim.Optimizer):
         return out
 
     def _validate(self, group, where):
+        if self.spec.name in _BETAS_ALIKE:
+            b = group.get("betas")
+            if isinstance(b, (tuple, list)) and len(b) == 2 and \
+                    isinstance(b[0], torch.Tensor) != isinstance(b[1], torch.Tensor):
+                raise ValueError(f"{where}betas must be either both floats or both Tensors, as "
+                                 f"in torch.optim.{self.spec.name}; got {b!r}")
         hp = self._hp(group)
         if callable(hp["lr"]):
             raise TypeError(f"{where}lr must be a number or a tensor; adamfast.torch takes "
@@ -344,16 +475,49 @@ class Optimizer(torch.optim.Optimizer):
         return self.spec.validate(hp, where)
 
     def _group_hp(self, gi, group):
-        """A group's validated hp, checked again only when a value changed (schedulers)."""
-        raw = tuple(map(group.get, self._hp_names))
+        """A group's validated hp, checked again only when a value changed (schedulers).
+
+        The cache holds the objects the group held when it was validated.  The
+        step's check is one of identity over the group's values (cheaper than
+        reading the hyperparameters one by one), then, for the values that can
+        change in place (a Tensor lr that a scheduler ``fill_``s, Tensor betas,
+        list betas), of their current value: an in-place change takes effect and
+        is checked.  Equality alone would not do: a Tensor compares equal to the
+        float of its value (in the Tensor's precision), so replacing one by the
+        other would go unseen.
+        """
         cached = self._hp_cache.get(gi)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
+        if cached is not None and (
+                (len(group) == len(cached[0]) and all(map(operator.is_, group.values(),
+                                                          cached[0])))
+                or self._same_hp(gi, group, cached)):
+            read = cached[2]
+            if read is None or read() == cached[3]:
+                return cached[1]
         self._hp_changed = True
-        self._check_flags(group, f"param_groups[{gi}]: ")
-        hp = self._validate(group, f"param_groups[{gi}]: ")
-        self._hp_cache[gi] = (raw, hp)
+        where = f"param_groups[{gi}]: "
+        self._check_flags(group, where)
+        raw = tuple(map(group.get, self._hp_names))
+        read = _readers(raw)
+        seen = None if read is None else read()  # before validating: a change after it is seen
+        hp = self._validate(group, where)
+        self._hp_cache[gi] = [tuple(group.values()), hp, read, seen, raw]
         return hp
+
+    def _same_hp(self, gi, group, cached):
+        """The group holds other objects than when validated: whether its
+        hyperparameters are still the cached ones (the others may differ: a
+        scheduler's ``initial_lr``, a user's key), each the same object or a plain
+        number of the same type and value (a scheduler assigning an equal float).
+        If so the cache takes the new objects, for the next identity check."""
+        raw = tuple(map(group.get, self._hp_names))
+        for a, b in zip(raw, cached[4]):
+            if a is not b and (type(a) is not type(b) or type(a) not in _PLAIN_TYPES or a != b):
+                return False
+        self._check_flags(group, f"param_groups[{gi}]: ")
+        cached[0] = tuple(group.values())
+        cached[4] = raw
+        return True
 
     # --- params and layout ----------------------------------------------------
 
@@ -639,11 +803,12 @@ class Optimizer(torch.optim.Optimizer):
 
     # --- the step -------------------------------------------------------------
 
-    def _collect(self, pool):
+    def _collect(self, pool, hps):
         """Which params of a pool step (their grads checked), before anything is written.
 
         Returns (inactive positions, foreign positions): params whose grad is
-        None, and params whose grad is not the bound view (to copy and rebind).
+        None, and params whose grad is not the bound view (to copy and rebind,
+        or, when sparse, to densify into the flat gradient buffer).
         """
         inactive = foreign = None
         k = 0
@@ -674,13 +839,50 @@ class Optimizer(torch.optim.Optimizer):
                     f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
                     f"optimizer after such changes")
         for k in foreign or ():
-            p, g = pool.params[k], pool.params[k].grad
-            if not isinstance(g, torch.Tensor) or g.layout != torch.strided or \
-                    g.device.type != "cpu" or g.dtype != p.dtype or g.shape != p.shape:
-                raise ValueError(f"the grad of param {int(pool.index[k])} must be a dense CPU "
-                                 f"tensor like the param ({_describe(p)}), got "
-                                 f"{_describe(g) if isinstance(g, torch.Tensor) else type(g)}")
+            self._check_grad(pool, k, hps)
         return inactive, foreign
+
+    def _check_grad(self, pool, k, hps):
+        """A grad the optimizer has not bound: refused, naming what is wrong, unless the
+        flat gradient buffer can take it (a dense grad like the param, or a sparse COO
+        grad where torch's class takes one)."""
+        p = pool.params[k]
+        g = p.grad
+        where = f"the grad of param {int(pool.index[k])} ({_describe(p)})"
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"{where} must be a tensor, got {type(g).__name__}")
+        if g.layout != torch.strided:
+            self._check_sparse(g, where, pool.groups[k], hps[pool.groups[k]])
+        if g.device.type != "cpu":
+            raise ValueError(f"{where} is on {g.device}; expected cpu, the param's device")
+        if g.dtype != p.dtype:
+            raise ValueError(f"{where} has dtype {g.dtype}; expected {p.dtype}, the param's dtype")
+        if g.shape != p.shape:
+            raise ValueError(f"{where} has shape {tuple(g.shape)}; expected {tuple(p.shape)}, "
+                             f"the param's shape")
+
+    def _check_sparse(self, g, where, gi, hp):
+        """torch's rules for a sparse grad: SGD and Adagrad take a COO grad (not with
+        weight_decay, nor fused=True); the other classes raise RuntimeError."""
+        name = self.spec.name
+        if g.layout != torch.sparse_coo:
+            raise ValueError(f"{where} has layout {g.layout}; expected torch.strided (dense)"
+                             + (" or torch.sparse_coo" if name in _SPARSE else ""))
+        if name not in _SPARSE:
+            raise RuntimeError(f"{name} does not support sparse gradients ({where} has layout "
+                               f"torch.sparse_coo); SGD and Adagrad do, as in torch.optim")
+        if self.param_groups[gi].get("fused"):
+            raise RuntimeError(f"{name} with fused=True does not support sparse gradients, as "
+                               f"torch.optim.{name} ({where} is sparse)")
+        if hp["weight_decay"] != 0:
+            raise RuntimeError(f"{name}: the weight_decay option is not compatible with sparse "
+                               f"gradients, as in torch.optim.{name} ({where} is sparse)")
+        if name == "Adagrad" and hp["eps"] == 0:
+            # The dense kernel would give 0/0 where the accumulator is still 0 and the
+            # sparse grad has no entry; torch's sparse path leaves those entries alone.
+            raise ValueError(f"Adagrad with eps=0 cannot take a sparse gradient ({where} is "
+                             f"sparse): an entry it does not touch would become NaN; use "
+                             f"eps > 0 (the default is 1e-10)")
 
     def step(self, closure=None, *, grad_scale=None):
         """One step over every param with a gradient: one kernel call per dtype.
@@ -697,82 +899,117 @@ class Optimizer(torch.optim.Optimizer):
         and otherwise the :class:`adamfast.StepResult` of the step
         (``grad_norm``, ``skipped``).  Either way the result is also kept in
         ``opt.last_result``.
+
+        Concurrent calls on one optimizer are serialized by its lock (one step
+        after the other, none lost); a ``step()`` called from inside this
+        optimizer's own step (its closure) raises RuntimeError.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        d = self.__dict__
-        amp_scale = d.get("grad_scale")
-        found_inf = d.get("found_inf")
-        if grad_scale is not None:
-            if amp_scale is not None:
-                raise ValueError("grad_scale was given to step() while torch.amp.GradScaler "
-                                 "also passes its scale: the gradients would be unscaled twice; "
-                                 "use one or the other")
-            scale = _guard.check_scale(_plain(grad_scale))
-        else:
-            scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
-        amp_skip = found_inf is not None and float(found_inf) != 0.0
-        inv = _guard.unscale(scale, [_NP[pool.dtype] for pool in self._pools])
-        groups = self.param_groups
-        self._hp_changed = False
-        hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
-        if self._hp_changed:
-            for pool in self._pools:
-                need = self._needed_names([hps[g] for g in set(pool.groups)])
-                if not need <= set(pool.names):  # a structural switch was turned on: grow
-                    self._layout()
-                    hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
-                    break
-        plans = [(pool, *self._collect(pool)) for pool in self._pools]
-        spec = self.spec
-        nthreads = _dispatch.get_num_threads()
-        # Everything is valid: from here on, write (the gradients first: the guard reads them).
-        for pool, inactive, foreign in plans:
-            if foreign:
-                with torch.no_grad():
-                    for k in foreign:
-                        pool.gviews[k].copy_(pool.params[k].grad)
-                        pool.params[k].grad = pool.gviews[k]
-        if self._guard_on:
-            nthreads = _guard.pass_threads(self._backend,
-                                           sum(pool.np["grad"].size for pool in self._pools),
-                                           nthreads)
-        mult, norm, skipped = self._guard_pass(plans, inv, nthreads)
-        if skipped or amp_skip:
-            # Nothing changes: params, state, EMA and step counts (GradScaler's found_inf
-            # is skipped exactly as torch's fused optimizers skip it).
-            result = self.last_result = _guard.StepResult(norm, True)
-            return loss if closure is not None else result
-        ema = self._ema_decay
-        for pool, inactive, foreign in plans:
-            if inactive is None and pool.uniform:
-                rows_g, chunks = pool.full
-                rows, news = [], []
-                for g in rows_g:
-                    i = self._first(pool, g)
-                    row, new = spec.scalars(int(self._steps_np[i]) + 1, hps[g], self._gstate(i))
-                    rows.append(_guard.fold(row, mult, ema))
-                    news.append((g, new))
-                self._kernel(pool, rows, chunks, nthreads, single=len(rows) == 1)
-                if pool.everyone:
-                    self._steps_np += 1
-                else:
-                    self._steps_np[pool.index] += 1
-                if spec.gstate is not None:
-                    groups_arr = np.asarray(pool.groups)
-                    for g, new in news:
-                        self._set_gstate(pool.index[groups_arr == g], new)
-                if not pool.all_state:
-                    for i in pool.index:
-                        if not self._has_state[i]:
-                            self._fill_state(int(i), hps[self._gidx[i]])
-                    pool.all_state = True
+        ct = self._closure_thread
+        if ct is not None and ct == threading.get_ident():
+            raise RuntimeError(
+                f"{type(self).__name__}.step() was called from inside its own step(), by "
+                f"the closure: the outer step would then apply a second update with stale "
+                f"counters.  Return the loss from the closure and let step() step")
+        # A with-block: a Ctrl-C cannot land between taking the lock and the handler
+        # that releases it, as it can after a lock.acquire() call.
+        with self._lock:
+            loss = None
+            if closure is not None:
+                # Marks the thread running the closure, so that a step() from inside
+                # it is refused (above) instead of waiting for the lock forever.
+                self._closure_thread = threading.get_ident()
+                try:
+                    with torch.enable_grad():
+                        loss = closure()
+                finally:
+                    self._closure_thread = None
+            d = self.__dict__
+            amp_scale = d.get("grad_scale")
+            found_inf = d.get("found_inf")
+            if grad_scale is not None:
+                if amp_scale is not None:
+                    raise ValueError("grad_scale was given to step() while torch.amp."
+                                     "GradScaler also passes its scale: the gradients would be "
+                                     "unscaled twice; use one or the other")
+                scale = _guard.check_scale(_plain(grad_scale))
             else:
-                self._step_classes(pool, set(inactive or ()), hps, mult, nthreads)
-        result = self.last_result = _guard.PLAIN if norm is None else _guard.StepResult(norm)
-        return loss if closure is not None else result
+                scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
+            amp_skip = found_inf is not None and float(found_inf) != 0.0
+            inv = _guard.unscale(scale, [_NP[pool.dtype] for pool in self._pools])
+            groups = self.param_groups
+            self._hp_changed = False
+            hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+            if self._hp_changed:
+                for pool in self._pools:
+                    need = self._needed_names([hps[g] for g in set(pool.groups)])
+                    if not need <= set(pool.names):  # a structural switch was turned on: grow
+                        self._layout()
+                        hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+                        break
+            plans = [(pool, *self._collect(pool, hps)) for pool in self._pools]
+            spec = self.spec
+            nthreads = _dispatch.get_num_threads()
+            # Everything is valid: from here on, write (the gradients first: the guard reads them).
+            for pool, inactive, foreign in plans:
+                if foreign:
+                    with torch.no_grad():
+                        for k in foreign:
+                            g = pool.params[k].grad
+                            if g.layout == torch.strided:
+                                pool.gviews[k].copy_(g)
+                                pool.params[k].grad = pool.gviews[k]
+                            else:  # sparse: densified (duplicates summed), p.grad left as is
+                                pool.gviews[k].copy_(g.to_dense())
+            if self._guard_on:
+                nthreads = _guard.pass_threads(self._backend,
+                                               sum(pool.np["grad"].size for pool in self._pools),
+                                               nthreads)
+            mult, norm, skipped = self._guard_pass(plans, inv, nthreads)
+            if skipped or amp_skip:
+                # Nothing changes: params, state, EMA and step counts (GradScaler's found_inf
+                # is skipped exactly as torch's fused optimizers skip it).
+                result = self.last_result = _guard.StepResult(norm, True)
+                return loss if closure is not None else result
+            ema = self._ema_decay
+            interrupted = None
+            for pool, inactive, foreign in plans:
+                if inactive is None and pool.uniform:
+                    rows_g, chunks = pool.full
+                    rows, news = [], []
+                    for g in rows_g:
+                        i = self._first(pool, g)
+                        row, new = spec.scalars(int(self._steps_np[i]) + 1, hps[g], self._gstate(i))
+                        rows.append(_guard.fold(row, mult, ema))
+                        news.append((g, new))
+                    try:
+                        self._kernel(pool, rows, chunks, nthreads, single=len(rows) == 1)
+                    except Exception:
+                        raise  # the kernels check their arguments before writing: nothing to count
+                    except BaseException as exc:
+                        # A Ctrl-C that came during the C call is raised as it returns, after the
+                        # kernel wrote: the counters advance with the buffers, the other dtypes
+                        # step too, and then it propagates.
+                        interrupted = exc
+                    if pool.everyone:
+                        self._steps_np += 1
+                    else:
+                        self._steps_np[pool.index] += 1
+                    if spec.gstate is not None:
+                        groups_arr = np.asarray(pool.groups)
+                        for g, new in news:
+                            self._set_gstate(pool.index[groups_arr == g], new)
+                    if not pool.all_state:
+                        for i in pool.index:
+                            if not self._has_state[i]:
+                                self._fill_state(int(i), hps[self._gidx[i]])
+                        pool.all_state = True
+                else:
+                    interrupted = self._step_classes(pool, set(inactive or ()), hps, mult,
+                                                     nthreads) or interrupted
+            result = self.last_result = _guard.PLAIN if norm is None else _guard.StepResult(norm)
+            if interrupted is not None:
+                raise interrupted
+            return loss if closure is not None else result
 
     def _guard_pass(self, plans, inv, nthreads):
         """Pass 1 of the guarded step over every dtype's gradients at once:
@@ -843,7 +1080,9 @@ class Optimizer(torch.optim.Optimizer):
     def _step_classes(self, pool, inactive, hps, mult, nthreads):
         """The general case: params at different step counts or group states, or some
         without a gradient.  Each (group, step, group state) is one row of the
-        scalar table; one kernel call still does every param that steps."""
+        scalar table; one kernel call still does every param that steps.  Returns
+        the KeyboardInterrupt (or other BaseException) the kernel call raised after
+        writing, for the caller to raise once the step is counted."""
         spec = self.spec
         classes = {}
         ranges = []
@@ -863,14 +1102,20 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 ranges.append((c, lo, hi))
         if not classes:
-            return
+            return None
         rows, news = [], []
         for (g, step, _), c in classes.items():
             i = members[c][0]
             row, new = spec.scalars(int(step) + 1, hps[g], self._gstate(i))
             rows.append(_guard.fold(row, mult, self._ema_decay))
             news.append(new)
-        self._kernel(pool, rows, _chunks(ranges), nthreads, single=False)
+        interrupted = None
+        try:
+            self._kernel(pool, rows, _chunks(ranges), nthreads, single=False)
+        except Exception:
+            raise
+        except BaseException as exc:  # as in _step: the kernel wrote, count the step
+            interrupted = exc
         for c, idx in enumerate(members):
             idx = np.asarray(idx, dtype=np.intp)
             self._steps_np[idx] += 1
@@ -879,6 +1124,7 @@ class Optimizer(torch.optim.Optimizer):
                 if not self._has_state[i]:
                     self._fill_state(int(i), hps[self._gidx[i]])
         self._refresh(pool)
+        return interrupted
 
     # --- gradients ------------------------------------------------------------
 
@@ -990,13 +1236,14 @@ class Optimizer(torch.optim.Optimizer):
                 self._started[i] = False
                 self.state.pop(p, None)
                 self._has_state[i] = False
-                if self.spec.name == "Adagrad":  # torch's Adagrad has state from the start
-                    self._fill_state(i, hp)
                 continue
             st, keys = entry
             for name in pool.names:
                 if name in keys:
-                    pool.views[k][name].copy_(st[name].reshape(pool.views[k][name].shape))
+                    src = st[name]
+                    if src.layout != torch.strided:  # torch's sparse momentum_buffer
+                        src = src.to_dense()
+                    pool.views[k][name].copy_(src.reshape(pool.views[k][name].shape))
                 else:
                     pool.views[k][name].fill_(self._init_value(name, hp))
             if "step" in keys:
@@ -1059,8 +1306,56 @@ class Optimizer(torch.optim.Optimizer):
             out[pindex[id(p)]] = v
         return out
 
+    # --- copies ---------------------------------------------------------------
+
+    def __getstate__(self):
+        """What a copy (``copy.deepcopy``, ``pickle``) is made from: the param groups,
+        holding the params themselves (a model copied together with the optimizer
+        keeps sharing them), compact clones of the state and the EMA, the guarded
+        step's options and the backend.  ``__setstate__`` builds new flat buffers."""
+        if self._closure_thread == threading.get_ident():  # in its own closure: lock held
+            return self._copy_state()
+        with self._lock:
+            return self._copy_state()
+
+    def _copy_state(self):
+        state = {}
+        for i, p in enumerate(self._plist):
+            st = self.state.get(p)
+            if st:
+                state[i] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                            for k, v in st.items()}
+        return {
+            "param_groups": [dict(g, params=list(g["params"])) for g in self.param_groups],
+            "state": state,
+            "ema": None if self._ema_list is None else
+            {i: e.clone() for i, e in enumerate(self._ema_list)},
+            # NAdam's mu_product in float64 (state_dict() holds torch's scalar dtype)
+            "mu_product": self._mu64.copy(),
+            "defaults": dict(self.defaults),
+            "options": {"max_grad_norm": self._max_grad_norm,
+                        "skip_nonfinite": self._skip_nonfinite,
+                        "ema_decay": self._ema_decay, "backend": self._backend.name},
+            "last_result": self.last_result,
+        }
+
     def __setstate__(self, state):
-        raise TypeError("adamfast.torch optimizers are not picklable; save state_dict() instead")
+        """A copy: a new optimizer over the copied params (their ``.data`` becomes a
+        view of its own flat buffers), then the state loaded as a checkpoint."""
+        known = self.__signature__.parameters
+        kwargs = {k: v for k, v in state["defaults"].items()
+                  if k in known and k not in _PARAM_ARGS}
+        Optimizer.__init__(self, [dict(g) for g in state["param_groups"]], **kwargs,
+                           **state["options"])
+        groups, n = [], 0
+        for g in self.param_groups:
+            groups.append(dict(g, params=list(range(n, n + len(g["params"])))))
+            n += len(g["params"])
+        self.load_state_dict({"state": state["state"], "param_groups": groups,
+                              "ema": state["ema"]})
+        self._mu64[:] = state["mu_product"]
+        self._mu_np[:] = state["mu_product"]
+        self.last_result = state["last_result"]
 
 
 # --- the classes ----------------------------------------------------------------
@@ -1071,14 +1366,35 @@ def _hook_step(func):
 
     hooked = torch.optim.Optimizer.profile_hook_step(func)
 
-    @functools.wraps(func)
-    def step(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or topt._global_optimizer_pre_hooks or topt._global_optimizer_post_hooks
                 or profiler._is_profiler_enabled):
             return hooked(self, *args, **kwargs)
         return func(self, *args, **kwargs)
-    return step
+
+    # Under torch.compile the step runs eagerly, nothing of it traced: tracing into it
+    # would guard on every step's float scalars and recompile each step.  dynamo does
+    # not trace this wrapper (skip: free per call) but calls it for real, its frame
+    # callback still installed, so the step then runs under torch.compiler.disable
+    # (``run``), which costs ~0.5 us a call and is paid only there.  Importing
+    # torch._dynamo here costs nothing more: torch.optim's add_param_group imports it
+    # in the same constructor.
+    from torch._dynamo.decorators import skip
+
+    eager = torch.compiler.disable(run, recursive=True)
+    callback = torch._C._dynamo.eval_frame.get_eval_frame_callback
+
+    @functools.wraps(func)
+    def step(self, *args, **kwargs):
+        if callback() is not None:
+            return eager(self, *args, **kwargs)
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or topt._global_optimizer_pre_hooks or topt._global_optimizer_post_hooks
+                or profiler._is_profiler_enabled):
+            return hooked(self, *args, **kwargs)
+        return func(self, *args, **kwargs)
+    return skip(step)
 
 
 def _signature(spec, torch_cls):

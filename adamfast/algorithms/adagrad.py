@@ -9,6 +9,14 @@ Per element, for step ``t``::
     theta = theta - clr * g / (sqrt(sum) + eps)
 
 The accumulator never decreases (g*g >= 0).
+
+A sparse gradient (``adamfast.torch``, as torch's sparse path) is the dense
+update with ``g = 0`` where it has no entry: there ``sum`` is unchanged and
+``theta - clr * 0 / (sqrt(sum) + eps)`` is ``theta`` exactly, as long as
+``sqrt(sum) + eps > 0``.  With ``eps = 0`` and ``sum = 0`` that is 0/0, where
+torch leaves the entry alone, so ``adamfast.torch`` refuses a sparse gradient
+with ``eps = 0``; torch refuses ``weight_decay`` with one (it would make
+every entry's gradient nonzero).
 """
 
 from __future__ import annotations
