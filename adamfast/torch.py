@@ -155,9 +155,10 @@ torch's intra-op pool (``torch.set_num_threads``) runs forward and backward;
 adamfast's threads (``adamfast.set_num_threads``, ``ADAMFAST_NUM_THREADS``,
 default: every core in the process's affinity mask) run the step.  In a
 training loop they alternate (backward, then step), so each may use every
-core; they are separate OpenMP runtimes (torch ships its own libgomp) and
-only compete if the step runs concurrently with torch work (e.g. in another
-Python thread).  ``OMP_NUM_THREADS`` does not reach adamfast's step: the
+core, and large steps may run on a team of the OpenMP runtime they share,
+reusing torch's still-spinning workers (README, Threads).  They compete only
+if the step runs concurrently with torch work (e.g. in another Python
+thread).  ``OMP_NUM_THREADS`` does not reach adamfast's step: the
 Cython kernel passes its own thread count to each parallel region.  So under
 ``torchrun``, which sets ``OMP_NUM_THREADS=1`` when it starts several
 processes per node, torch's backward runs on one thread per rank while each

@@ -22,7 +22,23 @@
 #   microseconds on a VM), then sleep on a condition variable;
 # * a second Python thread stepping at the same time runs its step serially
 #   instead of waiting; after fork() the child forgets the parent's workers
-#   (pthread_atfork) and starts new ones if it ever asks for threads.
+#   (pthread_atfork) and starts new ones if it ever asks for threads;
+# * large calls (AF_OMP_MIN_CHUNKS and up) may run on an OpenMP team instead,
+#   with the same dynamic claiming of blocks, chosen by measurement (below).
+#
+# Why an OpenMP team at all: right after torch's work (a backward pass) its
+# OpenMP workers keep spinning on the cores for a few ms, in the OpenMP
+# runtime this extension shares with torch (one libgomp.so.1 per process).
+# A pool worker then gets half a core; a team of that runtime reuses the
+# spinning threads instead.  Measured on 2 cores (16M float32 Adam, torch op
+# before each step): pool 9.4 ms, team 7.6 ms; at 1M, 536 vs 279 us.  But a
+# team's region ends with a barrier that waits for every thread to arrive,
+# and with a core busy that costs a time slice (the reason the pool exists).
+# Neither is best everywhere and a process cannot see the runtime's spinners,
+# so each size class (a power of two of chunks) keeps the recent time per
+# chunk of both paths and runs the faster one, trying the other one call in
+# AF_EXPLORE.  Which thread runs a block never changes a result, so the
+# choice changes speed only.
 
 cdef extern from *:
     """
@@ -54,6 +70,11 @@ cdef extern from *:
        the step keeps them awake for the next. */
     #define AF_COLD_MIN_CHUNKS 32
     #define AF_TIGHT_NS 1000000L
+    /* The OpenMP team is considered from this many chunks (512K elements) up;
+       smaller calls cost too little for a sleeping team's wake-up. */
+    #define AF_OMP_MIN_CHUNKS 32
+    #define AF_OMP_BUCKETS 40
+    #define AF_EXPLORE 16
 
     static struct {
         pthread_mutex_t run_mu;    /* one job at a time */
@@ -185,6 +206,54 @@ cdef extern from *:
         pthread_mutex_unlock(&af_pool.run_mu);
     }
 
+    static double af_est[AF_OMP_BUCKETS][2];   /* ns per chunk: [pool, team]; 0 unknown */
+    static unsigned af_calls[AF_OMP_BUCKETS];
+    static int af_policy = 0;   /* 0 measured, 1 pool only, 2 team only */
+
+    static long af_ns_since(const struct timespec *t0) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        return (t1.tv_sec - t0->tv_sec) * 1000000000L + (t1.tv_nsec - t0->tv_nsec);
+    }
+
+    #if ADAMFAST_OPENMP
+    /* The pool's dynamic claiming of blocks, on an OpenMP team. */
+    static void af_team_run(af_block_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
+        Py_ssize_t nblocks = (Py_ssize_t)nthreads * AF_BLOCKS_PER_THREAD;
+        Py_ssize_t next = 0;
+        if (nblocks > nchunks) nblocks = nchunks;
+        #pragma omp parallel num_threads(nthreads) shared(next)
+        {
+            for (;;) {
+                Py_ssize_t i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+                if (i >= nblocks) break;
+                fn(ctx, nchunks * i / nblocks, nchunks * (i + 1) / nblocks);
+            }
+        }
+    }
+    #endif
+
+    static int af_bucket(Py_ssize_t nchunks) {
+        int b = 0;
+        while (nchunks > 1 && b < AF_OMP_BUCKETS - 1) { nchunks >>= 1; b++; }
+        return b;
+    }
+
+    /* 1 to run this call on the team, 0 on the pool. */
+    static int af_choose(int b) {
+        if (af_policy) return af_policy == 2;
+        double pool = af_est[b][0], team = af_est[b][1];
+        if (pool == 0.0) return 0;
+        if (team == 0.0) return 1;
+        int best = team < pool;
+        return (++af_calls[b] % AF_EXPLORE == 0) ? !best : best;
+    }
+
+    static void af_record(int b, int team, long ns, Py_ssize_t nchunks) {
+        double x = (double)ns / (double)nchunks, *e = &af_est[b][team];
+        *e = (*e == 0.0) ? x : *e + 0.25 * (x - *e);
+    }
+
     /* Run fn over nchunks chunks on the caller and up to nthreads - 1
        workers.  Returns the number of threads that could take part (1 when
        it ran serially). */
@@ -203,6 +272,20 @@ cdef extern from *:
         clock_gettime(CLOCK_MONOTONIC, &now);
         long since = (now.tv_sec - af_pool.last_end.tv_sec) * 1000000000L
                      + (now.tv_nsec - af_pool.last_end.tv_nsec);
+        int bucket = -1, team = 0;
+    #if ADAMFAST_OPENMP
+        if (nchunks >= AF_OMP_MIN_CHUNKS) {
+            bucket = af_bucket(nchunks);
+            team = af_choose(bucket);
+        }
+        if (team) {
+            af_team_run(fn, ctx, nchunks, nthreads);
+            af_record(bucket, 1, af_ns_since(&now), nchunks);
+            clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
+            pthread_mutex_unlock(&af_pool.run_mu);
+            return nthreads;
+        }
+    #endif
         if (nchunks < AF_COLD_MIN_CHUNKS && since > AF_TIGHT_NS
                 && __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) >= af_pool.started) {
             /* A small call, every worker asleep, not in a loop of calls:
@@ -258,6 +341,7 @@ cdef extern from *:
                 pthread_cond_wait(&af_pool.done_cv, &af_pool.mu);
             pthread_mutex_unlock(&af_pool.mu);
         }
+        if (bucket >= 0) af_record(bucket, 0, af_ns_since(&now), nchunks);
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         pthread_mutex_unlock(&af_pool.run_mu);
         return workers + 1;
@@ -267,7 +351,10 @@ cdef extern from *:
     int af_pool_run(af_block_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
     void af_pool_wake(int nthreads) nogil
     const int AF_COLD_MIN_CHUNKS
+    const int AF_OMP_MIN_CHUNKS
     int af_pool_awake() nogil
+    int af_policy
+    double af_est[40][2]
 
 
 # A call of fewer elements that finds the workers asleep, away from a loop of
@@ -315,3 +402,27 @@ def _run_blocks(size_t fn, tuple arrays, tuple sizes, Py_ssize_t nchunks, int nu
     with nogil:
         used = af_pool_run(<af_block_fn>fn, <void*>ctx, nchunks, num_threads)
     return used
+
+
+_POLICIES = {"measured": 0, "pool": 1, "team": 2}
+
+
+def _set_pool_policy(str policy):
+    """How large calls pick their threads: "measured" (the default: the faster of the
+    pool and an OpenMP team, as recently timed), "pool" or "team" (forced; for the
+    benchmark and tests).  Results are the same bits on every path."""
+    global af_policy
+    if policy not in _POLICIES:
+        raise ValueError("policy must be one of %s, got %r" % (tuple(_POLICIES), policy))
+    if policy == "team" and not ADAMFAST_OPENMP:
+        raise ValueError("policy 'team': this build has no OpenMP")
+    af_policy = _POLICIES[policy]
+
+
+def _pool_policy():
+    """The policy in use, and each size class's recent ns per chunk ((pool, team),
+    0.0 where not yet measured), from AF_OMP_MIN_CHUNKS chunks up."""
+    name = {v: k for k, v in _POLICIES.items()}[af_policy]
+    est = {1 << b: (af_est[b][0], af_est[b][1]) for b in range(40)
+           if af_est[b][0] != 0.0 or af_est[b][1] != 0.0}
+    return name, est

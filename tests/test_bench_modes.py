@@ -216,7 +216,12 @@ def _resident_bytes():
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
 def test_touch_maps_every_page_and_keeps_every_bit():
-    a = np.zeros(32 * 2**20 // 4, np.float32)  # calloc'd: its pages are not mapped yet
+    import mmap
+
+    # A fresh anonymous mapping: none of its pages is resident yet (a calloc'd
+    # array may reuse memory that an earlier test left mapped).
+    region = mmap.mmap(-1, 32 * 2**20)
+    a = np.frombuffer(region, np.float32)
     before = _resident_bytes()
     touch(a)
     assert _resident_bytes() - before >= 0.9 * a.nbytes

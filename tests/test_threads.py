@@ -107,3 +107,81 @@ def test_guarded_step_passes_wake_the_pool_only_when_it_pays(name):
     assert _guard.pass_threads(b, cold_min - 1, 2) == 1   # asleep and small: the caller
     assert _guard.pass_threads(b, 1000, 1) == 1
     assert _guard.pass_threads(_dispatch.get_backend("numpy"), 1000, 2) == 2
+
+
+# --- large calls: adamfast's pool or an OpenMP team, chosen by measurement ---------------
+
+def _cython_module():
+    from adamfast import _dispatch
+
+    return _dispatch.cython_module()
+
+
+@pytest.fixture
+def pool_policy():
+    if "cython" not in COMPILED:
+        pytest.skip("the pool is the cython extension's")
+    mod = _cython_module()
+    before = mod._pool_policy()[0]
+    yield mod
+    mod._set_pool_policy(before)
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "RMSprop"])
+def test_every_thread_policy_gives_the_same_bits(pool_policy, compiled_backend, name, threads):
+    """Large calls run on the pool or on an OpenMP team (the guarded step's norm pass
+    too, and numba's block entries): the same bits either way."""
+    n = (1 << 20) + 5  # 65 chunks: above AF_OMP_MIN_CHUNKS
+    results = []
+    adamfast.set_num_threads(2)
+    for policy in ("pool", "team", "measured"):
+        if policy == "team" and not _has_openmp(pool_policy):
+            continue
+        pool_policy._set_pool_policy(policy)
+        rng = np.random.default_rng(3)
+        opt = getattr(adamfast, name)([rng.standard_normal(n).astype(np.float32)],
+                                      backend=compiled_backend, max_grad_norm=1.0,
+                                      skip_nonfinite=True)
+        norms = []
+        for _ in range(4):
+            opt.grads[0][...] = rng.standard_normal(n).astype(np.float32)
+            norms.append(opt.step().grad_norm)
+        results.append((policy, opt.flat_params.copy(), opt.state, norms))
+    first = results[0]
+    for policy, params, state, norms in results[1:]:
+        np.testing.assert_array_equal(params, first[1], err_msg=policy)
+        for key, buf in state.items():
+            np.testing.assert_array_equal(buf, first[2][key], err_msg=f"{policy} {key}")
+        assert norms == first[3], policy
+
+
+def _has_openmp(mod):
+    try:
+        mod._set_pool_policy("team")
+    except ValueError:
+        return False
+    return True
+
+
+def test_measured_policy_keeps_both_paths_recent_times(pool_policy, threads):
+    mod = pool_policy
+    mod._set_pool_policy("measured")
+    if not _has_openmp(mod):
+        pytest.skip("this build has no OpenMP: large calls stay on the pool")
+    mod._set_pool_policy("measured")
+    adamfast.set_num_threads(2)
+    n = 1 << 21  # 128 chunks: its own size class
+    p, g, m, v = (np.full(n, 0.5, np.float32) for _ in range(4))
+    for t in range(1, 40):
+        adamfast.adam_step(p, g, m, v, step=t, backend="cython")
+    name, est = mod._pool_policy()
+    assert name == "measured"
+    pool_ns, team_ns = est[128]
+    assert pool_ns > 0 and team_ns > 0  # both tried: the slower one one call in 16
+
+
+@pytest.mark.parametrize("bad", ["fast", "", None])
+def test_bad_pool_policy_is_refused(pool_policy, bad):
+    with pytest.raises(ValueError, match="policy must be one of"):
+        pool_policy._set_pool_policy(bad)
+    assert pool_policy._pool_policy()[0] in ("measured", "pool", "team")

@@ -187,6 +187,23 @@ def on_threading(module, mode, call):
     return run
 
 
+def on_pool_policy(module, policy, call):
+    """``call`` run with the pool's choice for large calls forced to ``policy``
+    ("pool": adamfast's own threads only; see kernels/_pool.pxi), restored
+    afterwards even when ``call`` raises."""
+    def run(*args):
+        previous = module._pool_policy()[0]
+        if previous == policy:
+            return call(*args)
+        module._set_pool_policy(policy)
+        try:
+            return call(*args)
+        finally:
+            module._set_pool_policy(previous)
+
+    return run
+
+
 def on_numba_threads(threads, call):
     """``call`` run with numba's thread count at ``threads`` (a per-thread setting),
     set only if it differs and restored afterwards, even when ``call`` raises."""
@@ -214,7 +231,9 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
     the algorithm rows run on) shows instead of being shared by its ceiling:
 
     * ``roofline-pool``: the cython extension's family_kernel on adamfast's
-      pool, with the chunking and serial cut-off of the algorithm kernels;
+      own pool threads (its measured choice of an OpenMP team for large
+      calls switched off for this row), with the chunking and serial cut-off
+      of the algorithm kernels;
     * ``roofline-openmp``: the same kernel on an OpenMP team (the extension's
       parallel path switched for this row's call only);
     * ``roofline-prange``: numba's own ``prange`` entry of the kind, on
@@ -248,8 +267,9 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
                 k(kid, p, g, s0, s1, s2, scalars, chunks, threads)
 
             module = cy.module
-            impls.append(Impl("roofline-pool", on_threading(module, "pool", kernel), "roofline",
-                              backend="cython"))
+            pool_only = on_pool_policy(module, "pool", kernel)
+            impls.append(Impl("roofline-pool", on_threading(module, "pool", pool_only),
+                              "roofline", backend="cython"))
             if module.openmp_enabled():
                 impls.append(Impl("roofline-openmp", on_threading(module, "openmp", kernel),
                                   "roofline", backend="cython"))
