@@ -167,59 +167,40 @@ def backends(notes: Notes, wanted=BACKEND_ORDER) -> list:
     return out
 
 
-def on_threading(module, mode, call):
-    """``call`` run with the cython extension's parallel path set to ``mode``.
-
-    The path is the extension's global switch, so it is set for this call
-    only and the previous one restored even when ``call`` raises: every
-    other row must run on the path the user chose.
-    """
+def _with_setting(read, write, value, call):
+    """``call`` run with a global setting at ``value`` (``read()``/``write(v)``),
+    set only if it differs and restored afterwards even when ``call`` raises:
+    every other row must run with the setting the user chose."""
     def run(*args):
-        previous = module.threading_mode()
-        if previous == mode:
+        previous = read()
+        if previous == value:
             return call(*args)
-        module._set_threading(mode)
+        write(value)
         try:
             return call(*args)
         finally:
-            module._set_threading(previous)
+            write(previous)
 
     return run
+
+
+def on_threading(module, mode, call):
+    """``call`` run with the cython extension's parallel path set to ``mode``."""
+    return _with_setting(module.threading_mode, module._set_threading, mode, call)
 
 
 def on_pool_policy(module, policy, call):
     """``call`` run with the pool's choice for large calls forced to ``policy``
-    ("pool": adamfast's own threads only; see kernels/_pool.pxi), restored
-    afterwards even when ``call`` raises."""
-    def run(*args):
-        previous = module._pool_policy()[0]
-        if previous == policy:
-            return call(*args)
-        module._set_pool_policy(policy)
-        try:
-            return call(*args)
-        finally:
-            module._set_pool_policy(previous)
-
-    return run
+    ("pool": adamfast's own threads only; see kernels/_pool.pxi)."""
+    return _with_setting(lambda: module._pool_policy()[0], module._set_pool_policy, policy,
+                         call)
 
 
 def on_numba_threads(threads, call):
-    """``call`` run with numba's thread count at ``threads`` (a per-thread setting),
-    set only if it differs and restored afterwards, even when ``call`` raises."""
+    """``call`` run with numba's thread count at ``threads`` (a per-thread setting)."""
     import numba
 
-    def run(*args):
-        previous = numba.get_num_threads()
-        if previous == threads:
-            return call(*args)
-        numba.set_num_threads(threads)
-        try:
-            return call(*args)
-        finally:
-            numba.set_num_threads(previous)
-
-    return run
+    return _with_setting(numba.get_num_threads, numba.set_num_threads, threads, call)
 
 
 def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:

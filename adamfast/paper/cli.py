@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 import adamfast
+from adamfast.bench._cli import _positive_int  # one parser of whole numbers for both CLIs
 
 from . import report
 from .data import MissingDependency, require
@@ -25,16 +26,6 @@ from .experiments import DTYPE, KEYS, experiments, lockstep, search, time_pair
 __all__ = ["build_parser", "main"]
 
 DIGITS = {"logreg", "mlp", "biascorr"}
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def build_parser():
