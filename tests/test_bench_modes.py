@@ -229,3 +229,40 @@ def test_touch_maps_every_page_and_keeps_every_bit():
     bits = b.view(np.uint32).copy()
     touch(b, None, np.zeros(0))
     np.testing.assert_array_equal(b.view(np.uint32), bits)
+
+
+_TORCH_THREADS_PROBE = """
+import sys, torch
+seen = set()
+step = torch.optim.Adam.step
+def counted(self, *a, **k):
+    seen.add(torch.get_num_threads())
+    return step(self, *a, **k)
+torch.optim.Adam.step = counted
+from adamfast.__main__ import _main
+try:
+    _main(sys.argv[1:])
+finally:
+    print("TORCH_THREADS_AT_STEP", sorted(seen))
+"""
+
+
+@needs_all
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores")
+def test_torch_rows_run_at_the_thread_count_asked_for(tmp_path):
+    # numba starts its threading layer on the first prange roofline, and that
+    # start set torch's OpenMP thread count back to all cores: the torch rows
+    # of a --threads 1 run then ran on 2 threads.
+    script = tmp_path / "probe.py"
+    script.write_text(_TORCH_THREADS_PROBE)
+    r = subprocess.run([sys.executable, str(script), "bench", "--quiet", "--sizes", "64K",
+                        "--repeat", "2", "--no-overhead", "--threads", "1",
+                        "--impl", "torch-fused"],
+                       capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       env={**os.environ, "PYTHONWARNINGS": "ignore",
+                            "PYTHONPATH": os.path.dirname(os.path.dirname(
+                                os.path.abspath(adamfast.__file__)))})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    line = next(x for x in r.stdout.splitlines() if x.startswith("TORCH_THREADS_AT_STEP"))
+    assert line == "TORCH_THREADS_AT_STEP [1]", line

@@ -34,6 +34,23 @@ def _warm_numba(cfg, notes):
                  _engine.single_chunks(n), max(2, cfg.threads) if core_count() > 1 else 1)
     except Exception as exc:  # a diagnostic must not stop the run
         notes.add(f"numba warm-up failed ({type(exc).__name__}: {exc})")
+    _start_numba_layer()
+
+
+def _start_numba_layer():
+    """Start numba's threading layer now, and give torch back its thread count.
+
+    The layer starts on numba's first parallel call (the prange roofline), and
+    its start sets the thread count of the OpenMP runtime torch shares to
+    numba's: torch's rows of a ``--threads 1`` run then ran on every core.
+    """
+    import numba
+
+    torch = try_import("torch")
+    before = None if torch is None else torch.get_num_threads()
+    numba.get_num_threads()  # launches the layer
+    if torch is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 def run(cfg) -> dict:
