@@ -82,8 +82,10 @@ Modules: :mod:`._cli` (arguments and their checks), :mod:`._config`
 load monitor), :mod:`._timing` (flusher, rounds, statistics), :mod:`._rows`
 and :mod:`._peers` (the implementations), :mod:`._overhead` (per-call
 cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers),
-:mod:`._torch` (``--torch``: adamfast.torch against torch.optim) and
-:mod:`._guarded` (``--guarded``: the guarded step against torch's pipeline).
+:mod:`._torch` (``--torch``: adamfast.torch against torch.optim),
+:mod:`._guarded` (``--guarded``: the guarded step against torch's pipeline)
+and :mod:`._busy` (``--busy-core``: 1 thread against all cores with a core
+busy).
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "bench":
         parser.print_help()
         return 2
-    if args.torch and args.guarded:
-        parser.bench.error("--torch and --guarded are two separate runs; give one")
+    if args.torch + args.guarded + args.busy_core > 1:
+        parser.bench.error("--torch, --guarded and --busy-core are separate runs; give one")
     if args.torch:  # adamfast.torch against torch.optim (_torch.py)
         from ._cli import check_mode
         from ._torch import run as run_torch
@@ -126,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         check_mode(parser.bench, args, "guarded")
         run_guarded(args.sizes, args.dtype, [args.threads] if args.threads else None,
                     args.repeat, seed=args.seed, json_path=args.json, quiet=args.quiet)
+        return 0
+    if args.busy_core:  # 1 thread against all cores with a core busy (_busy.py)
+        from ._busy import run as run_busy
+        from ._cli import check_mode
+
+        check_mode(parser.bench, args, "busy_core")
+        given = any(a == "--sizes" or a.startswith("--sizes=") for a in argv)
+        run_busy(args.sizes if given else None, args.threads, args.repeat, seed=args.seed,
+                 json_path=args.json, quiet=args.quiet)
         return 0
     cfg = config_from_args(parser.bench, args)
     from ._run import run

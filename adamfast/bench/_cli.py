@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "AdamW fused; + _foreach_lerp_ for the EMA) and adamfast's own "
                         "unguarded step, at 1 and 2 threads (or --threads); takes --sizes, "
                         "--dtype, --threads, --repeat, --seed, --json, --quiet only")
+    b.add_argument("--busy-core", action="store_true",
+                   help="adamfast.Adam at 1 thread against all cores (or --threads, >= 2), "
+                        "interleaved, while another process spins on one core; per compiled "
+                        "backend at 64K, 1M and 16M (or --sizes); takes --sizes, --threads, "
+                        "--repeat, --seed, --json, --quiet only")
     parser.bench = b  # cross-argument errors are reported with the bench usage line
     return parser
 
@@ -132,9 +137,10 @@ _DESTS = {"algorithm": "--algorithm", "family": "--family", "sizes": "--sizes",
           "no_overhead": "--no-overhead", "json": "--json", "plot": "--plot",
           "quiet": "--quiet", "seed": "--seed", "torch": "--torch", "guarded": "--guarded",
           "after_torch": "--after-torch", "no_after_torch": "--no-after-torch",
-          "after_torch_size": "--after-torch-size"}
+          "after_torch_size": "--after-torch-size", "busy_core": "--busy-core"}
 _MODES = {"torch": ("threads", "repeat", "seed"),
-          "guarded": ("sizes", "dtype", "threads", "repeat", "seed", "json", "quiet")}
+          "guarded": ("sizes", "dtype", "threads", "repeat", "seed", "json", "quiet"),
+          "busy_core": ("sizes", "threads", "repeat", "seed", "json", "quiet")}
 
 
 def check_mode(parser, args, mode):
@@ -144,7 +150,7 @@ def check_mode(parser, args, mode):
     allowed = set(_MODES[mode]) | {mode}
     for dest, flag in _DESTS.items():
         if dest not in allowed and getattr(args, dest) != defaults[dest]:
-            parser.error(f"{flag} does not apply to --{mode} (it takes "
+            parser.error(f"{flag} does not apply to {_DESTS[mode]} (it takes "
                          f"{', '.join(_DESTS[d] for d in _MODES[mode])} only)")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0 (numpy's generators take no negative seed), got "
@@ -159,10 +165,15 @@ def check_mode(parser, args, mode):
             parser.error(f"--sizes {max(args.sizes)} needs about {need / 2**30:.1f} GiB for "
                          f"{args.dtype} in --guarded and only {avail / 2**30:.1f} GiB is "
                          f"available; use a smaller size")
+    if mode == "busy_core":
+        _check_output(parser, "--json", args.json)
+        if args.threads is not None and args.threads < 2:
+            parser.error(f"--threads {args.threads}: --busy-core compares 1 thread with more; "
+                         f"give 2 or more")
     from ._machine import try_import
 
-    if try_import("torch") is None:
-        parser.error(f"--{mode} needs torch: pip install torch")
+    if mode != "busy_core" and try_import("torch") is None:
+        parser.error(f"{_DESTS[mode]} needs torch: pip install torch")
     import adamfast
 
     if args.threads is not None:
