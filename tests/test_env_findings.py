@@ -1,5 +1,5 @@
 """Environment variables and file modes: bad values name the variable, the thread-count
-rules are the README's, and checkpoints get the umask's mode.
+rules are docs/threads.md's, and checkpoints get the umask's mode.
 
 Environment cases run in a subprocess: adamfast reads these variables once, at import.
 """

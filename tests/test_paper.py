@@ -171,7 +171,7 @@ def test_tiny_experiment_timed_reruns(quick_outcomes, key):
 def test_results_do_not_depend_on_adamfast_threads():
     pytest.importorskip("sklearn")
     # Above 512K elements adamfast's step runs on its pool even when the workers
-    # slept during the forward and backward pass (README, "Threads"), so with 2
+    # slept during the forward and backward pass (docs/threads.md, "adamfast's pool"), so with 2
     # threads the step is split.
     exp = next(e for e in E.experiments() if e.key == "mlp")
     exp = dataclasses.replace(exp, epochs=2, setup=E._digits_setup(
