@@ -52,6 +52,10 @@ COMPILER_DIRECTIVES = {
 UNIX_COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 UNIX_OPENMP_ARGS = ["-fopenmp"]
 UNSWITCH_ARGS = ["--param=max-unswitch-insns=500"]
+# A loop over params, grads and N state buffers vectorizes behind run-time
+# checks that no written buffer overlaps another; gcc's default allows 10 such
+# checks, which Adan's four state buffers exceed (tests/test_vectorized.py).
+ALIAS_CHECK_ARGS = ["--param=vect-max-version-for-alias-checks=64"]
 # Keep each (kind, dtype) driver a function of its own even though it is
 # called once: tests/test_vectorized.py finds it by name in the machine code.
 NOINLINE_ONCE_ARGS = ["-fno-inline-functions-called-once"]
@@ -162,7 +166,7 @@ class BuildExt(build_ext):
             # loop-invariant branches (the L2 term), and with several kinds
             # inlined its default size limit stopped that for AMSGrad.  The
             # vectorization test (tests/test_vectorized.py) checks the result.
-            for extra in (UNSWITCH_ARGS, NOINLINE_ONCE_ARGS):
+            for extra in (UNSWITCH_ARGS, ALIAS_CHECK_ARGS, NOINLINE_ONCE_ARGS):
                 if _compiler_accepts(self.compiler, ["-Werror"] + extra, [],
                                      "int main(void) { return 0; }"):
                     compile_args += extra
@@ -192,27 +196,38 @@ def _load_registry():
 
 
 def render_kinds():
-    """Render kernels/_kinds.pxi from the registry: which algorithm files to
+    """Render kernels/_kinds.pxi from the registry: the engine's constants and the
+    slot names (their one source is adamfast/algorithms), which algorithm files to
     include and the table of kinds.  Adding an algorithm adds its .pxi and its
     registry line; nothing here changes."""
     from Cython import Tempita
 
     registry = _load_registry()
-    kinds, nstate, modules = [], {}, []
+    spec_module = registry._spec
+    kinds, nstate, modules, slots = [], {}, [], {}
     for spec in registry.ALGORITHMS.values():
         for kind, names in spec.kinds.items():
             module = spec.reference[kind].__module__.rsplit(".", 1)[1]
             if module not in modules:
                 modules.append(module)
+            if slots.setdefault(module, spec.slots) != spec.slots:
+                raise ValueError("the specs of adamfast/algorithms/%s.py declare different "
+                                 "slots" % module)
             if kind not in nstate:
                 kinds.append(kind)
                 nstate[kind] = len(names)
     for i, kind in enumerate(registry.ROOFLINE_KINDS):
         kinds.append(kind)
         nstate[kind] = i
+    shared = [(name, i) for i, name in enumerate(spec_module.SHARED_SLOTS)]
+    shared += [("EMA_D", spec_module.EMA_D), ("EMA_OMD", spec_module.EMA_OMD)]
     with open(os.path.join(HERE, "kernels", "_kinds.pxi.in")) as f:
         template = Tempita.Template(f.read())
-    text = template.substitute(kinds=kinds, nstate=nstate, modules=modules)
+    text = template.substitute(
+        kinds=kinds, nstate=nstate, modules=modules, chunk=spec_module.CHUNK,
+        nslot=spec_module.NSLOT, maxstate=spec_module.MAXSTATE, lanes=spec_module.LANES,
+        shared=shared, nprologue=len(spec_module.SHARED_SLOTS),
+        slots=[(m, slots[m]) for m in modules])
     out = os.path.join(HERE, "kernels", "_kinds.pxi")
     old = open(out).read() if os.path.exists(out) else None
     if text != old:  # keep the timestamp, so an unchanged build is not redone

@@ -6,20 +6,26 @@ Every backend module (``adamfast.reference``, ``adamfast._numba``, the cython
 extension) exports ``KINDS`` (the kind names in its id order) and one
 callable with this signature::
 
-    family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads) -> None
+    family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads,
+                  ema=None) -> None
 
 * ``kind_id`` indexes the backend's ``KINDS``: a structural variant of an
   algorithm (``"adam"``, ``"adam_amsgrad"``, ``"rmsprop_centered"``, ...) or a
   roofline twin.  :func:`get_backend` maps names to ids once.
 * Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
-  length; ``grads`` is only read; ``s0, s1, s2`` are the kind's state
-  buffers in the order its spec lists them, and unused slots (length 0) are
-  never touched.  They have been validated by :mod:`adamfast._validate`; the
-  compiled kernels repeat the checks that keep a misuse from reading or
-  writing out of bounds.
+  length; ``grads`` is only read; ``states`` is a tuple of exactly
+  ``NSTATE[kind_id]`` arrays (each backend exports ``NSTATE``), the kind's
+  state buffers in the order its spec lists them (any number up to
+  ``MAXSTATE``, :mod:`adamfast.algorithms._spec`); anything else is a
+  TypeError (not a tuple) or ValueError (wrong length).  The buffers have
+  been validated by :mod:`adamfast._validate`; the compiled kernels repeat
+  the checks that keep a misuse from reading or writing out of bounds.
 * ``scalars`` is a float64 ``(groups, NSLOT)`` table computed once per step
   in Python by each algorithm's ``scalars`` function (one row per parameter
-  group); each kernel rounds a row to the buffer dtype once per chunk.
+  group, its slots named by the spec's ``slots``); each kernel rounds a row
+  to the buffer dtype once per chunk.
+* ``ema`` (or None) is the parameter EMA, one more buffer like params,
+  updated in the same pass with the row's EMA_D and EMA_OMD slots.
 * ``chunks`` is an intp ``(nchunks, 3)`` table of ``(group, lo, hi)`` rows
   (:func:`adamfast._engine.chunk_table`): fixed-size chunks that never
   straddle a group, so one kernel call serves every group.
@@ -32,8 +38,9 @@ callable with this signature::
   tags whatever stops it before its first write with
   ``exc.adamfast_unwritten = True`` (read by ``adamfast.optim._kernel_wrote``).
 
-The cython module also provides the fast paths ``step_fast`` (any kind, one
-group, buffers checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
+The cython module also provides the fast paths ``step_fast(kind, params,
+grads, states, row, num_threads, ema=None)`` (any kind, one group, buffers
+checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
 C); they perform a call only when it is trivially valid and otherwise
 decline, so Python validation stays the one authority.
 

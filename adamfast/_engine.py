@@ -1,7 +1,7 @@
 """The generic middle of every step: chunk tables, scalar tables, one kernel call.
 
-Chunks are the unit of work handed to a thread: ``CHUNK`` elements, so a
-chunk's streams (up to 9 of 64 KiB in float32) sit near L2 size.  Each
+Chunks are the unit of work handed to a thread: ``CHUNK`` elements
+(:mod:`adamfast.algorithms._spec`, the one source of the engine's constants).  Each
 parameter group is split into its own chunks from its first element, so no
 chunk straddles a group and one kernel call serves every group.  The split
 depends only on the group boundaries, never on the thread count.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .algorithms._spec import NSLOT
+from .algorithms._spec import CHUNK, NSLOT
 
-CHUNK = 16384
+__all__ = ["CHUNK", "chunk_table", "single_chunks", "scalar_table"]
 
 _single = {}
 

@@ -28,7 +28,6 @@ from . import _dispatch, _engine, _guard, _validate
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, flag, nonneg, unit_open
 
-_EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
 _ADAM = ALGORITHMS["Adam"]
 
 
@@ -139,12 +138,11 @@ def _guarded_run(b, kid, views, row, guard, nthreads):
         row = _guard.fold(row, mult, ema_decay)
         if norm is not None:
             result = _guard.StepResult(norm, False)
-    state = list(views[2:]) + [_EMPTY[views[0].dtype]] * (3 - len(views[2:]))
-    if b.step_fast is None or not b.step_fast(kid, views[0], views[1], state[0], state[1],
-                                              state[2], row, nthreads, ema):
-        b.kernel(kid, views[0], views[1], state[0], state[1], state[2],
-                 _engine.scalar_table([row]), _engine.single_chunks(views[0].size), nthreads,
-                 ema)
+    states = tuple(views[2:])
+    if b.step_fast is None or not b.step_fast(kid, views[0], views[1], states, row, nthreads,
+                                              ema):
+        b.kernel(kid, views[0], views[1], states, _engine.scalar_table([row]),
+                 _engine.single_chunks(views[0].size), nthreads, ema)
     return result
 
 
@@ -196,9 +194,8 @@ def _make_step(spec):
         guarded = not (grad_scale is None and max_grad_norm is None and skip_nonfinite is False
                        and ema is None and ema_decay is None)
         # Fast path first (cython): buffers checked in C, or declined.
-        s = [given[name] for name in needed] + [None] * (3 - len(needed))
         if not guarded and b.step_fast is not None and b.step_fast(
-                kid, params, grads, s[0], s[1], s[2], row, nthreads):
+                kid, params, grads, tuple(given[name] for name in needed), row, nthreads):
             result = _guard.PLAIN
         else:
             guard = _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named)

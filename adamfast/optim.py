@@ -510,8 +510,7 @@ class Optimizer:
         if kind != self._kind:
             self._grow(kind, hps)
         state = tuple(self._state[n] for n in self.spec.state_names(kind))
-        self._plan = (self._backend.kind_id(kind),
-                      state + (self._empty,) * (3 - len(state)))
+        self._plan = (self._backend.kind_id(kind), state)
         self._c_args = None
 
     def step(self, grads=None, *, grad_scale=None):
@@ -611,7 +610,7 @@ class Optimizer:
     def _run(self, rows, t, gstates, nthreads=None):
         """One kernel call for step t, then the counters: ``step_count`` and the
         group state (``gstates``, a new list) advance with the buffers."""
-        kid, (s0, s1, s2) = self._plan
+        kid, states = self._plan
         b = self._backend
         if nthreads is None:
             nthreads = _dispatch.get_num_threads()
@@ -623,7 +622,7 @@ class Optimizer:
             # One group: the cython backend takes the row as a tuple in C, no table.
             row = rows[0]
             try:
-                done = b.step_fast(kid, self.flat_params, self.flat_grads, s0, s1, s2, row,
+                done = b.step_fast(kid, self.flat_params, self.flat_grads, states, row,
                                    nthreads, ema)
             except BaseException as exc:
                 self._interrupted(exc, t, gstates)
@@ -635,7 +634,7 @@ class Optimizer:
         table = _engine.scalar_table(rows)
         chunks = self._chunks
         try:
-            b.kernel(kid, self.flat_params, self.flat_grads, s0, s1, s2, table, chunks, nthreads,
+            b.kernel(kid, self.flat_params, self.flat_grads, states, table, chunks, nthreads,
                      ema)
         except BaseException as exc:
             self._interrupted(exc, t, gstates)
@@ -997,11 +996,12 @@ def _adam_c_twin(self, hp):
     fast = self._backend.adam_fast
     if fast is None:
         return None
-    _, (s0, s1, s2) = self._plan
+    _, states = self._plan
+    max_sq = states[2] if len(states) == 3 else None  # adam_amsgrad's third buffer
     beta1, beta2 = hp["betas"]
-    return (fast, (self.flat_params, self.flat_grads, s0, s1),
+    return (fast, (self.flat_params, self.flat_grads, states[0], states[1]),
             (hp["lr"], beta1, beta2, hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"],
-             hp["amsgrad"], s2, hp["maximize"]),
+             hp["amsgrad"], max_sq, hp["maximize"]),
             (hp["eps_hat"], hp["eps_root"], hp["bias_correction"], hp["nesterov"]))
 
 

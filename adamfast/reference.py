@@ -38,20 +38,20 @@ step (a MemoryError, say) leaves every buffer as it was.
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 import numpy as np
 
 from .algorithms import ALGORITHMS, KINDS as _ALGORITHM_KINDS, ROOFLINE_KINDS
-from .algorithms._spec import EMA_D, EMA_OMD
+from .algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES
 
-__all__ = ["KINDS", "family_kernel", "sumsq_kernel"]
-
-CHUNK = 16384  # adamfast._engine.CHUNK: the norm pass's order depends on it
-LANES = 16
+__all__ = ["KINDS", "NSTATE", "family_kernel", "sumsq_kernel"]
 
 
 def _roofline(nstate):
-    def update(p, g, s0, s1, s2, k):
-        for buf in (p, s0, s1, s2)[:1 + nstate]:
+    def update(p, g, s, k):
+        for buf in (p,) + tuple(s):
             buf += g
     return update
 
@@ -64,6 +64,10 @@ for _i, _kind in enumerate(ROOFLINE_KINDS):
 
 KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
+_NSTATE = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
+_NSTATE.update((kind, i) for i, kind in enumerate(ROOFLINE_KINDS))
+# Per kind id: how many state buffers the kind streams (the length of ``states``).
+NSTATE = tuple(_NSTATE[kind] for kind in KINDS)
 
 
 # family_kernel marks an exception that stops it before its first write
@@ -71,10 +75,12 @@ _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
 MARKS_UNWRITTEN = True
 
 
-def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
+def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, ema=None):
     """Run ``KINDS[kind_id]``'s reference update over the chunk table.
 
-    Consecutive chunks of one group are merged into one slice (the update is
+    ``states`` is the tuple of the kind's ``NSTATE[kind_id]`` state buffers,
+    in spec order (its length is checked; the Python layer has validated the
+    arrays).  Consecutive chunks of one group are merged into one slice (the update is
     element-wise, so slicing never changes a result).  ``num_threads`` is
     accepted for the common signature and ignored.  With ``ema``, each group
     then does ``ema = d*ema + (1 - d)*params`` (the new params) with the
@@ -82,6 +88,13 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
     """
     try:
         update = _BY_ID[kind_id]
+        if type(states) is not tuple:
+            raise TypeError(f"family_kernel: states must be a tuple of the {NSTATE[kind_id]} "
+                            f"state buffer(s) of kind {KINDS[kind_id]!r}, got "
+                            f"{type(states).__name__}")
+        if len(states) != NSTATE[kind_id]:
+            raise ValueError(f"family_kernel: kind {KINDS[kind_id]!r} has {NSTATE[kind_id]} "
+                             f"state buffer(s), got a tuple of {len(states)}")
         dtype = params.dtype.type
         rows = [tuple(dtype(x) for x in row) for row in scalars.tolist()]
         runs = []
@@ -95,15 +108,14 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
             return
         # Compute every run into copies first and write them all at the end, so
         # that a failure midway (a MemoryError in the third group, say) leaves
-        # every buffer as it was.  Unused state slots have length 0 and stay
-        # empty.  Non-finite values propagate silently, as in the compiled
-        # kernels and PyTorch.
+        # every buffer as it was.  Non-finite values propagate silently, as in
+        # the compiled kernels and PyTorch.
         staged = []
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for group, lo, hi in runs:
                 k = rows[group]
-                new = [b[lo:hi].copy() for b in (params, s0, s1, s2)]
-                update(new[0], grads[lo:hi], new[1], new[2], new[3], k)
+                new = [b[lo:hi].copy() for b in (params,) + states]
+                update(new[0], grads[lo:hi], new[1:], k)
                 new.append(ema if ema is None else k[EMA_D] * ema[lo:hi] + k[EMA_OMD] * new[0])
                 staged.append(new)
         if len(runs) == 1:
@@ -113,22 +125,18 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
             index = np.concatenate([np.arange(lo, hi) for _, lo, hi in runs])
             new = [None if parts[0] is None else np.concatenate(parts)
                    for parts in zip(*staged)]
+        targets = (params,) + states + ((ema,) if ema is not None else ())
+        writes = map(operator.setitem, targets, repeat(index),
+                     new if ema is not None else new[:-1])
     except BaseException as exc:
         # Python so far, and nothing written: an interrupt here came before the
         # writes, which the optimizer must know (adamfast.optim._kernel_wrote).
         exc.adamfast_unwritten = True
         raise
-    # The writes: no call and no loop (no bytecode that runs a signal handler)
-    # up to the return, so an interrupt comes before all of them or after.
-    params[index] = new[0]
-    if s0.size:
-        s0[index] = new[1]
-    if s1.size:
-        s1[index] = new[2]
-    if s2.size:
-        s2[index] = new[3]
-    if ema is not None:
-        ema[index] = new[4]
+    # The writes: one call, list() draining the map prepared above, which runs
+    # every write (params, states, EMA) in C: no bytecode that runs a signal
+    # handler comes between them, so an interrupt comes before all or after.
+    list(writes)
 
 
 def sumsq_kernel(grads, out, num_threads):

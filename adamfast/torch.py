@@ -151,22 +151,8 @@ recompiles because of it.
 
 Threads
 =======
-torch's intra-op pool (``torch.set_num_threads``) runs forward and backward;
-adamfast's threads (``adamfast.set_num_threads``, ``ADAMFAST_NUM_THREADS``,
-default: every core in the process's affinity mask) run the step.  In a
-training loop they alternate (backward, then step), so each may use every
-core, and large steps may run on a team of the OpenMP runtime they share,
-reusing torch's still-spinning workers (README, Threads).  They compete only
-if the step runs concurrently with torch work (e.g. in another Python
-thread).  ``OMP_NUM_THREADS`` does not reach adamfast's step: the
-Cython kernel passes its own thread count to each parallel region.  So under
-``torchrun``, which sets ``OMP_NUM_THREADS=1`` when it starts several
-processes per node, torch's backward runs on one thread per rank while each
-rank's adamfast step still uses every core in its affinity mask: not silently
-single-threaded, but with N local ranks stepping at once, N times the cores
-are busy.  adamfast warns once in that case (``LOCAL_WORLD_SIZE`` > 1, no
-``ADAMFAST_NUM_THREADS``, more threads in all than cores); set
-``ADAMFAST_NUM_THREADS=cores//local_ranks`` or bind ranks to cores.
+torch's threads run forward and backward, adamfast's the step; how they
+share the cores (torchrun included): docs/threads.md.
 
 torch's flags
 =============
@@ -1068,15 +1054,13 @@ class Optimizer(torch.optim.Optimizer):
 
     def _kernel(self, pool, rows, chunks, nthreads, single):
         s = tuple(pool.np[n] for n in pool.names)
-        s = s + (pool.empty,) * (3 - len(s))
         b = self._backend
         p, g = pool.np["param"], pool.np["grad"]
         ema = pool.ema
         if single and b.step_fast is not None and \
-                b.step_fast(pool.kind_id, p, g, s[0], s[1], s[2], tuple(map(float, rows[0])),
-                            nthreads, ema):
+                b.step_fast(pool.kind_id, p, g, s, tuple(map(float, rows[0])), nthreads, ema):
             return
-        b.kernel(pool.kind_id, p, g, s[0], s[1], s[2], scalar_table(rows), chunks, nthreads, ema)
+        b.kernel(pool.kind_id, p, g, s, scalar_table(rows), chunks, nthreads, ema)
 
     def _step_classes(self, pool, inactive, hps, mult, nthreads):
         """The general case: params at different step counts or group states, or some
@@ -1249,6 +1233,8 @@ class Optimizer(torch.optim.Optimizer):
                     pool.views[k][name].fill_(self._init_value(name, hp))
             if "step" in keys:
                 self._steps_np[i] = float(st["step"])
+            elif self.spec.torch_step_in_group:  # timm's Adan: the group counts the steps
+                self._steps_np[i] = float(new_groups[self._gidx[i]][0].get("step", 1))
             else:  # SGD keeps no step: whether momentum started is the state
                 self._steps_np[i] = 1.0 if keys else 0.0
             if "mu_product" in keys:
@@ -1278,6 +1264,13 @@ class Optimizer(torch.optim.Optimizer):
         ``load_state_dict`` ignores keys other than ``"state"`` and
         ``"param_groups"``, so the checkpoint still loads into torch.optim."""
         out = super().state_dict()
+        if self.spec.torch_step_in_group:
+            # The peer's step count per group (timm's Adan): the most steps any of
+            # the group's params took, absent before its first step, as there.
+            for gi, g in enumerate(out["param_groups"]):
+                steps = [self._steps_np[i] for i, gj in enumerate(self._gidx) if gj == gi]
+                if steps and max(steps) > 0:
+                    g["step"] = int(max(steps))
         if self._ema_list is not None:
             out["ema"] = dict(enumerate(self._ema_list))
         return out
@@ -1411,7 +1404,8 @@ def _signature(spec, torch_cls):
                 raise RuntimeError(f"{spec.name}: torch's signature has no {h.name!r}")
     else:
         params = [P("params", P.POSITIONAL_OR_KEYWORD)] + [
-            P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper]
+            P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper] + [
+            P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in spec.torch_only]
     extra = []
     if spec.name in ("Adam", "AdamW"):
         extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _ADAM_EXTRAS.items()]

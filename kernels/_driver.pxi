@@ -3,51 +3,56 @@
 # parameter group; which thread runs a chunk never changes a result, because
 # every update is element-wise and each chunk reads its group's scalar row.
 
-cdef inline void _span(kind_t* tag, floating* p, const floating* g, floating* s0, floating* s1,
-                       floating* s2, floating* ema, const double* row, Py_ssize_t lo,
+cdef inline void _span(kind_t* tag, floating* p, const floating* g, void** states,
+                       floating* ema, const double* row, Py_ssize_t lo,
                        Py_ssize_t hi) noexcept nogil:
     # Round the group's float64 row to the buffer dtype once, into a local
-    # array: gcc vectorizes the loop only when the element function reads its
-    # scalars from such a local copy.
+    # array, and copy the state pointers into a local table: gcc vectorizes
+    # the loop only when the element function reads its scalars (and finds
+    # its buffers) through such local copies, which no store can alias.
     cdef floating k[_NSLOT]
+    cdef floating* s[_MAXSTATE]
     cdef Py_ssize_t i, j
     for j in range(_NSLOT):
         k[j] = <floating>row[j]
+    for j in range(_MAXSTATE):
+        s[j] = <floating*>states[j]
     if ema == NULL:
         for i in range(lo, hi):
-            _elem(tag, i, p, g, s0, s1, s2, k)
+            _elem(tag, i, p, g, s, k)
     else:
         # The parameter EMA is one more stream of the same pass, for every
         # kind: ema = d*ema + (1 - d)*p_new (reference: adamfast.reference).
         for i in range(lo, hi):
-            _elem(tag, i, p, g, s0, s1, s2, k)
-            ema[i] = k[_EMA_D] * ema[i] + k[_EMA_OMD] * p[i]
+            _elem(tag, i, p, g, s, k)
+            ema[i] = k[EMA_D] * ema[i] + k[EMA_OMD] * p[i]
 
 
-cdef inline void _chunk(kind_t* tag, floating* p, const floating* g, floating* s0,
-                        floating* s1, floating* s2, floating* ema, const double* table,
-                        const Py_ssize_t* chunks, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+cdef inline void _chunk(kind_t* tag, floating* p, const floating* g, void** states,
+                        floating* ema, const double* table, const Py_ssize_t* chunks,
+                        Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     cdef Py_ssize_t lo, hi
     if chunks == NULL:  # one group: fixed chunks of [0, n)
         lo = c * _CHUNK
         hi = min(lo + <Py_ssize_t>_CHUNK, n)
-        _span(tag, p, g, s0, s1, s2, ema, table, lo, hi)
+        _span(tag, p, g, states, ema, table, lo, hi)
     else:  # rows of (group, lo, hi)
-        _span(tag, p, g, s0, s1, s2, ema, table + chunks[3 * c] * _NSLOT, chunks[3 * c + 1],
+        _span(tag, p, g, states, ema, table + chunks[3 * c] * _NSLOT, chunks[3 * c + 1],
               chunks[3 * c + 2])
 
 
-cdef void _drive(kind_t* tag, floating* p, const floating* g, floating* s0, floating* s1,
-                 floating* s2, floating* ema, const double* table, const Py_ssize_t* chunks,
-                 Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t n) noexcept nogil:
+cdef void _drive(kind_t* tag, floating* p, const floating* g, void** states, floating* ema,
+                 const double* table, const Py_ssize_t* chunks, Py_ssize_t c0, Py_ssize_t c1,
+                 Py_ssize_t n) noexcept nogil:
     # Chunks [c0, c1) on the calling thread; the pool (_pool.pxi) hands each
-    # thread its blocks of chunks through here.
+    # thread its blocks of chunks through here.  ``states`` holds _MAXSTATE
+    # pointers: the kind's state buffers, then NULLs.
     cdef Py_ssize_t c
     if chunks == NULL and c0 == 0 and c1 * <Py_ssize_t>_CHUNK >= n:
-        _span(tag, p, g, s0, s1, s2, ema, table, 0, n)  # one group, all of it
+        _span(tag, p, g, states, ema, table, 0, n)  # one group, all of it
         return
     for c in range(c0, c1):
-        _chunk(tag, p, g, s0, s1, s2, ema, table, chunks, n, c)
+        _chunk(tag, p, g, states, ema, table, chunks, n, c)
 
 
 # --- the norm pass of the guarded step ------------------------------------
@@ -64,30 +69,34 @@ cdef void _drive(kind_t* tag, floating* p, const floating* g, floating* s0, floa
 cdef extern from *:
     """
     /* The lanes' loop in C, where `omp simd` (with -fopenmp or -fopenmp-simd;
-       ignored otherwise) tells gcc the 16 accumulators are independent: it
-       left this loop scalar in Cython's form.  The pragma adds no
-       reassociation: each lane still adds in element order. */
+       ignored otherwise) tells gcc the AF_LANES accumulators are independent:
+       it left this loop scalar in Cython's form.  The pragma adds no
+       reassociation: each lane still adds in element order.  AF_LANES is
+       adamfast.algorithms._spec.LANES, which setup.py renders into _kinds.pxi. */
+    #ifndef AF_LANES
+    #  error "AF_LANES must be defined (_kinds.pxi, rendered by setup.py, defines it)"
+    #endif
     #define AF_SUMSQ_SPAN(NAME, T, CHECK)                                       \
     static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
-        double acc[16] = {0}, bad[16] = {0};                                    \
-        Py_ssize_t rows = (hi - lo) / 16, r, j;                                 \
+        double acc[AF_LANES] = {0}, bad[AF_LANES] = {0};                        \
+        Py_ssize_t rows = (hi - lo) / AF_LANES, r, j;                           \
         const T *x = g + lo;                                                    \
-        for (r = 0; r < rows; r++, x += 16) {                                   \
+        for (r = 0; r < rows; r++, x += AF_LANES) {                             \
             _Pragma("omp simd")                                                 \
-            for (j = 0; j < 16; j++) {                                          \
+            for (j = 0; j < AF_LANES; j++) {                                    \
                 double v = (double)x[j];                                        \
                 acc[j] = acc[j] + v * v;                                        \
                 if (CHECK) bad[j] = bad[j] + (v - v);                           \
             }                                                                   \
         }                                                                       \
-        for (j = 0; j < hi - lo - rows * 16; j++) {                             \
+        for (j = 0; j < hi - lo - rows * AF_LANES; j++) {                       \
             double v = (double)x[j];                                            \
             acc[j] = acc[j] + v * v;                                            \
             if (CHECK) bad[j] = bad[j] + (v - v);                               \
         }                                                                       \
         out[0] = acc[0];                                                        \
         out[1] = bad[0];                                                        \
-        for (j = 1; j < 16; j++) {                                              \
+        for (j = 1; j < AF_LANES; j++) {                                        \
             out[0] = out[0] + acc[j];                                           \
             out[1] = out[1] + bad[j];                                           \
         }                                                                       \

@@ -17,7 +17,7 @@ cdef inline bint _buffer_ok(cnp.ndarray a, int typenum, Py_ssize_t n, int flags)
             and cnp.PyArray_ISNOTSWAPPED(a))
 
 
-_NAMES = ("params", "grads", "state[0]", "state[1]", "state[2]")
+_NAMES = ("params", "grads") + tuple("states[%d]" % j for j in range(_MAXSTATE))
 
 
 cdef int _bad_buffers(str entry, tuple arrays, int nused) except -1:
@@ -29,6 +29,9 @@ cdef int _bad_buffers(str entry, tuple arrays, int nused) except -1:
                         "got %r" % (entry, dtype))
     for i in range(nused):
         a, name = arrays[i], _NAMES[i]
+        if not isinstance(a, cnp.ndarray):
+            raise TypeError("%s: %s must be a numpy array, got %s"
+                            % (entry, name, type(a).__name__))
         if a.dtype != dtype:
             raise TypeError("%s: %s has dtype %r, expected %r like params"
                             % (entry, name, a.dtype, dtype))
@@ -52,9 +55,7 @@ cdef struct _Step:
     int kind, typenum
     void* p
     const void* g
-    void* s0
-    void* s1
-    void* s2
+    void** s
     void* ema
     const double* table
     const Py_ssize_t* chunks
@@ -63,7 +64,7 @@ cdef struct _Step:
 
 cdef void _step_block(void* ctx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     cdef _Step* s = <_Step*>ctx
-    _run(s.kind, s.typenum, s.p, s.g, s.s0, s.s1, s.s2, s.ema, s.table, s.chunks, c0, c1, s.n)
+    _run(s.kind, s.typenum, s.p, s.g, s.s, s.ema, s.table, s.chunks, c0, c1, s.n)
 
 
 # ADAMFAST_THREADING=openmp (read at import) runs the parallel path as an
@@ -86,29 +87,28 @@ def threading_mode():
     return "openmp" if _OPENMP_TEAM else "pool"
 
 
-cdef void _step(int kind, int typenum, void* p, const void* g, void* s0, void* s1, void* s2,
-                void* ema, const double* table, const Py_ssize_t* chunks, Py_ssize_t nchunks,
+cdef void _step(int kind, int typenum, void* p, const void* g, void** states, void* ema,
+                const double* table, const Py_ssize_t* chunks, Py_ssize_t nchunks,
                 Py_ssize_t n, int nthreads) noexcept nogil:
     # Every entry point's way in: serially below _PARALLEL_MIN (waking
     # threads costs more than the work) or with one thread, else on the pool.
+    # ``states``: _MAXSTATE pointers, the kind's state buffers then NULLs.
     cdef _Step s
     cdef Py_ssize_t c
     if chunks == NULL:
         nchunks = (n + _CHUNK - 1) // _CHUNK
     if n < _PARALLEL_MIN or nthreads <= 1:
-        _run(kind, typenum, p, g, s0, s1, s2, ema, table, chunks, 0, nchunks, n)
+        _run(kind, typenum, p, g, states, ema, table, chunks, 0, nchunks, n)
         return
     if _OPENMP_TEAM:
         for c in prange(nchunks, schedule='static', num_threads=nthreads):
-            _run(kind, typenum, p, g, s0, s1, s2, ema, table, chunks, c, c + 1, n)
+            _run(kind, typenum, p, g, states, ema, table, chunks, c, c + 1, n)
         return
     s.kind = kind
     s.typenum = typenum
     s.p = p
     s.g = g
-    s.s0 = s0
-    s.s1 = s1
-    s.s2 = s2
+    s.s = states
     s.ema = ema
     s.table = table
     s.chunks = chunks
@@ -135,15 +135,16 @@ def family_kernel(
     int kind,                          # index into KINDS
     cnp.ndarray params not None,       # IN/OUT
     cnp.ndarray grads not None,        # IN (may be read-only)
-    cnp.ndarray s0 not None,           # IN/OUT  state buffers of the kind, in spec order;
-    cnp.ndarray s1 not None,           # IN/OUT  unused slots may be any array (length 0)
-    cnp.ndarray s2 not None,           # IN/OUT  and are never touched
+    states,                            # IN/OUT  tuple: the kind's NSTATE[kind] state buffers
     cnp.ndarray scalars not None,      # IN      float64 (groups, NSLOT), C-contiguous
     cnp.ndarray chunks not None,       # IN      intp (nchunks, 3) rows of (group, lo, hi)
     int num_threads,
     cnp.ndarray ema=None,              # IN/OUT  parameter EMA (or None): one more stream
 ):
     """One step of kind ``KINDS[kind]`` in place; the kernel contract of adamfast._dispatch.
+
+    ``states`` is a tuple of exactly ``NSTATE[kind]`` arrays: the kind's
+    state buffers, in spec order.
 
     Each chunk row ``(group, lo, hi)`` updates elements [lo, hi) with the
     scalar row ``scalars[group]``.  Chunks are spread over ``num_threads``
@@ -157,6 +158,14 @@ def family_kernel(
     if not 0 <= kind < _NKINDS:
         raise ValueError("family_kernel: kind must be in [0, %d), got %d" % (_NKINDS, kind))
     cdef int nstate = _NSTATE_C[kind]
+    cdef void* sp[_MAXSTATE]
+    cdef int j
+    if not PyTuple_CheckExact(states):
+        raise TypeError("family_kernel: states must be a tuple of the %d state buffer(s) of "
+                        "kind %r, got %s" % (nstate, KINDS[kind], type(states).__name__))
+    if PyTuple_GET_SIZE(states) != nstate:
+        raise ValueError("family_kernel: kind %r has %d state buffer(s), got a tuple of %d"
+                         % (KINDS[kind], nstate, PyTuple_GET_SIZE(states)))
     cdef int typenum = cnp.PyArray_TYPE(params)
     cdef Py_ssize_t n = 0
     if ((typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64)
@@ -164,12 +173,15 @@ def family_kernel(
         n = cnp.PyArray_DIM(params, 0)
     else:
         typenum = -1
-    if not (_buffer_ok(params, typenum, n, _OUT_FLAGS)
-            and _buffer_ok(grads, typenum, n, _IN_FLAGS)
-            and (nstate < 1 or _buffer_ok(s0, typenum, n, _OUT_FLAGS))
-            and (nstate < 2 or _buffer_ok(s1, typenum, n, _OUT_FLAGS))
-            and (nstate < 3 or _buffer_ok(s2, typenum, n, _OUT_FLAGS))):
-        _bad_buffers("family_kernel", (params, grads, s0, s1, s2), 2 + nstate)
+    cdef bint ok = _buffer_ok(params, typenum, n, _OUT_FLAGS) and \
+        _buffer_ok(grads, typenum, n, _IN_FLAGS)
+    for j in range(nstate):
+        a = <object>PyTuple_GET_ITEM(states, j)
+        ok = ok and cnp.PyArray_Check(a) and _buffer_ok(<cnp.ndarray>a, typenum, n, _OUT_FLAGS)
+    if not ok:
+        _bad_buffers("family_kernel", (params, grads) + states, 2 + nstate)
+    for j in range(_MAXSTATE):
+        sp[j] = cnp.PyArray_DATA(<cnp.ndarray>PyTuple_GET_ITEM(states, j)) if j < nstate else NULL
     if ema is not None and not _buffer_ok(ema, typenum, n, _OUT_FLAGS):
         raise ValueError("family_kernel: ema must be a writable 1-D C-contiguous array like "
                          "params, got %r" % (ema,))
@@ -197,9 +209,8 @@ def family_kernel(
     # The GIL is released even for small n: it costs ~tens of ns, and lets
     # other Python threads run while a large buffer is being updated.
     with nogil:
-        _step(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads),
-             cnp.PyArray_DATA(s0), cnp.PyArray_DATA(s1), cnp.PyArray_DATA(s2),
-             ema_ptr, <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
+        _step(kind, typenum, cnp.PyArray_DATA(params), cnp.PyArray_DATA(grads), sp,
+              ema_ptr, <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
 
 
 # --- the fast paths ----------------------------------------------------------
@@ -248,13 +259,18 @@ cdef inline bint _disjoint(char* a, char* b, Py_ssize_t nbytes) noexcept:
         <uintptr_t>b + <uintptr_t>nbytes <= <uintptr_t>a
 
 
-cdef inline bint _fast_buffers(object params, object grads, object s0, object s1, object s2,
-                               int nstate, int* typenum, Py_ssize_t* n, char** ptrs,
+cdef inline bint _fast_buffers(object params, object grads, object states, int nstate,
+                               int* typenum, Py_ssize_t* n, char** ptrs,
                                object ema=None) noexcept:
     # The generic buffer check of every fast path, driven by the kind's
     # number of state buffers (and the EMA, if any): False to decline.
-    # ptrs[5] is the EMA's data or NULL.
+    # ``states`` must be a tuple of exactly nstate buffers.  ``ptrs`` has
+    # 3 + _MAXSTATE slots: params, grads, the _MAXSTATE state pointers (the
+    # kind's, then NULLs) and, last, the EMA's data or NULL.
     cdef int j, l, nbuf
+    cdef char* ordered[3 + _MAXSTATE]
+    if not PyTuple_CheckExact(states) or PyTuple_GET_SIZE(states) != nstate:
+        return False
     if not cnp.PyArray_CheckExact(params):
         return False
     typenum[0] = cnp.PyArray_TYPE(<cnp.ndarray>params)
@@ -263,49 +279,52 @@ cdef inline bint _fast_buffers(object params, object grads, object s0, object s1
     n[0] = cnp.PyArray_SIZE(<cnp.ndarray>params)
     ptrs[0] = _fast_array(params, typenum[0], n[0], _FAST_OUT_FLAGS)
     ptrs[1] = _fast_array(grads, typenum[0], n[0], _FAST_IN_FLAGS)
-    ptrs[2] = _fast_array(s0, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 1 else NULL
-    ptrs[3] = _fast_array(s1, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 2 else NULL
-    ptrs[4] = _fast_array(s2, typenum[0], n[0], _FAST_OUT_FLAGS) if nstate >= 3 else NULL
+    for j in range(_MAXSTATE):
+        ptrs[2 + j] = NULL
+    for j in range(nstate):
+        ptrs[2 + j] = _fast_array(<object>PyTuple_GET_ITEM(states, j), typenum[0], n[0],
+                                  _FAST_OUT_FLAGS)
     for j in range(2 + nstate):
         if ptrs[j] == NULL:
             return False
-    # The EMA, when given, goes in the slot after the used state buffers for
-    # the overlap test, and is handed over as ptrs[5].
-    nbuf = 2 + nstate
-    ptrs[5] = NULL
+    ptrs[2 + _MAXSTATE] = NULL
     if ema is not None:
-        ptrs[5] = _fast_array(ema, typenum[0], n[0], _FAST_OUT_FLAGS)
-        if ptrs[5] == NULL:
+        ptrs[2 + _MAXSTATE] = _fast_array(ema, typenum[0], n[0], _FAST_OUT_FLAGS)
+        if ptrs[2 + _MAXSTATE] == NULL:
             return False
-        ptrs[nbuf] = ptrs[5]
+    # No two buffers may overlap (size 0: nothing to overlap): the used ones,
+    # the EMA included, side by side for the test.
+    nbuf = 2 + nstate
+    for j in range(nbuf):
+        ordered[j] = ptrs[j]
+    if ema is not None:
+        ordered[nbuf] = ptrs[2 + _MAXSTATE]
         nbuf += 1
-    # No two buffers may overlap (size 0: nothing to overlap).
     cdef Py_ssize_t nbytes = n[0] * cnp.PyArray_ITEMSIZE(<cnp.ndarray>params)
     if n[0] > 0:
         for j in range(nbuf):
             for l in range(j + 1, nbuf):
-                if not _disjoint(ptrs[j], ptrs[l], nbytes):
+                if not _disjoint(ordered[j], ordered[l], nbytes):
                     return False
-    for j in range(2 + nstate, 5):
-        ptrs[j] = ptrs[0]  # never touched; any valid pointer
     return True
 
 
-def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads, ema=None):
+def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     """The generic fast path of every functional step: the step, or a refusal.
 
+    ``states`` is the tuple of the kind's ``NSTATE[kind]`` state buffers.
     ``row`` is the group's scalar row as a tuple of at most NSLOT exact
     Python floats (from the spec's ``scalars``, already validated).  Returns
     True after performing the step exactly as ``family_kernel`` would over
     one group, or False without writing anything when the buffers are not
     exact ndarrays of one native float dtype, C-contiguous, aligned, writable
     but for ``grads``, of one total size and pairwise disjoint (``ema``
-    included, when given; then the row's EMA slots apply).  Never raises for
-    bad input.
+    included, when given; then the row's EMA slots apply), or ``states`` is
+    not a tuple of NSTATE[kind] of them.  Never raises for bad input.
     """
     cdef int typenum
     cdef Py_ssize_t n
-    cdef char* ptrs[6]
+    cdef char* ptrs[3 + _MAXSTATE]
     cdef double table[_NSLOT]
     cdef Py_ssize_t j, size
     if not 0 <= kind < _NKINDS or not PyTuple_CheckExact(row):
@@ -320,13 +339,13 @@ def step_fast(int kind, params, grads, s0, s1, s2, row, int num_threads, ema=Non
         table[j] = PyFloat_AS_DOUBLE(item)
     for j in range(size, _NSLOT):
         table[j] = 0.0
-    if not _fast_buffers(params, grads, s0, s1, s2, _NSTATE_C[kind], &typenum, &n, ptrs, ema):
+    if not _fast_buffers(params, grads, states, _NSTATE_C[kind], &typenum, &n, ptrs, ema):
         return False
     if n == 0:
         return True
     with nogil:
-        _step(kind, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], table, NULL,
-              0, n, num_threads)
+        _step(kind, typenum, ptrs[0], ptrs[1], <void**>(ptrs + 2), ptrs[2 + _MAXSTATE], table,
+              NULL, 0, n, num_threads)
     return True
 
 
@@ -402,24 +421,24 @@ cdef inline bint _adam_scalars(long step, double lr, double beta1, double beta2,
         st = base
     else:
         st = base / bc1
-    out[0] = -1.0 if maximize else 1.0
-    out[1] = 1.0 - lr * weight_decay if decoupled else 1.0
-    out[2] = 0.0 if decoupled else weight_decay
-    out[3] = beta1
-    out[4] = 1.0 - beta1
-    out[5] = beta2
-    out[6] = 1.0 - beta2
-    out[7] = st
-    out[8] = a
-    out[9] = eps_root
-    out[10] = b
-    out[11] = eps
-    out[12] = nest
-    out[13] = c1
-    out[14] = c2
-    out[15] = 1.0 if amsgrad else 0.0
-    for j in range(16, _NSLOT):
+    for j in range(_NSLOT):
         out[j] = 0.0
+    out[GS] = -1.0 if maximize else 1.0
+    out[PS] = 1.0 - lr * weight_decay if decoupled else 1.0
+    out[L2] = 0.0 if decoupled else weight_decay
+    out[ADAM_B1] = beta1
+    out[ADAM_OMB1] = 1.0 - beta1
+    out[ADAM_B2] = beta2
+    out[ADAM_OMB2] = 1.0 - beta2
+    out[ADAM_STEP] = st
+    out[ADAM_A] = a
+    out[ADAM_R] = eps_root
+    out[ADAM_B] = b
+    out[ADAM_EPS] = eps
+    out[ADAM_NEST] = nest
+    out[ADAM_C1] = c1
+    out[ADAM_C2] = c2
+    out[ADAM_AMS] = 1.0 if amsgrad else 0.0
     return True
 
 
@@ -471,7 +490,7 @@ def adam_step_fast(
     cdef double lr_, b1, b2, eps_, wd, root
     cdef int typenum
     cdef Py_ssize_t n
-    cdef char* ptrs[6]
+    cdef char* ptrs[3 + _MAXSTATE]
     cdef double row[_NSLOT]
 
     ams = _fast_flag(amsgrad)
@@ -495,16 +514,16 @@ def adam_step_fast(
             and _fast_float(weight_decay, 0.0, INFINITY, &wd)
             and _fast_float(eps_root, 0.0, INFINITY, &root)):
         return False
-    if not _fast_buffers(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, 3 if ams else 2,
-                         &typenum, &n, ptrs):
+    states = (exp_avg, exp_avg_sq, max_exp_avg_sq) if ams else (exp_avg, exp_avg_sq)
+    if not _fast_buffers(params, grads, states, 3 if ams else 2, &typenum, &n, ptrs):
         return False
     if not _adam_scalars(t, lr_, b1, b2, eps_, wd, dec, ams, mx, hat, root, bc, nes, row):
         return False
     if n == 0:
         return True
     with nogil:
-        _step(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], ptrs[2], ptrs[3],
-              ptrs[4], NULL, row, NULL, 0, n, num_threads)
+        _step(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], <void**>(ptrs + 2),
+              NULL, row, NULL, 0, n, num_threads)
     return True
 
 

@@ -98,26 +98,15 @@ cdef extern from *:
     int ADAMFAST_FP_CONTRACT_OFF
 
 
-# An enum, not a Python global, so gcc sees compile-time constants.
+# An enum, not a Python global, so gcc sees compile-time constants.  The
+# engine's constants (_CHUNK, _NSLOT, _MAXSTATE, _LANES) and the slot names
+# are in _kinds.pxi, rendered from adamfast.algorithms._spec, their one source.
 cdef enum:
-    # Chunks are the unit of work handed to a thread.  16384 elements keeps a
-    # chunk's 4-5 streams (256-320 KiB in float32) near L2 size, and the
-    # split depends only on n, never on the thread count.
-    _CHUNK = 16384
     # Below this, waking another thread costs more than the work itself.
     # (The numba backend's is the same on this pool, higher on numba's own:
     # see adamfast/_numba/_driver.py.)
     _PARALLEL_MIN = 65536
-    # Scalar slots per group row: adamfast.algorithms._spec.NSLOT.
-    _NSLOT = 18
-    # Slots of the parameter EMA (applied by the driver to every kind).
-    _EMA_D = 16
-    _EMA_OMD = 17
-    # Independent float64 accumulators of the norm pass (see _driver.pxi;
-    # spelled as 16 in its C loop).
-    _LANES = 16
 
-CHUNK = _CHUNK
 PARALLEL_MIN = _PARALLEL_MIN
 
 
@@ -140,9 +129,11 @@ def simd_info():
             "yes" if ADAMFAST_OPENMP else "no",
         )
     )
-NSLOT = _NSLOT
-LANES = _LANES
-
 include "algorithms/_common.pxi"
 include "_kinds.pxi"
 include "_entries.pxi"
+
+CHUNK = _CHUNK
+NSLOT = _NSLOT
+MAXSTATE = _MAXSTATE
+LANES = _LANES

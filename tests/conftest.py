@@ -124,10 +124,8 @@ def full_path(module, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, 
         named.append(("max_exp_avg_sq", max_exp_avg_sq, True))
     views = _validate.buffers(named)
     row = adam_row(step, lr, beta1, beta2, eps, weight_decay, decoupled, maximize, amsgrad)
-    empty = np.empty(0, views[0].dtype)
-    state = list(views[2:]) + [empty] * (5 - len(views))
     kind = module.KINDS.index("adam_amsgrad" if amsgrad else "adam")
-    module.family_kernel(kind, views[0], views[1], *state, np.array([row]),
+    module.family_kernel(kind, views[0], views[1], tuple(views[2:]), np.array([row]),
                          _engine.single_chunks(views[0].size), _dispatch.get_num_threads())
 
 
@@ -145,6 +143,7 @@ def kind_cases():
         "rmsprop_centered_momentum": dict(centered=True, momentum=0.9),
         "sgd": dict(weight_decay=0.01), "sgd_momentum": dict(momentum=0.9, nesterov=True),
         "adadelta": dict(weight_decay=0.01), "lion": dict(weight_decay=0.1),
+        "adan": dict(weight_decay=0.05),
     }
     cases = {}
     for spec in ALGORITHMS.values():

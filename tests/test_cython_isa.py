@@ -77,7 +77,6 @@ def test_variants_bit_identical(n, dtype, kind):
     p0[::13] = 0  # exact zeros and ties for sqrt/eps and the maxima
     s0 = [np.abs(rng.standard_normal(n)).astype(dtype) * 1e-3 for _ in range(nstate)]
     bufs = {mod: [p0.copy()] + [x.copy() for x in s0] for mod in (BASELINE, AVX2)}
-    empty = np.empty(0, dtype)
     grng = np.random.default_rng(7 + n)
     gstate = dict(spec.gstate) if spec.gstate else None
     for step in range(1, STEPS + 1):
@@ -86,8 +85,7 @@ def test_variants_bit_identical(n, dtype, kind):
         table = np.zeros((1, NSLOT))
         table[0, :len(row)] = row
         for mod, b in bufs.items():
-            state = b[1:] + [empty] * (3 - nstate)
-            mod.family_kernel(mod.KINDS.index(kind), b[0], g, *state, table,
+            mod.family_kernel(mod.KINDS.index(kind), b[0], g, tuple(b[1:]), table,
                               _engine.single_chunks(n), 2)
     for a, b in zip(bufs[BASELINE], bufs[AVX2]):
         assert np.array_equal(a, b, equal_nan=True), f"{kind}: builds differ"
@@ -103,7 +101,7 @@ def test_roofline_variants_identical():
     out = []
     for mod in (BASELINE, AVX2):
         p, g, m, v, w = (x.copy() for x in start)
-        mod.family_kernel(mod.KINDS.index("roofline3"), p, g, m, v, w, np.zeros((1, NSLOT)),
+        mod.family_kernel(mod.KINDS.index("roofline3"), p, g, (m, v, w), np.zeros((1, NSLOT)),
                           _engine.single_chunks(p.size), 2)
         out.append((p, m, v, w))
     for a, b in zip(*out):

@@ -43,7 +43,6 @@ def _run_kind(backend, kind, n, dtype, steps=STEPS, groups=1, nthreads=None):
     bounds = [(i * n // groups, (i + 1) * n // groups) for i in range(groups)]
     chunks = _engine.chunk_table(bounds)
     gstates = [dict(spec.gstate) if spec.gstate else None for _ in range(groups)]
-    empty = np.empty(0, dtype)
     for t in range(1, steps + 1):
         rows = []
         for gi in range(groups):
@@ -51,8 +50,7 @@ def _run_kind(backend, kind, n, dtype, steps=STEPS, groups=1, nthreads=None):
             row, gstates[gi] = spec.scalars(t, dict(hp, lr=hp["lr"] * (1 + gi)), gstates[gi])
             rows.append(row)
         table = _engine.scalar_table(rows)
-        s = state + [empty] * (3 - len(state))
-        b.kernel(b.kind_id(kind), p, _grads(n, dtype, t), *s, table, chunks,
+        b.kernel(b.kind_id(kind), p, _grads(n, dtype, t), tuple(state), table, chunks,
                  nthreads or _dispatch.get_num_threads())
     return [p] + state
 
@@ -82,20 +80,19 @@ def test_thread_count_invariance(compiled_backend, kind, threads):
 def test_kernels_refuse_out_of_range_tables(compiled_backend):
     b = _dispatch.get_backend(compiled_backend)
     p, g, m, v = (np.zeros(10, np.float32) for _ in range(4))
-    e = np.empty(0, np.float32)
     kid = b.kind_id("adam")
     good = np.zeros((1, NSLOT))
     for chunks, msg in ((np.array([[0, 0, 11]], np.intp), "range"),
                         (np.array([[1, 0, 10]], np.intp), "range"),
                         (np.array([[0, 5, 4]], np.intp), "range")):
         with pytest.raises(ValueError, match=msg):
-            b.kernel(kid, p, g, m, v, e, good, chunks, 1)
+            b.kernel(kid, p, g, (m, v), good, chunks, 1)
     with pytest.raises(ValueError):
-        b.kernel(kid, p, g, m, np.zeros(9, np.float32), e, good, _engine.single_chunks(10), 1)
+        b.kernel(kid, p, g, (m, np.zeros(9, np.float32)), good, _engine.single_chunks(10), 1)
     with pytest.raises(ValueError):
-        b.kernel(10**6, p, g, m, v, e, good, _engine.single_chunks(10), 1)
+        b.kernel(10**6, p, g, (m, v), good, _engine.single_chunks(10), 1)
     with pytest.raises(ValueError):
-        b.kernel(kid, p, g, m, v, e, np.zeros((1, 3)), _engine.single_chunks(10), 1)
+        b.kernel(kid, p, g, (m, v), np.zeros((1, 3)), _engine.single_chunks(10), 1)
     assert not p.any() and not m.any() and not v.any()
 
 
@@ -123,7 +120,7 @@ def test_optimizer_one_kernel_call_per_step_for_any_number_of_groups(name, monke
     calls = []
     b = _dispatch.get_backend("cython" if "cython" in BACKENDS else "numpy")
     real = b.kernel
-    monkeypatch.setattr(b, "kernel", lambda *a: (calls.append(a[6].shape[0]), real(*a))[1])
+    monkeypatch.setattr(b, "kernel", lambda *a: (calls.append(a[4].shape[0]), real(*a))[1])
     monkeypatch.setattr(b, "step_fast", None)
     init = _init(np.float32)
     groups = [{"params": init[:2]}, {"params": init[2:4], "weight_decay": 0.01},
@@ -203,6 +200,12 @@ def test_signatures_are_torchs():
                                   "max_grad_norm", "skip_nonfinite", "ema_decay"]
             assert ours["lr"].default == 1e-4 and ours["betas"].default == (0.9, 0.99)
             continue
+        if name == "Adan":  # timm's signature (foreach is adamfast.torch's only)
+            assert list(ours) == ["params", "lr", "betas", "eps", "weight_decay", "no_prox",
+                                  "caution", "backend", "max_grad_norm", "skip_nonfinite",
+                                  "ema_decay"]
+            assert ours["betas"].default == (0.98, 0.92, 0.99) and ours["lr"].default == 1e-3
+            continue
         theirs = {k: v for k, v in inspect.signature(getattr(torch.optim, name)).parameters.items()
                   if k not in skip}
         assert set(ours) - extras == set(theirs), name
@@ -229,7 +232,8 @@ def test_buffers_cannot_be_rebound():
 # --- convergence and properties ---------------------------------------------------
 
 RATES = {"Adam": 0.05, "AdamW": 0.05, "Adamax": 0.05, "NAdam": 0.05, "RAdam": 0.05,
-         "Adagrad": 0.5, "RMSprop": 0.01, "SGD": 0.05, "Adadelta": 1.0, "Lion": 0.01}
+         "Adagrad": 0.5, "RMSprop": 0.01, "SGD": 0.05, "Adadelta": 1.0, "Lion": 0.01,
+         "Adan": 0.05}
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -363,3 +367,20 @@ def test_schedules_values_and_use():
     import pickle
 
     assert pickle.loads(pickle.dumps(sched)) == sched
+
+
+def test_slot_constants_match_each_modules_slots():
+    # The reference modules name their slots once (SLOTS); the constants the
+    # kernels index with must be those positions, and the shared ones everyone's.
+    import importlib
+
+    from adamfast.algorithms import _spec
+
+    for spec in ALGORITHMS.values():
+        module = importlib.import_module(spec.reference[next(iter(spec.kinds))].__module__)
+        assert module.SLOTS == spec.slots
+        assert spec.slots[:3] == _spec.SHARED_SLOTS
+        for j, name in enumerate(spec.slots):
+            assert getattr(module, name) == j, (spec.name, name)
+        row, _ = spec.scalars(1, spec.validate(spec.defaults), spec.gstate and dict(spec.gstate))
+        assert len(row) == len(spec.slots), spec.name

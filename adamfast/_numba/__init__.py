@@ -42,13 +42,7 @@ Why the code looks the way it does:
   ``prange`` over the chunk rows on numba's own pool, compiled on its first
   call.  Every update is element-wise and each chunk reads its own group's
   row, so results never depend on the path or the thread count.
-* Threads: on adamfast's pool, numba's thread count is never read or set.
-  On numba's own pool, whose thread count is per calling thread and capped
-  by the size fixed at start-up (``NUMBA_NUM_THREADS``), a parallel call
-  sets it to ``min(num_threads, NUMBA_NUM_THREADS)`` for the call only and
-  restores the caller's previous ``numba.get_num_threads()`` afterwards,
-  even on error.  Launching numba's pool costs more than the work below
-  2**19 elements (:mod:`._driver`), so that path has the larger cut-off.
+* Threads (numba's thread count, the cut-offs, both pools): docs/threads.md.
 * numba checks types, not bounds, so :func:`family_kernel` checks in Python
   what keeps a kernel from reading or writing out of bounds before anything
   is written.  adamfast's Python layer stays the real validator.
@@ -67,38 +61,34 @@ import numpy as np
 from .. import _dispatch
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
-from ..algorithms._spec import NSLOT
-from ._driver import CHUNK, POOL_PARALLEL_MIN, SIGNATURES
+from ..algorithms._spec import CHUNK, NSLOT
+from ._driver import NSTATE as _NSTATE_OF
 from ._driver import PARALLEL_MIN as NUMBA_PARALLEL_MIN
+from ._driver import POOL_PARALLEL_MIN, signatures
 
-__all__ = ["KINDS", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel"]
+__all__ = ["KINDS", "NSTATE", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel"]
 
 # kind_id = index into KINDS (the registry's order, then the rooflines).
 KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 
 
-def _layout():
-    """Per kind id: the module defining its entries, and its number of state buffers."""
-    module, nstate = {}, {}
+def _modules():
+    """Per kind id: the module defining its entries."""
+    module = {kind: "roofline" for kind in ROOFLINE_KINDS}
     for spec in ALGORITHMS.values():
-        for kind, names in spec.kinds.items():
+        for kind in spec.kinds:
             module[kind] = spec.reference[kind].__module__.rsplit(".", 1)[1]
-            nstate[kind] = len(names)
-    for kind in ROOFLINE_KINDS:
-        module[kind] = "roofline"
-        nstate[kind] = int(kind[len("roofline"):])
-    return tuple(module[k] for k in KINDS), tuple(nstate[k] for k in KINDS)
+    return tuple(module[k] for k in KINDS)
 
 
-_MODULES, _NSTATE = _layout()
+_MODULES = _modules()
+# Per kind id: how many state buffers the kind streams (the length of ``states``).
+NSTATE = tuple(_NSTATE_OF[k] for k in KINDS)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _F64 = np.dtype(np.float64)
 _INTP = np.dtype(np.intp)
-# Stand-ins for unused state slots: the signatures want a writable 1-D array
-# of the buffer dtype there, whatever the caller passed; length 0, so nothing
-# can touch them.
+# The EMA argument when there is none: length 0, so nothing can touch it.
 _EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
-_NAMES = ("params", "grads", "s0", "s1", "s2")
 
 # kind id -> (serial entry, parallel entry, block entry's address), filled on first use.
 _entries = {}
@@ -142,7 +132,7 @@ def _load(kind_id):
     if _POOL is None:
         # The fallback path: compile the serial entry for its explicit
         # signatures now (the parallel one compiles on its first call).
-        for sig in SIGNATURES:
+        for sig in signatures(NSTATE[kind_id]):
             serial.compile(sig)
     entries = _entries[kind_id] = (serial, parallel, block.address)
     return entries
@@ -182,8 +172,9 @@ def wake_pool(num_threads):
         _POOL_MODULE.wake_pool(num_threads)
 
 
-def _check_buffers(arrays, nused):
-    """Raise unless the first ``nused`` arrays are valid kernel buffers; return (dtype, n)."""
+def _check_buffers(arrays, names):
+    """Raise unless ``arrays`` (called ``names``, params first) are valid kernel buffers;
+    return (dtype, n)."""
     params = arrays[0]
     if not isinstance(params, np.ndarray) or params.dtype not in _FLOATS:
         got = f"dtype {params.dtype}" if isinstance(params, np.ndarray) else type(params).__name__
@@ -193,8 +184,7 @@ def _check_buffers(arrays, nused):
     if params.ndim != 1:
         raise ValueError(f"family_kernel: params must be 1-D, got shape {params.shape}")
     n = params.shape[0]
-    for j in range(nused):
-        a, name = arrays[j], _NAMES[j]
+    for j, (a, name) in enumerate(zip(arrays, names)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"family_kernel: {name} must be a numpy array, got "
                             f"{type(a).__name__}")
@@ -245,11 +235,29 @@ def _check_chunks(chunks, ngroups, n):
 MARKS_UNWRITTEN = True
 
 
-def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threads, ema=None):
+def _state_names(n):
+    return tuple(f"states[{j}]" for j in range(n))
+
+
+_STATE_NAMES = tuple(_state_names(n) for n in range(max(NSTATE) + 1))
+
+
+def check_states(entry, kind, states, nstate):
+    """Raise unless ``states`` is a tuple of exactly ``nstate`` items (the arrays are
+    checked with the other buffers)."""
+    if type(states) is not tuple:
+        raise TypeError(f"{entry}: states must be a tuple of the {nstate} state buffer(s) of "
+                        f"kind {kind!r}, got {type(states).__name__}")
+    if len(states) != nstate:
+        raise ValueError(f"{entry}: kind {kind!r} has {nstate} state buffer(s), got a tuple "
+                         f"of {len(states)}")
+
+
+def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, ema=None):
     """One step of kind ``KINDS[kind_id]`` in place; the kernel contract of adamfast._dispatch.
 
-    ``s0..s2`` are the kind's state buffers in spec order; unused slots may
-    be any length-0 arrays and are never touched.  ``scalars`` is a float64
+    ``states`` is the tuple of the kind's ``NSTATE[kind_id]`` state buffers,
+    in spec order.  ``scalars`` is a float64
     ``(groups, NSLOT)`` table, ``chunks`` an intp ``(nchunks, 3)`` table of
     rows ``(group, lo, hi)``: each row updates elements [lo, hi) with
     ``scalars[group]`` rounded to the buffer dtype.  Chunks are spread over
@@ -273,17 +281,14 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
                             f"{kind_id!r} and {num_threads!r}") from None
         if not 0 <= kind_id < len(KINDS):
             raise ValueError(f"family_kernel: kind_id must be in [0, {len(KINDS)}), got {kind_id}")
-        nused = 2 + _NSTATE[kind_id]
-        arrays = (params, grads, s0, s1, s2)
-        dtype, n = _check_buffers(arrays, nused)
-        if nused < 5:
-            empty = _EMPTY[dtype]
-            arrays = arrays[:nused] + (empty,) * (5 - nused)
+        nstate = NSTATE[kind_id]
+        check_states("family_kernel", KINDS[kind_id], states, nstate)
+        dtype, n = _check_buffers((params, grads) + states,
+                                  ("params", "grads") + _STATE_NAMES[nstate])
         if ema is None:
-            arrays = arrays + (_EMPTY[dtype],)
+            ema = _EMPTY[dtype]
         else:
-            _check_buffers((params, ema), 2)
-            arrays = arrays + (ema,)
+            _check_buffers((params, ema), ("params", "ema"))
 
         _check_table("scalars", scalars, _F64, NSLOT)
         ngroups = scalars.shape[0]
@@ -305,23 +310,22 @@ def family_kernel(kind_id, params, grads, s0, s1, s2, scalars, chunks, num_threa
         # the caller and the workers, or all run on the caller below the
         # cut-off.  The context words follow _driver's CTX_* order.  Serial
         # calls come this way too: a cfunc call costs ~4 us less than
-        # numba's dispatch of the njit entry's eight arrays.
-        _POOL(block, arrays + (scalars, chunks),
-              (n, arrays[2].size, arrays[3].size, arrays[4].size, arrays[5].size, ngroups,
-               chunks.shape[0], dtype == _F64), chunks.shape[0],
+        # numba's dispatch of the njit entry's arrays.
+        _POOL(block, (params, grads, ema, scalars, chunks) + states,
+              (n, ema.size, ngroups, chunks.shape[0], dtype == _F64), chunks.shape[0],
               num_threads if n >= PARALLEL_MIN else 1)
         return
     if n < PARALLEL_MIN or num_threads <= 1:
-        serial(*arrays, scalars, chunks)
+        serial(params, grads, states, ema, scalars, chunks)
         return
     num_threads = min(num_threads, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     if previous == num_threads:
-        parallel(*arrays, scalars, chunks)
+        parallel(params, grads, states, ema, scalars, chunks)
         return
     numba.set_num_threads(num_threads)
     try:
-        parallel(*arrays, scalars, chunks)
+        parallel(params, grads, states, ema, scalars, chunks)
     finally:
         numba.set_num_threads(previous)
 

@@ -1,9 +1,10 @@
 """Inline helpers shared by the element functions (twin of ``kernels/algorithms/_common.pxi``).
 
-Every element function has the signature ``elem_<kind>(i, p, g, s0, s1, s2, k)``
-and updates element i in place: p params, g grads (read only), s0..s2 the
-kind's state buffers in spec order (unused ones have length 0 and are never
-touched), k the group's scalar row already rounded to the buffer dtype.
+Every element function has the signature ``elem_<kind>(i, p, g, s, k)`` and
+updates element i in place: p params, g grads (read only), s the tuple of
+the kind's state buffers in spec order (``s[0][i]``: exactly as many as the
+spec declares), k the group's scalar row already rounded to the buffer dtype,
+read with the algorithm module's slot constants (``k[B1]``).
 
 Each one is the numba twin of ``update_<kind>`` in
 adamfast/algorithms/<module>.py: the same operations in the same order, in
@@ -20,16 +21,18 @@ from __future__ import annotations
 
 from numba import njit
 
+from ..algorithms._spec import GS, L2, PS
+
 
 @njit(inline="always")
 def grads_params(i, p, g, k):
     # The prologue of every kind with an L2 slot (_spec's scalar contract):
-    # slot 0 the gradient multiplier, 1 the decoupled-decay scale, 2 the L2
+    # GS the gradient multiplier, PS the decoupled-decay scale, L2 the L2
     # coefficient.  The branch is on a per-chunk scalar; LLVM unswitches it.
-    gi = g[i] * k[0]
-    pi = p[i] * k[1]
-    if k[2] != 0:
-        gi = gi + k[2] * pi
+    gi = g[i] * k[GS]
+    pi = p[i] * k[PS]
+    if k[L2] != 0:
+        gi = gi + k[L2] * pi
     return gi, pi
 
 

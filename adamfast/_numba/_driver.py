@@ -1,30 +1,38 @@
 """The one chunked driver of the numba backend, shared by every kind.
 
 Twin of ``kernels/_driver.pxi``.  Every kind module defines, per kind, an
-element function ``elem_<kind>(i, p, g, s0, s1, s2, k)`` and the entry points
-that pass it to :func:`chunk`::
+element function ``elem_<kind>(i, p, g, s, k)`` (``s`` the tuple of the
+kind's state buffers, exactly as many as its spec declares) and the entry
+points that pass it to :func:`chunk`::
 
     @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
     def adam_block(ctx, c0, c1):
         blocks(elem_adam, ctx, c0, c1)
 
     (the entry adamfast's pool calls: see "the block entries" below; and the
-    fallback pair: ``adam_serial``, a loop of ``chunk(elem_adam, ...)`` over
-    the chunk rows, and ``adam_parallel``, the same with parallel=True and
-    prange)
+    fallback pair: ``adam_serial(p, g, s, ema, scalars, chunks)``, a loop of
+    ``chunk(elem_adam, ...)`` over the chunk rows, and ``adam_parallel``, the
+    same with parallel=True and prange)
 
 The element function reaches :func:`chunk` as a compile-time constant (a
 dispatcher type), so each entry is specialised for its kind and the element
-body is inlined into the chunk loop, where LLVM vectorizes it.
+body is inlined into the chunk loop, where LLVM vectorizes it.  The state
+tuple's length is part of its type, so the per-chunk slicing (:func:`spans`)
+and the block entries' views (:func:`_views`) are generated for that length
+at compile time: ``elem_<kind>``'s name gives the kind, the registry its
+number of state buffers.
 
 The entries are written out at module level rather than made by a factory:
 numba's on-disk cache finds a function by its module and qualified name, and
-a closure built at run time misses it in every new process.
+a closure built at run time misses it in every new process.  (The
+generated helpers are overloads, compiled into the entry that uses them and
+cached with it.)
 
 Caching caveat: numba invalidates a cached entry only when the source file
-that defines the entry changes.  After editing this file or ``_common.py``,
-delete ``adamfast/_numba/__pycache__`` (or touch the kind modules), or the
-entries keep running the old inlined code.
+that defines the entry changes.  After editing this file, ``_common.py`` or
+an algorithm's slots or state buffers, delete ``adamfast/_numba/__pycache__``
+(or touch the kind modules), or the entries keep running the old inlined
+code.
 """
 
 from __future__ import annotations
@@ -32,14 +40,12 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ..algorithms._spec import NSLOT
+from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
+from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES, MAXSTATE, NSLOT
 
-# The unit of work handed to a thread.  The caller builds the chunk table;
-# 16384 elements keeps a chunk's 4-5 streams (256-320 KiB in float32) near L2
-# size, as in the cython backend.
-CHUNK = 16384
+__all__ = ["CHUNK", "LANES", "MAXSTATE", "NSLOT"]  # the engine's constants, from _spec
 # The serial cut-off on numba's own pool (the fallback parallel path).  Its
 # launch costs more than adamfast's pool: with cold caches, one thread beat
 # two below ~512K float32 params here (64K:
@@ -49,21 +55,26 @@ PARALLEL_MIN = 1 << 19
 # the cython backend's does: its cut-off, kernels/_family.pxi's _PARALLEL_MIN.
 POOL_PARALLEL_MIN = 1 << 16
 
-if NSLOT != 18:  # row() spells out the slots one by one
-    raise ImportError(f"adamfast._numba expects NSLOT == 18, got {NSLOT}")
-# Independent float64 accumulators of the norm pass: kernels/_driver.pxi's _LANES.
-LANES = 16
+
+def _nstate_table():
+    """kind -> number of state buffers, from the registry (rooflineN: N)."""
+    out = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
+    out.update((kind, int(kind[len("roofline"):])) for kind in ROOFLINE_KINDS)
+    return out
 
 
-def signatures():
-    """The float32 and float64 signatures of the fallback's serial entries.
+NSTATE = _nstate_table()
+
+
+def signatures(nstate):
+    """The float32 and float64 signatures of a kind's serial entry (``nstate`` state buffers).
 
     Explicit signatures, so that they compile (or load from the cache) when
     the fallback loads a kind, never on a call, and precision changes are
-    never silent: ``params, grads (read only), s0, s1, s2, ema, scalars
-    (float64, read only), chunks (intp, read only)``; ``ema`` has length 0
-    when there is no parameter EMA.  (The block entries have one C signature
-    and branch on the dtype inside.)
+    never silent: ``params, grads (read only), states (a tuple of nstate
+    arrays), ema, scalars (float64, read only), chunks (intp, read only)``;
+    ``ema`` has length 0 when there is no parameter EMA.  (The block entries
+    have one C signature and branch on the dtype inside.)
     """
     sigs = []
     table = types.Array(types.float64, 2, "C", readonly=True)
@@ -71,26 +82,45 @@ def signatures():
     for ft in (types.float32, types.float64):
         buf = types.Array(ft, 1, "C")
         ro = types.Array(ft, 1, "C", readonly=True)
-        sigs.append(types.void(buf, ro, buf, buf, buf, buf, table, rows))
+        states = types.UniTuple(buf, nstate) if nstate else types.Tuple(())
+        sigs.append(types.void(buf, ro, states, buf, table, rows))
     return sigs
 
 
-SIGNATURES = signatures()
+def _generated(name, args, lines, env):
+    # A small helper specialised at compile time (see the module docstring).
+    text = f"def {name}({args}):\n" + "".join(f"    {line}\n" for line in lines)
+    scope = dict(env)
+    exec(text, scope)  # our own generated source, nothing from outside
+    return scope[name]
 
 
-@njit(inline="always")
 def row(p, r):
-    # Round the group's float64 row to the buffer dtype once per chunk, into a
-    # tuple of scalars: the element functions index it with constants, so in
-    # the loop every k[j] is a plain float32 (or float64) register value.
-    f = p.dtype.type
-    return (f(r[0]), f(r[1]), f(r[2]), f(r[3]), f(r[4]), f(r[5]), f(r[6]), f(r[7]),
-            f(r[8]), f(r[9]), f(r[10]), f(r[11]), f(r[12]), f(r[13]), f(r[14]), f(r[15]),
-            f(r[16]), f(r[17]))
+    """The group's float64 row rounded to the buffer dtype, as a tuple of NSLOT scalars."""
+
+
+@overload(row, inline="always")
+def _row(p, r):
+    # Once per chunk, into a tuple of scalars: the element functions index it
+    # with constants, so in the loop every k[j] is a plain float32 (or
+    # float64) register value.
+    items = ", ".join(f"f(r[{j}])" for j in range(NSLOT))
+    return _generated("row_impl", "p, r", ["f = p.dtype.type", f"return ({items},)"], {})
+
+
+def spans(states, lo, hi):
+    """The tuple of views ``s[lo:hi]`` of a tuple of state buffers."""
+
+
+@overload(spans, inline="always")
+def _spans(states, lo, hi):
+    # Views walked from 0, as params' and grads' in chunk().
+    items = "".join(f"states[{j}][lo:hi], " for j in range(len(states)))
+    return _generated("spans_impl", "states, lo, hi", [f"return ({items})"], {})
 
 
 @njit(inline="always")
-def chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c):
+def chunk(elem, p, g, s, ema, scalars, chunks, c):
     """Chunk row ``c`` = (group, lo, hi): elements [lo, hi) with ``scalars[group]``.
 
     family_kernel has checked every row against the buffers and the table.
@@ -100,23 +130,20 @@ def chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c):
     k = row(p, scalars[chunks[c, 0]])
     # Slices walked from 0: indexing the full arrays with a signed loop
     # counter makes numba emit wraparound handling that stops LLVM from
-    # vectorizing.  An unused state slot has length 0; its slice is an empty
-    # view the element function never indexes.
+    # vectorizing.
     p_ = p[lo:hi]
     g_ = g[lo:hi]
-    s0_ = s0[lo:hi]
-    s1_ = s1[lo:hi]
-    s2_ = s2[lo:hi]
+    s_ = spans(s, lo, hi)
     if ema.size == 0:
         for i in range(hi - lo):
-            elem(i, p_, g_, s0_, s1_, s2_, k)
+            elem(i, p_, g_, s_, k)
     else:
         # The parameter EMA: one more stream of the same pass, for every kind
         # (twin of kernels/_driver.pxi's _span).
         e_ = ema[lo:hi]
         for i in range(hi - lo):
-            elem(i, p_, g_, s0_, s1_, s2_, k)
-            e_[i] = k[16] * e_[i] + k[17] * p_[i]
+            elem(i, p_, g_, s_, k)
+            e_[i] = k[EMA_D] * e_[i] + k[EMA_OMD] * p_[i]
 
 
 # --- the block entries: numba's update on adamfast's thread pool ------------------------
@@ -127,14 +154,17 @@ def chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c):
 # kind also has a C-callable "block" entry, ``void(ctx, c0, c1)``, that
 # updates chunk rows [c0, c1); the cython extension's pool
 # (kernels/_pool.pxi) calls it from the caller's thread and its workers.
-# ``ctx`` points at an intp array of the call's buffers (CTX_* below).
-# Block entries are nopython code without Python objects or exceptions, so
-# they run without the GIL on any thread.
+# ``ctx`` points at intp words: the addresses of the CTX_* arrays, then the
+# kind's state buffers' (CTX_STATES, as many as the kind has), then the
+# call's sizes (CTX_N and on, counted from the words after the states).
+# Every state buffer has params' length (family_kernel checked it).  Block
+# entries are nopython code without Python objects or exceptions, so they run
+# without the GIL on any thread.
 
 BLOCK_SIGNATURE = types.void(types.voidptr, types.intp, types.intp)
-(CTX_P, CTX_G, CTX_S0, CTX_S1, CTX_S2, CTX_EMA, CTX_SCALARS, CTX_CHUNKS,
- CTX_N, CTX_N0, CTX_N1, CTX_N2, CTX_NEMA, CTX_GROUPS, CTX_ROWS, CTX_F64) = range(16)
-CTX_SIZE = 16
+CTX_P, CTX_G, CTX_EMA, CTX_SCALARS, CTX_CHUNKS, CTX_STATES = range(6)
+CTX_N, CTX_NEMA, CTX_GROUPS, CTX_ROWS, CTX_F64 = range(5)  # after the states
+CTX_SIZE = CTX_STATES + MAXSTATE + 5
 
 
 @intrinsic
@@ -149,18 +179,42 @@ def _address(typingctx, addr):
     return types.voidptr(addr), codegen
 
 
+def _views(elem, h, dt):
+    """(params, grads, states, ema, scalars, chunks) of the call in ``h``, as arrays."""
+
+
+@overload(_views, inline="always")
+def _views_impl(elem, h, dt):
+    nstate = NSTATE[elem.dispatcher.py_func.__name__[len("elem_"):]]
+    sizes = CTX_STATES + nstate
+    states = "".join(f"carray(_address(h[{CTX_STATES + j}]), (n,), dt), " for j in range(nstate))
+    lines = [f"n = h[{sizes + CTX_N}]",
+             f"p = carray(_address(h[{CTX_P}]), (n,), dt)",
+             f"g = carray(_address(h[{CTX_G}]), (n,), dt)",
+             f"ema = carray(_address(h[{CTX_EMA}]), (h[{sizes + CTX_NEMA}],), dt)",
+             f"scalars = carray(_address(h[{CTX_SCALARS}]), (h[{sizes + CTX_GROUPS}], {NSLOT}), "
+             f"np.float64)",
+             f"chunks = carray(_address(h[{CTX_CHUNKS}]), (h[{sizes + CTX_ROWS}], 3), np.intp)",
+             f"return p, g, ({states}), ema, scalars, chunks"]
+    return _generated("views_impl", "elem, h, dt", lines,
+                      {"carray": carray, "_address": _address, "np": np})
+
+
+def _is_f64(elem, h):
+    """Whether the call in ``h`` is on float64 buffers."""
+
+
+@overload(_is_f64, inline="always")
+def _is_f64_impl(elem, h):
+    word = CTX_STATES + NSTATE[elem.dispatcher.py_func.__name__[len("elem_"):]] + CTX_F64
+    return _generated("is_f64_impl", "elem, h", [f"return h[{word}] != 0"], {})
+
+
 @njit(inline="always")
 def _typed_blocks(elem, h, c0, c1, dt):
-    p = carray(_address(h[CTX_P]), (h[CTX_N],), dt)
-    g = carray(_address(h[CTX_G]), (h[CTX_N],), dt)
-    s0 = carray(_address(h[CTX_S0]), (h[CTX_N0],), dt)
-    s1 = carray(_address(h[CTX_S1]), (h[CTX_N1],), dt)
-    s2 = carray(_address(h[CTX_S2]), (h[CTX_N2],), dt)
-    ema = carray(_address(h[CTX_EMA]), (h[CTX_NEMA],), dt)
-    scalars = carray(_address(h[CTX_SCALARS]), (h[CTX_GROUPS], NSLOT), np.float64)
-    chunks = carray(_address(h[CTX_CHUNKS]), (h[CTX_ROWS], 3), np.intp)
+    p, g, s, ema, scalars, chunks = _views(elem, h, dt)
     for c in range(c0, c1):
-        chunk(elem, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(inline="always")
@@ -171,7 +225,7 @@ def blocks(elem, ctx, c0, c1):
     serial entry, before it builds ``ctx``.
     """
     h = carray(ctx, (CTX_SIZE,), np.intp)
-    if h[CTX_F64] == 0:
-        _typed_blocks(elem, h, c0, c1, np.float32)
-    else:
+    if _is_f64(elem, h):
         _typed_blocks(elem, h, c0, c1, np.float64)
+    else:
+        _typed_blocks(elem, h, c0, c1, np.float32)

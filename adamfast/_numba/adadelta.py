@@ -1,6 +1,7 @@
 """Adadelta element function; reference twin: adamfast/algorithms/adadelta.py.
 
-Slots: 0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr.
+Slots, named by the reference module's SLOTS, by index:
+0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr.
 """
 
 from __future__ import annotations
@@ -8,32 +9,33 @@ from __future__ import annotations
 import numpy as np
 from numba import cfunc, njit, prange
 
+from ..algorithms.adadelta import RHO, OMR, EPS, LR
 from ._common import grads_params
 from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
-def elem_adadelta(i, p, g, s0, s1, s2, k):
+def elem_adadelta(i, p, g, s, k):
     # Twin of update_adadelta.
     gi, pi = grads_params(i, p, g, k)
-    sq = k[3] * s0[i] + k[4] * (gi * gi)
-    delta = np.sqrt(s1[i] + k[5]) / np.sqrt(sq + k[5]) * gi
-    acc = k[3] * s1[i] + k[4] * (delta * delta)
-    s0[i] = sq
-    s1[i] = acc
-    p[i] = pi - k[6] * delta
+    sq = k[RHO] * s[0][i] + k[OMR] * (gi * gi)
+    delta = np.sqrt(s[1][i] + k[EPS]) / np.sqrt(sq + k[EPS]) * gi
+    acc = k[RHO] * s[1][i] + k[OMR] * (delta * delta)
+    s[0][i] = sq
+    s[1][i] = acc
+    p[i] = pi - k[LR] * delta
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adadelta_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def adadelta_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adadelta, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def adadelta_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def adadelta_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adadelta, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adadelta, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")

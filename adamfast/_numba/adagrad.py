@@ -1,6 +1,7 @@
 """Adagrad element function; reference twin: adamfast/algorithms/adagrad.py.
 
-Slots: 0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay).
+Slots, named by the reference module's SLOTS, by index:
+0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay).
 """
 
 from __future__ import annotations
@@ -8,29 +9,30 @@ from __future__ import annotations
 import numpy as np
 from numba import cfunc, njit, prange
 
+from ..algorithms.adagrad import EPS, CLR
 from ._common import grads_params
 from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
-def elem_adagrad(i, p, g, s0, s1, s2, k):
+def elem_adagrad(i, p, g, s, k):
     # Twin of update_adagrad.
     gi, pi = grads_params(i, p, g, k)
-    acc = s0[i] + gi * gi
-    s0[i] = acc
-    p[i] = pi - k[4] * (gi / (np.sqrt(acc) + k[3]))
+    acc = s[0][i] + gi * gi
+    s[0][i] = acc
+    p[i] = pi - k[CLR] * (gi / (np.sqrt(acc) + k[EPS]))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adagrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def adagrad_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adagrad, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def adagrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def adagrad_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adagrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adagrad, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")

@@ -1,6 +1,7 @@
 """Adam / AdamW element functions; reference twin: adamfast/algorithms/adam.py.
 
-Slots: 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 step_size, 8 a, 9 r,
+Slots, named by the reference module's SLOTS, by index:
+0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 step_size, 8 a, 9 r,
 10 b, 11 eps, 12 nesterov (unused here), 13 c1, 14 c2, 15 amsgrad.  The
 numerator is always c1*m + c2*g (c1 = 1, c2 = 0 without Nesterov), so
 Nesterov adds no select on top of AMSGrad's.
@@ -11,49 +12,50 @@ from __future__ import annotations
 import numpy as np
 from numba import cfunc, njit, prange
 
+from ..algorithms.adam import B1, OMB1, B2, OMB2, STEP, A, R, B, EPS, C1, C2, AMS
 from ._common import grads_params, nanmax
 from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
-def elem_adam(i, p, g, s0, s1, s2, k):
+def elem_adam(i, p, g, s, k):
     # Twin of update_adam.
     gi, pi = grads_params(i, p, g, k)
-    m = k[3] * s0[i] + k[4] * gi
-    v = k[5] * s1[i] + k[6] * (gi * gi)
-    num = k[13] * m + k[14] * gi
-    s0[i] = m
-    s1[i] = v
-    p[i] = pi - k[7] * (num / (np.sqrt(v * k[8] + k[9]) * k[10] + k[11]))
+    m = k[B1] * s[0][i] + k[OMB1] * gi
+    v = k[B2] * s[1][i] + k[OMB2] * (gi * gi)
+    num = k[C1] * m + k[C2] * gi
+    s[0][i] = m
+    s[1][i] = v
+    p[i] = pi - k[STEP] * (num / (np.sqrt(v * k[A] + k[R]) * k[B] + k[EPS]))
 
 
 @njit(inline="always")
-def elem_adam_amsgrad(i, p, g, s0, s1, s2, k):
+def elem_adam_amsgrad(i, p, g, s, k):
     # Twin of update_adam_amsgrad.  The max is kept even when this group has
-    # amsgrad off (k[15] == 0): the kind's buffer stays the running maximum
+    # amsgrad off (k[AMS] == 0): the kind's buffer stays the running maximum
     # for groups that share it, as in the reference.
     gi, pi = grads_params(i, p, g, k)
-    m = k[3] * s0[i] + k[4] * gi
-    v = k[5] * s1[i] + k[6] * (gi * gi)
-    vm = nanmax(s2[i], v)
-    vv = vm if k[15] != 0 else v
-    num = k[13] * m + k[14] * gi
-    s0[i] = m
-    s1[i] = v
-    s2[i] = vm
-    p[i] = pi - k[7] * (num / (np.sqrt(vv * k[8] + k[9]) * k[10] + k[11]))
+    m = k[B1] * s[0][i] + k[OMB1] * gi
+    v = k[B2] * s[1][i] + k[OMB2] * (gi * gi)
+    vm = nanmax(s[2][i], v)
+    vv = vm if k[AMS] != 0 else v
+    num = k[C1] * m + k[C2] * gi
+    s[0][i] = m
+    s[1][i] = v
+    s[2][i] = vm
+    p[i] = pi - k[STEP] * (num / (np.sqrt(vv * k[A] + k[R]) * k[B] + k[EPS]))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adam_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def adam_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adam, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def adam_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def adam_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adam, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adam, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
@@ -62,15 +64,15 @@ def adam_block(ctx, c0, c1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adam_amsgrad_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def adam_amsgrad_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adam_amsgrad, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def adam_amsgrad_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def adam_amsgrad_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_adam_amsgrad, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_adam_amsgrad, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")

@@ -1,6 +1,7 @@
 """Lion element function; reference twin: adamfast/algorithms/lion.py.
 
-Slots: 0 gs, 1 ps, 2 unused (Lion has no L2 form), 3 b1, 4 1-b1, 5 b2,
+Slots, named by the reference module's SLOTS, by index:
+0 gs, 1 ps, 2 unused (Lion has no L2 form), 3 b1, 4 1-b1, 5 b2,
 6 1-b2, 7 lr, 8 weight_decay.
 """
 
@@ -8,31 +9,32 @@ from __future__ import annotations
 
 from numba import cfunc, njit, prange
 
+from ..algorithms.lion import GS, PS, B1, OMB1, B2, OMB2, LR, WD
 from ._common import sign
 from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
-def elem_lion(i, p, g, s0, s1, s2, k):
+def elem_lion(i, p, g, s, k):
     # Twin of update_lion: the sign uses the old m, then m moves with beta2.
-    gi = g[i] * k[0]
-    pi = p[i] * k[1]
-    c = k[3] * s0[i] + k[4] * gi
+    gi = g[i] * k[GS]
+    pi = p[i] * k[PS]
+    c = k[B1] * s[0][i] + k[OMB1] * gi
     sg = sign(c, p)
-    s0[i] = k[5] * s0[i] + k[6] * gi
-    p[i] = pi - k[7] * (sg + k[8] * pi)
+    s[0][i] = k[B2] * s[0][i] + k[OMB2] * gi
+    p[i] = pi - k[LR] * (sg + k[WD] * pi)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def lion_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def lion_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_lion, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def lion_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def lion_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_lion, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_lion, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")

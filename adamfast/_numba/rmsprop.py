@@ -1,6 +1,7 @@
 """RMSprop element functions; reference twin: adamfast/algorithms/rmsprop.py.
 
-Slots: 0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
+Slots, named by the reference module's SLOTS, by index:
+0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
 8 centered?, 9 momentum > 0?.  State: square_avg [, grad_avg] [, momentum_buffer].
 A kind is the union of the groups' structure; centered and momentum are
 per-group flags inside it, selected element-wise.
@@ -11,79 +12,80 @@ from __future__ import annotations
 import numpy as np
 from numba import cfunc, njit, prange
 
+from ..algorithms.rmsprop import ALPHA, OMA, EPS, LR, MOM, CEN, USEMOM
 from ._common import grads_params
 from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 
 @njit(inline="always")
-def elem_rmsprop(i, p, g, s0, s1, s2, k):
+def elem_rmsprop(i, p, g, s, k):
     # Twin of update_rmsprop.
     gi, pi = grads_params(i, p, g, k)
-    sq = k[3] * s0[i] + k[4] * (gi * gi)
-    avg = np.sqrt(sq) + k[5]
-    s0[i] = sq
-    p[i] = pi - k[6] * (gi / avg)
+    sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
+    avg = np.sqrt(sq) + k[EPS]
+    s[0][i] = sq
+    p[i] = pi - k[LR] * (gi / avg)
 
 
 @njit(inline="always")
-def elem_rmsprop_centered(i, p, g, s0, s1, s2, k):
+def elem_rmsprop_centered(i, p, g, s, k):
     # Twin of update_rmsprop_centered.  grad_avg is kept for every group of
     # the kind; only the denominator depends on the group's flag.
     gi, pi = grads_params(i, p, g, k)
-    sq = k[3] * s0[i] + k[4] * (gi * gi)
-    ga = k[3] * s1[i] + k[4] * gi
+    sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
+    ga = k[ALPHA] * s[1][i] + k[OMA] * gi
     centered = np.sqrt(sq - ga * ga)
     plain = np.sqrt(sq)
-    avg = (centered if k[8] != 0 else plain) + k[5]
-    s0[i] = sq
-    s1[i] = ga
-    p[i] = pi - k[6] * (gi / avg)
+    avg = (centered if k[CEN] != 0 else plain) + k[EPS]
+    s[0][i] = sq
+    s[1][i] = ga
+    p[i] = pi - k[LR] * (gi / avg)
 
 
 @njit(inline="always")
-def elem_rmsprop_momentum(i, p, g, s0, s1, s2, k):
+def elem_rmsprop_momentum(i, p, g, s, k):
     # Twin of update_rmsprop_momentum.  A group without momentum stores its
     # buffer back unchanged, which equals the reference leaving it alone.
     gi, pi = grads_params(i, p, g, k)
-    sq = k[3] * s0[i] + k[4] * (gi * gi)
-    q = gi / (np.sqrt(sq) + k[5])
-    old = s1[i]
-    buf = k[7] * old + q
-    use = k[9] != 0
-    s0[i] = sq
-    s1[i] = buf if use else old
-    p[i] = pi - k[6] * (buf if use else q)
+    sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
+    q = gi / (np.sqrt(sq) + k[EPS])
+    old = s[1][i]
+    buf = k[MOM] * old + q
+    use = k[USEMOM] != 0
+    s[0][i] = sq
+    s[1][i] = buf if use else old
+    p[i] = pi - k[LR] * (buf if use else q)
 
 
 @njit(inline="always")
-def elem_rmsprop_centered_momentum(i, p, g, s0, s1, s2, k):
+def elem_rmsprop_centered_momentum(i, p, g, s, k):
     # Twin of update_rmsprop_centered_momentum: both flags, as above.
     gi, pi = grads_params(i, p, g, k)
-    sq = k[3] * s0[i] + k[4] * (gi * gi)
-    ga = k[3] * s1[i] + k[4] * gi
+    sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
+    ga = k[ALPHA] * s[1][i] + k[OMA] * gi
     centered = np.sqrt(sq - ga * ga)
     plain = np.sqrt(sq)
-    avg = (centered if k[8] != 0 else plain) + k[5]
+    avg = (centered if k[CEN] != 0 else plain) + k[EPS]
     q = gi / avg
-    old = s2[i]
-    buf = k[7] * old + q
-    use = k[9] != 0
-    s0[i] = sq
-    s1[i] = ga
-    s2[i] = buf if use else old
-    p[i] = pi - k[6] * (buf if use else q)
+    old = s[2][i]
+    buf = k[MOM] * old + q
+    use = k[USEMOM] != 0
+    s[0][i] = sq
+    s[1][i] = ga
+    s[2][i] = buf if use else old
+    p[i] = pi - k[LR] * (buf if use else q)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rmsprop_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
@@ -92,15 +94,15 @@ def rmsprop_block(ctx, c0, c1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rmsprop_centered_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_centered_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_centered, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_centered_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_centered_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_centered, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_centered, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
@@ -109,15 +111,15 @@ def rmsprop_centered_block(ctx, c0, c1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rmsprop_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_momentum_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_momentum, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_momentum_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_momentum, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
@@ -126,15 +128,15 @@ def rmsprop_momentum_block(ctx, c0, c1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def rmsprop_centered_momentum_serial(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_centered_momentum_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
-        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_centered_momentum, p, g, s, ema, scalars, chunks, c)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def rmsprop_centered_momentum_parallel(p, g, s0, s1, s2, ema, scalars, chunks):
+def rmsprop_centered_momentum_parallel(p, g, s, ema, scalars, chunks):
     for c in prange(chunks.shape[0]):
-        chunk(elem_rmsprop_centered_momentum, p, g, s0, s1, s2, ema, scalars, chunks, c)
+        chunk(elem_rmsprop_centered_momentum, p, g, s, ema, scalars, chunks, c)
 
 
 @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")

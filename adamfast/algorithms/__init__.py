@@ -11,6 +11,7 @@ from .adadelta import ADADELTA
 from .adagrad import ADAGRAD
 from .adam import ADAM, ADAMW
 from .adamax import ADAMAX
+from .adan import ADAN
 from .lion import LION
 from .nadam import NADAM
 from .radam import RADAM
@@ -18,11 +19,16 @@ from .rmsprop import RMSPROP
 from .sgd import SGD
 
 ALGORITHMS = {spec.name: spec for spec in (
-    ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADAGRAD, RMSPROP, SGD, ADADELTA, LION,
+    ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADAGRAD, RMSPROP, SGD, ADADELTA, LION, ADAN,
 )}
 
 # Every kind, in one fixed order (the compiled backends are checked against it).
 KINDS = tuple(dict.fromkeys(k for spec in ALGORITHMS.values() for k in spec.kinds))
 # Bandwidth-only twins for the benchmark's roofline: same traffic as a kind
-# with that many state buffers, trivial arithmetic.
-ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3")
+# with that many state buffers, trivial arithmetic (kernels/_roofline.pxi and
+# adamfast/_numba/roofline.py write one out per count).
+ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3", "roofline4")
+_MOST = max(len(names) for spec in ALGORITHMS.values() for names in spec.kinds.values())
+if _MOST >= len(ROOFLINE_KINDS):
+    raise ImportError(f"a kind has {_MOST} state buffers: add roofline{_MOST} to ROOFLINE_KINDS, "
+                      f"kernels/_roofline.pxi and adamfast/_numba/roofline.py")

@@ -12,15 +12,29 @@ The scalar contract
 ===================
 Python computes every per-step scalar once, in float64, with
 ``spec.scalars(t, hp, gstate)``, which returns ``(row, new_gstate)``: a tuple
-of at most :data:`NSLOT` floats whose meaning is the algorithm's own (its
-module says which slot is which), and the algorithm's group state after this
-step (NAdam's running ``mu_product``; SGD's "momentum has started" flag) or
-None when it keeps none.  Rows are padded with zeros to ``NSLOT`` and stacked
-into a ``(groups, NSLOT)`` float64 table; each kernel rounds a row to the
-buffer dtype once per chunk and computes in that dtype.  Slot 0 is always the
-gradient multiplier (``-1`` when maximizing), slot 1 the parameter scale of
-decoupled weight decay and slot 2 the L2 coefficient, so that every kernel
-starts from the same ``g = grad*s[0]; p = param*s[1]; g = g + s[2]*p`` prologue.
+of ``len(spec.slots)`` floats, slot ``j`` holding the value named
+``spec.slots[j]``, and the algorithm's group state after this step (NAdam's
+running ``mu_product``; SGD's "momentum has started" flag) or None when it
+keeps none.  Rows are padded with zeros to :data:`NSLOT` and stacked into a
+``(groups, NSLOT)`` float64 table; each kernel rounds a row to the buffer
+dtype once per chunk and computes in that dtype.
+
+Slot names are declared once per algorithm module (its ``SLOTS`` tuple, the
+spec's ``slots``); the reference and numba read ``k[B1]`` with the module's
+constants, and setup.py renders them into the Cython enum
+``<MODULE>_<NAME>`` (``ADAM_B1``).  The first three slots are shared by every
+algorithm, :data:`SHARED_SLOTS`: ``GS`` the gradient multiplier (``-1`` when
+maximizing), ``PS`` the parameter scale of decoupled weight decay and ``L2``
+the L2 coefficient, so that every kernel starts from the same ``g = grad*GS;
+p = param*PS; g = g + L2*p`` prologue.  The last two, ``EMA_D`` and
+``EMA_OMD``, carry the parameter EMA's decay d and 1 - d, which the drivers
+apply to every kind.
+
+The engine's constants
+======================
+:data:`CHUNK`, :data:`LANES`, :data:`NSLOT` and :data:`MAXSTATE` are defined
+here and nowhere else: the numba backend imports them and setup.py renders
+them into the Cython enum of ``kernels/_kinds.pxi``.
 """
 
 from __future__ import annotations
@@ -33,10 +47,21 @@ from typing import Any, Callable
 
 import numpy as np
 
+# Elements per chunk, the unit of work handed to a thread: a chunk's streams
+# (up to 11 of 64 KiB in float32) sit near L2 size.  The norm pass's order
+# depends on it too.
+CHUNK = 16384
+# Independent float64 accumulators of the norm pass (kernels/_driver.pxi).
+LANES = 16
 # Scalar slots per group row.  Adam needs the most (16); the last two carry
 # the parameter EMA's decay d and 1 - d, which the drivers apply to every kind.
 NSLOT = 18
-EMA_D, EMA_OMD = 16, 17
+# State buffers a kind may declare (the Cython driver's pointer table).
+MAXSTATE = 8
+SHARED_SLOTS = ("GS", "PS", "L2")
+GS, PS, L2 = range(3)
+EMA_D, EMA_OMD = NSLOT - 2, NSLOT - 1
+
 
 
 def describe(value):
@@ -123,7 +148,10 @@ class Spec:
 
     name       the class name (``"Adam"``)
     kinds      structural variant -> names of its state buffers, in kernel
-               order (at most 3); each kind has one element function per backend
+               order (at most MAXSTATE); each kind has one element function
+               per backend
+    slots      the names of the scalar row's slots, in order, starting with
+               SHARED_SLOTS (see the module docstring)
     hyper      the hyperparameters, in torch's order, with defaults and checks
     scalars    ``(t, hp, gstate) -> (row, new_gstate)``; see the module docstring
     kind_of    ``(list of group hp dicts) -> kind``: the smallest kind that
@@ -143,6 +171,11 @@ class Spec:
     torch_scalar_state  the scalar (0-d) entries of the torch peer's per-param
                state, for adamfast.torch's state_dict (SGD: none; NAdam: step
                and mu_product)
+    torch_step_in_group  the torch peer counts steps per param group, in
+               ``group["step"]``, not per param (timm's Adan): adamfast.torch's
+               state_dict and load_state_dict do the same
+    torch_only the peer's constructor keywords that adamfast.torch accepts and
+               ignores, as ``(name, default)`` pairs (timm's ``foreach``)
     c_twin     the name of a C twin of the whole step in the cython backend
                (``"adam"``: adam_step_fast), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
@@ -156,6 +189,7 @@ class Spec:
     scalars: Callable
     kind_of: Callable
     reference: dict
+    slots: tuple = SHARED_SLOTS
     check: Callable | None = None
     state_init: Callable | None = None
     gstate: dict | None = None
@@ -165,6 +199,8 @@ class Spec:
     gstate_from_step: Callable | None = None
     c_twin: str | None = None
     torch_scalar_state: tuple = ("step",)
+    torch_step_in_group: bool = False
+    torch_only: tuple = ()
     doc: str = ""
 
     @property
@@ -175,6 +211,17 @@ class Spec:
         return self.kinds[kind]
 
     def __post_init__(self):
+        for kind, names in self.kinds.items():
+            if len(names) > MAXSTATE:
+                raise ValueError(f"{self.name}: kind {kind!r} has {len(names)} state buffers, "
+                                 f"at most MAXSTATE={MAXSTATE}")
+        slots = self.slots
+        if tuple(slots[:len(SHARED_SLOTS)]) != SHARED_SLOTS or len(set(slots)) != len(slots) \
+                or len(slots) > NSLOT - 2 or not all(n.isidentifier() for n in slots) \
+                or any(n in ("EMA_D", "EMA_OMD") for n in slots):
+            raise ValueError(f"{self.name}: slots must be distinct identifiers starting with "
+                             f"{SHARED_SLOTS}, at most NSLOT - 2 = {NSLOT - 2} of them, got "
+                             f"{slots}")
         seen = []
         for names in self.kinds.values():
             seen += [n for n in names if n not in seen]

@@ -16,7 +16,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg, unit_closed
 
-GS, PS, L2, RHO, OMR, EPS, LR = range(7)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (ADADELTA_<NAME>).
+SLOTS = ("GS", "PS", "L2", "RHO", "OMR", "EPS", "LR")
+GS, PS, L2, RHO, OMR, EPS, LR = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -25,18 +29,18 @@ def scalars(t, hp, gstate=None):
             hp["lr"]), None
 
 
-def update_adadelta(p, g, s0, s1, s2, k):
+def update_adadelta(p, g, s, k):
     """Reference twin of the compiled Adadelta element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
         g = g + k[L2] * theta
-    sq = k[RHO] * s0 + k[OMR] * (g * g)
-    delta = np.sqrt(s1 + k[EPS]) / np.sqrt(sq + k[EPS]) * g
-    acc = k[RHO] * s1 + k[OMR] * (delta * delta)
+    sq = k[RHO] * s[0] + k[OMR] * (g * g)
+    delta = np.sqrt(s[1] + k[EPS]) / np.sqrt(sq + k[EPS]) * g
+    acc = k[RHO] * s[1] + k[OMR] * (delta * delta)
     p_new = theta - k[LR] * delta
-    s0[...] = sq
-    s1[...] = acc
+    s[0][...] = sq
+    s[1][...] = acc
     p[...] = p_new
 
 
@@ -46,4 +50,4 @@ ADADELTA = Spec(
     hyper=(HP("lr", 1.0, learning_rate), HP("rho", 0.9, unit_closed), HP("eps", 1e-6, nonneg),
            HP("weight_decay", 0.0, nonneg), HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "adadelta",
-    reference={"adadelta": update_adadelta}, peer="torch.optim.Adadelta")
+    reference={"adadelta": update_adadelta}, slots=SLOTS, peer="torch.optim.Adadelta")

@@ -25,7 +25,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg
 
-GS, PS, L2, EPS, CLR = range(5)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (ADAGRAD_<NAME>).
+SLOTS = ("GS", "PS", "L2", "EPS", "CLR")
+GS, PS, L2, EPS, CLR = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -33,15 +37,15 @@ def scalars(t, hp, gstate=None):
             hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])), None
 
 
-def update_adagrad(p, g, s0, s1, s2, k):
+def update_adagrad(p, g, s, k):
     """Reference twin of the compiled Adagrad element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
         g = g + k[L2] * theta
-    acc = s0 + g * g
+    acc = s[0] + g * g
     p_new = theta - k[CLR] * (g / (np.sqrt(acc) + k[EPS]))
-    s0[...] = acc
+    s[0][...] = acc
     p[...] = p_new
 
 
@@ -52,6 +56,6 @@ ADAGRAD = Spec(
            HP("weight_decay", 0.0, nonneg), HP("initial_accumulator_value", 0.0, nonneg),
            HP("eps", 1e-10, nonneg), HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "adagrad",
-    reference={"adagrad": update_adagrad},
+    reference={"adagrad": update_adagrad}, slots=SLOTS,
     state_init=lambda name, hp: hp["initial_accumulator_value"],
     peer="torch.optim.Adagrad")

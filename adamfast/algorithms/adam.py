@@ -48,8 +48,12 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg, pair, unit_open
 
-# Slots of a row (see _spec's scalar contract).
-GS, PS, L2, B1, OMB1, B2, OMB2, STEP, A, R, B, EPS, NEST, C1, C2, AMS = range(16)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (ADAM_<NAME>).
+SLOTS = ("GS", "PS", "L2", "B1", "OMB1", "B2", "OMB2", "STEP", "A", "R", "B", "EPS", "NEST", "C1",
+    "C2", "AMS")
+GS, PS, L2, B1, OMB1, B2, OMB2, STEP, A, R, B, EPS, NEST, C1, C2, AMS = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -108,12 +112,12 @@ def _update(p, g, m, v, vmax, k, amsgrad_kind):
     p[...] = p_new
 
 
-def update_adam(p, g, s0, s1, s2, k):
-    _update(p, g, s0, s1, None, k, False)
+def update_adam(p, g, s, k):
+    _update(p, g, s[0], s[1], None, k, False)
 
 
-def update_adam_amsgrad(p, g, s0, s1, s2, k):
-    _update(p, g, s0, s1, s2, k, True)
+def update_adam_amsgrad(p, g, s, k):
+    _update(p, g, s[0], s[1], s[2], k, True)
 
 
 def _kind_of(groups):
@@ -139,10 +143,10 @@ _KINDS = {"adam": ("exp_avg", "exp_avg_sq"),
 _REFERENCE = {"adam": update_adam, "adam_amsgrad": update_adam_amsgrad}
 
 ADAM = Spec(name="Adam", kinds=_KINDS, hyper=_HYPER, scalars=scalars, kind_of=_kind_of,
-            reference=_REFERENCE, peer="torch.optim.Adam", c_twin="adam")
+            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_twin="adam")
 
 _HYPER_W = tuple(HP(h.name, 1e-2, h.check, h.doc) if h.name == "weight_decay" else h
                  for h in _HYPER if h.name != "decoupled_weight_decay")
 ADAMW = Spec(name="AdamW", kinds=_KINDS, hyper=_HYPER_W, scalars=scalars, kind_of=_kind_of,
-             reference=_REFERENCE, peer="torch.optim.AdamW",
+             reference=_REFERENCE, slots=SLOTS, peer="torch.optim.AdamW",
              fixed={"decoupled_weight_decay": True}, c_twin="adam")

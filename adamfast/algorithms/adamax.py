@@ -17,7 +17,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg, pair, unit_open
 
-GS, PS, L2, B1, OMB1, B2, EPS, CLR = range(8)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (ADAMAX_<NAME>).
+SLOTS = ("GS", "PS", "L2", "B1", "OMB1", "B2", "EPS", "CLR")
+GS, PS, L2, B1, OMB1, B2, EPS, CLR = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -26,19 +30,19 @@ def scalars(t, hp, gstate=None):
             hp["eps"], hp["lr"] / (1.0 - beta1 ** t)), None
 
 
-def update_adamax(p, g, s0, s1, s2, k):
+def update_adamax(p, g, s, k):
     """Reference twin of the compiled Adamax element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
         g = g + k[L2] * theta
-    m = k[B1] * s0 + k[OMB1] * g
-    a = k[B2] * s1
+    m = k[B1] * s[0] + k[OMB1] * g
+    a = k[B2] * s[1]
     b = np.abs(g) + k[EPS]
     u = np.where((a != a) | (a >= b), a, b)
     p_new = theta - k[CLR] * (m / u)
-    s0[...] = m
-    s1[...] = u
+    s[0][...] = m
+    s[1][...] = u
     p[...] = p_new
 
 
@@ -49,4 +53,4 @@ ADAMAX = Spec(
            HP("eps", 1e-8, nonneg), HP("weight_decay", 0.0, nonneg),
            HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "adamax",
-    reference={"adamax": update_adamax}, peer="torch.optim.Adamax")
+    reference={"adamax": update_adamax}, slots=SLOTS, peer="torch.optim.Adamax")

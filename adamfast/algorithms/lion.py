@@ -17,7 +17,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg, pair, unit_closed
 
-GS, PS, L2, B1, OMB1, B2, OMB2, LR, WD = range(9)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (LION_<NAME>).
+SLOTS = ("GS", "PS", "L2", "B1", "OMB1", "B2", "OMB2", "LR", "WD")
+GS, PS, L2, B1, OMB1, B2, OMB2, LR, WD = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -26,15 +30,15 @@ def scalars(t, hp, gstate=None):
             hp["lr"], hp["weight_decay"]), None
 
 
-def update_lion(p, g, s0, s1, s2, k):
+def update_lion(p, g, s, k):
     """Reference twin of the compiled Lion element functions."""
     g = g * k[GS]
     theta = p * k[PS]
-    c = k[B1] * s0 + k[OMB1] * g
+    c = k[B1] * s[0] + k[OMB1] * g
     sign = np.where(c > 0, 1, np.where(c < 0, -1, np.where(c == 0, 0, c))).astype(p.dtype)
     p_new = theta - k[LR] * (sign + k[WD] * theta)
-    m = k[B2] * s0 + k[OMB2] * g
-    s0[...] = m
+    m = k[B2] * s[0] + k[OMB2] * g
+    s[0][...] = m
     p[...] = p_new
 
 
@@ -44,4 +48,4 @@ LION = Spec(
     hyper=(HP("lr", 1e-4, learning_rate), HP("betas", (0.9, 0.99), pair(unit_closed)),
            HP("weight_decay", 0.0, nonneg), HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "lion",
-    reference={"lion": update_lion}, peer="optax.lion")
+    reference={"lion": update_lion}, slots=SLOTS, peer="optax.lion")

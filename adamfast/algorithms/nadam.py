@@ -24,7 +24,11 @@ import numpy as np
 
 from ._spec import HP, Spec, _ranged, flag, learning_rate, nonneg, pair, unit_open
 
-GS, PS, L2, B1, OMB1, B2, OMB2, IBC2, EPS, CG, CM = range(11)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (NADAM_<NAME>).
+SLOTS = ("GS", "PS", "L2", "B1", "OMB1", "B2", "OMB2", "IBC2", "EPS", "CG", "CM")
+GS, PS, L2, B1, OMB1, B2, OMB2, IBC2, EPS, CG, CM = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate):
@@ -45,18 +49,18 @@ def scalars(t, hp, gstate):
     return row, {"mu_product": mu_product}
 
 
-def update_nadam(p, g, s0, s1, s2, k):
+def update_nadam(p, g, s, k):
     """Reference twin of the compiled NAdam element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
         g = g + k[L2] * theta
-    m = k[B1] * s0 + k[OMB1] * g
-    v = k[B2] * s1 + k[OMB2] * (g * g)
+    m = k[B1] * s[0] + k[OMB1] * g
+    v = k[B2] * s[1] + k[OMB2] * (g * g)
     denom = np.sqrt(v * k[IBC2]) + k[EPS]
     p_new = theta - (k[CG] * g + k[CM] * m) / denom
-    s0[...] = m
-    s1[...] = v
+    s[0][...] = m
+    s[1][...] = v
     p[...] = p_new
 
 
@@ -75,6 +79,6 @@ NADAM = Spec(
            HP("momentum_decay", 4e-3, nonneg), HP("decoupled_weight_decay", False, flag),
            HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "nadam",
-    reference={"nadam": update_nadam}, gstate={"mu_product": 1.0},
+    reference={"nadam": update_nadam}, slots=SLOTS, gstate={"mu_product": 1.0},
     gstate_checks={"mu_product": check_mu_product}, peer="torch.optim.NAdam",
     torch_scalar_state=("step", "mu_product"))

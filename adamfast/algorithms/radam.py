@@ -27,7 +27,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg, pair, unit_open
 
-GS, PS, L2, B1, OMB1, B2, OMB2, EPS, RECT, KA, KB = range(11)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (RADAM_<NAME>).
+SLOTS = ("GS", "PS", "L2", "B1", "OMB1", "B2", "OMB2", "EPS", "RECT", "KA", "KB")
+GS, PS, L2, B1, OMB1, B2, OMB2, EPS, RECT, KA, KB = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -51,19 +55,19 @@ def scalars(t, hp, gstate=None):
     return row, None
 
 
-def update_radam(p, g, s0, s1, s2, k):
+def update_radam(p, g, s, k):
     """Reference twin of the compiled RAdam element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
         g = g + k[L2] * theta
-    m = k[B1] * s0 + k[OMB1] * g
-    v = k[B2] * s1 + k[OMB2] * (g * g)
+    m = k[B1] * s[0] + k[OMB1] * g
+    v = k[B2] * s[1] + k[OMB2] * (g * g)
     rectified = k[KA] * (m / (np.sqrt(v) + k[EPS]))
     plain = k[KB] * m
     p_new = theta - (rectified if k[RECT] != 0 else plain)
-    s0[...] = m
-    s1[...] = v
+    s[0][...] = m
+    s[1][...] = v
     p[...] = p_new
 
 
@@ -74,4 +78,4 @@ RADAM = Spec(
            HP("eps", 1e-8, nonneg), HP("weight_decay", 0.0, nonneg),
            HP("decoupled_weight_decay", False, flag), HP("maximize", False, flag)),
     scalars=scalars, kind_of=lambda groups: "radam",
-    reference={"radam": update_radam}, peer="torch.optim.RAdam")
+    reference={"radam": update_radam}, slots=SLOTS, peer="torch.optim.RAdam")

@@ -23,7 +23,11 @@ import numpy as np
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg
 
-GS, PS, L2, ALPHA, OMA, EPS, LR, MOM, CEN, USEMOM = range(10)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (RMSPROP_<NAME>).
+SLOTS = ("GS", "PS", "L2", "ALPHA", "OMA", "EPS", "LR", "MOM", "CEN", "USEMOM")
+GS, PS, L2, ALPHA, OMA, EPS, LR, MOM, CEN, USEMOM = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate=None):
@@ -60,20 +64,20 @@ def _update(p, g, sq, ga, buf, k):
     p[...] = p_new
 
 
-def update_rmsprop(p, g, s0, s1, s2, k):
-    _update(p, g, s0, None, None, k)
+def update_rmsprop(p, g, s, k):
+    _update(p, g, s[0], None, None, k)
 
 
-def update_rmsprop_centered(p, g, s0, s1, s2, k):
-    _update(p, g, s0, s1, None, k)
+def update_rmsprop_centered(p, g, s, k):
+    _update(p, g, s[0], s[1], None, k)
 
 
-def update_rmsprop_momentum(p, g, s0, s1, s2, k):
-    _update(p, g, s0, None, s1, k)
+def update_rmsprop_momentum(p, g, s, k):
+    _update(p, g, s[0], None, s[1], k)
 
 
-def update_rmsprop_centered_momentum(p, g, s0, s1, s2, k):
-    _update(p, g, s0, s1, s2, k)
+def update_rmsprop_centered_momentum(p, g, s, k):
+    _update(p, g, s[0], s[1], s[2], k)
 
 
 def _kind_of(groups):
@@ -94,5 +98,5 @@ RMSPROP = Spec(
     scalars=scalars, kind_of=_kind_of,
     reference={"rmsprop": update_rmsprop, "rmsprop_centered": update_rmsprop_centered,
                "rmsprop_momentum": update_rmsprop_momentum,
-               "rmsprop_centered_momentum": update_rmsprop_centered_momentum},
+               "rmsprop_centered_momentum": update_rmsprop_centered_momentum}, slots=SLOTS,
     peer="torch.optim.RMSprop")

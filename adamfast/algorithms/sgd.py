@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from ._spec import HP, Spec, flag, learning_rate, nonneg
 
-GS, PS, L2, LR, MOM, OMD, NES, FIRST, USEMOM = range(9)
+# The scalar row's slots, named once (tests/test_family.py checks the constants
+# below against it): the numba kernels import the constants, setup.py renders
+# the Cython enum (SGD_<NAME>).
+SLOTS = ("GS", "PS", "L2", "LR", "MOM", "OMD", "NES", "FIRST", "USEMOM")
+GS, PS, L2, LR, MOM, OMD, NES, FIRST, USEMOM = range(len(SLOTS))
 
 
 def scalars(t, hp, gstate):
@@ -47,13 +51,13 @@ def _update(p, g, buf, k):
     p[...] = p_new
 
 
-def update_sgd(p, g, s0, s1, s2, k):
+def update_sgd(p, g, s, k):
     """Reference twin of the compiled SGD element functions."""
     _update(p, g, None, k)
 
 
-def update_sgd_momentum(p, g, s0, s1, s2, k):
-    _update(p, g, s0, k)
+def update_sgd_momentum(p, g, s, k):
+    _update(p, g, s[0], k)
 
 
 def _check(hp, where):
@@ -71,6 +75,6 @@ SGD = Spec(
            HP("nesterov", False, flag), HP("maximize", False, flag)),
     scalars=scalars,
     kind_of=lambda groups: "sgd_momentum" if any(g["momentum"] != 0 for g in groups) else "sgd",
-    reference={"sgd": update_sgd, "sgd_momentum": update_sgd_momentum},
+    reference={"sgd": update_sgd, "sgd_momentum": update_sgd_momentum}, slots=SLOTS,
     check=_check, gstate={"momentum_started": False}, peer="torch.optim.SGD",
     gstate_from_step=lambda name, t: t > 1, torch_scalar_state=())

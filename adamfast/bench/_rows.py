@@ -226,9 +226,8 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
     from adamfast.algorithms._spec import NSLOT
 
     bufs = wl.roofline_buffers
-    empty = np.zeros(0, cfg.dtype)
     p, g = bufs[0], bufs[1]
-    s0, s1, s2 = (tuple(bufs[2:]) + (empty,) * 3)[:3]
+    states = tuple(bufs[2:])
     scalars = np.zeros((1, NSLOT))  # the rooflines read no scalars; one row satisfies the checks
     chunks = _engine.single_chunks(wl.n)
     threads = cfg.threads
@@ -245,7 +244,7 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
             notes.add(f"roofline-pool and roofline-openmp skipped: {exc}")
         else:
             def kernel(t, k=cy.kernel, kid=kid):
-                k(kid, p, g, s0, s1, s2, scalars, chunks, threads)
+                k(kid, p, g, states, scalars, chunks, threads)
 
             module = cy.module
             pool_only = on_pool_policy(module, "pool", kernel)
@@ -276,7 +275,7 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
     ema = np.zeros(0, cfg.dtype)  # no parameter EMA
 
     def prange_step(t):
-        parallel(p, g, s0, s1, s2, ema, scalars, chunks)
+        parallel(p, g, states, ema, scalars, chunks)
 
     impls.append(Impl("roofline-prange", on_numba_threads(nthreads, prange_step), "roofline",
                       backend="numba"))

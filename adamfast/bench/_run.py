@@ -28,9 +28,8 @@ def _warm_numba(cfg, notes):
     b = load_backend("numba", notes)
     n = int(getattr(b.module, "PARALLEL_MIN", 1 << 19))
     p, g = zeros_buffers(n, np.float32, 2)
-    e = np.zeros(0, np.float32)
     try:
-        b.kernel(b.kind_id("roofline0"), p, g, e, e, e, np.zeros((1, NSLOT)),
+        b.kernel(b.kind_id("roofline0"), p, g, (), np.zeros((1, NSLOT)),
                  _engine.single_chunks(n), max(2, cfg.threads) if core_count() > 1 else 1)
     except Exception as exc:  # a diagnostic must not stop the run
         notes.add(f"numba warm-up failed ({type(exc).__name__}: {exc})")

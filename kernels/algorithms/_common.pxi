@@ -1,12 +1,14 @@
 # Inline helpers shared by the element functions (included before them).
 #
 # Every element function has the signature
-#     _e_<kind>(i, p, g, s0, s1, s2, k)
-# and updates element i in place: p params, g grads (read only), s0..s2 the
-# kind's state buffers in spec order (unused ones are never touched), k the
-# group's scalar row already rounded to the buffer dtype and held in a local
-# array by the driver -- gcc vectorizes these loops only when the scalars
-# come from such a local copy, not through a pointer into the table.
+#     _e_<kind>(i, p, g, s, k)
+# and updates element i in place: p params, g grads (read only), s the
+# driver's local table of state pointers (s[0][i]: the kind's state buffers
+# in spec order, as many as its spec declares), k the group's scalar row
+# already rounded to the buffer dtype and held in a local array by the
+# driver -- gcc vectorizes these loops only when the scalars come from such
+# a local copy, not through a pointer into the table.  k is read with the
+# slot names of _kinds.pxi (GS, PS, L2, then <MODULE>_<NAME>, e.g. ADAM_B1).
 #
 # Each function is the compiled twin of ``update_<kind>`` in
 # adamfast/algorithms/<module>.py: the same operations in the same order, in

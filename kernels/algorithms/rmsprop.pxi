@@ -1,63 +1,63 @@
 # RMSprop element functions; reference twin: adamfast/algorithms/rmsprop.py
-# (slots: 0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
+# (slots, named by the reference module's SLOTS, by index:
+#  0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
 #  8 centered?, 9 momentum > 0?).  State: square_avg [, grad_avg] [, momentum_buffer].
 
 cdef inline floating _rms_grad(Py_ssize_t i, floating* p, const floating* g, const floating* k,
                                floating* pi) noexcept nogil:
-    cdef floating gi = g[i] * k[0]
-    pi[0] = p[i] * k[1]
-    if k[2] != 0:
-        gi = gi + k[2] * pi[0]
+    cdef floating gi = g[i] * k[GS]
+    pi[0] = p[i] * k[PS]
+    if k[L2] != 0:
+        gi = gi + k[L2] * pi[0]
     return gi
 
 
-cdef inline void _e_rmsprop(Py_ssize_t i, floating* p, const floating* g, floating* s0,
-                            floating* s1, floating* s2, const floating* k) noexcept nogil:
+cdef inline void _e_rmsprop(Py_ssize_t i, floating* p, const floating* g, floating** s,
+                 const floating* k) noexcept nogil:
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
-    cdef floating sq = k[3] * s0[i] + k[4] * (gi * gi)
-    cdef floating avg = _sqrt(sq) + k[5]
-    s0[i] = sq
-    p[i] = pi - k[6] * (gi / avg)
+    cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
+    cdef floating avg = _sqrt(sq) + k[RMSPROP_EPS]
+    s[0][i] = sq
+    p[i] = pi - k[RMSPROP_LR] * (gi / avg)
 
 
-cdef inline void _e_rmsprop_centered(Py_ssize_t i, floating* p, const floating* g, floating* s0,
-                                     floating* s1, floating* s2, const floating* k) noexcept nogil:
+cdef inline void _e_rmsprop_centered(Py_ssize_t i, floating* p, const floating* g, floating** s,
+                 const floating* k) noexcept nogil:
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
-    cdef floating sq = k[3] * s0[i] + k[4] * (gi * gi)
-    cdef floating ga = k[3] * s1[i] + k[4] * gi
-    cdef floating avg = (_sqrt(sq - ga * ga) if k[8] != 0 else _sqrt(sq)) + k[5]
-    s0[i] = sq
-    s1[i] = ga
-    p[i] = pi - k[6] * (gi / avg)
+    cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
+    cdef floating ga = k[RMSPROP_ALPHA] * s[1][i] + k[RMSPROP_OMA] * gi
+    cdef floating avg = (_sqrt(sq - ga * ga) if k[RMSPROP_CEN] != 0 else _sqrt(sq)) + k[RMSPROP_EPS]
+    s[0][i] = sq
+    s[1][i] = ga
+    p[i] = pi - k[RMSPROP_LR] * (gi / avg)
 
 
-cdef inline void _e_rmsprop_momentum(Py_ssize_t i, floating* p, const floating* g, floating* s0,
-                                     floating* s1, floating* s2, const floating* k) noexcept nogil:
+cdef inline void _e_rmsprop_momentum(Py_ssize_t i, floating* p, const floating* g, floating** s,
+                 const floating* k) noexcept nogil:
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
-    cdef floating sq = k[3] * s0[i] + k[4] * (gi * gi)
-    cdef floating q = gi / (_sqrt(sq) + k[5])
-    cdef floating buf = k[7] * s1[i] + q
-    cdef bint use = k[9] != 0
-    s0[i] = sq
-    s1[i] = buf if use else s1[i]
-    p[i] = pi - k[6] * (buf if use else q)
+    cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
+    cdef floating q = gi / (_sqrt(sq) + k[RMSPROP_EPS])
+    cdef floating buf = k[RMSPROP_MOM] * s[1][i] + q
+    cdef bint use = k[RMSPROP_USEMOM] != 0
+    s[0][i] = sq
+    s[1][i] = buf if use else s[1][i]
+    p[i] = pi - k[RMSPROP_LR] * (buf if use else q)
 
 
 cdef inline void _e_rmsprop_centered_momentum(Py_ssize_t i, floating* p, const floating* g,
-                                              floating* s0, floating* s1, floating* s2,
-                                              const floating* k) noexcept nogil:
+                                              floating** s, const floating* k) noexcept nogil:
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
-    cdef floating sq = k[3] * s0[i] + k[4] * (gi * gi)
-    cdef floating ga = k[3] * s1[i] + k[4] * gi
-    cdef floating avg = (_sqrt(sq - ga * ga) if k[8] != 0 else _sqrt(sq)) + k[5]
+    cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
+    cdef floating ga = k[RMSPROP_ALPHA] * s[1][i] + k[RMSPROP_OMA] * gi
+    cdef floating avg = (_sqrt(sq - ga * ga) if k[RMSPROP_CEN] != 0 else _sqrt(sq)) + k[RMSPROP_EPS]
     cdef floating q = gi / avg
-    cdef floating buf = k[7] * s2[i] + q
-    cdef bint use = k[9] != 0
-    s0[i] = sq
-    s1[i] = ga
-    s2[i] = buf if use else s2[i]
-    p[i] = pi - k[6] * (buf if use else q)
+    cdef floating buf = k[RMSPROP_MOM] * s[2][i] + q
+    cdef bint use = k[RMSPROP_USEMOM] != 0
+    s[0][i] = sq
+    s[1][i] = ga
+    s[2][i] = buf if use else s[2][i]
+    p[i] = pi - k[RMSPROP_LR] * (buf if use else q)

@@ -1,24 +1,25 @@
 # SGD element functions; reference twin: adamfast/algorithms/sgd.py
-# (slots: 0 gs, 1 ps, 2 l2, 3 lr, 4 momentum, 5 1-dampening, 6 nesterov?,
+# (slots, named by the reference module's SLOTS, by index:
+#  0 gs, 1 ps, 2 l2, 3 lr, 4 momentum, 5 1-dampening, 6 nesterov?,
 #  7 first momentum step?, 8 momentum != 0?).
 
-cdef inline void _e_sgd(Py_ssize_t i, floating* p, const floating* g, floating* s0,
-                        floating* s1, floating* s2, const floating* k) noexcept nogil:
-    cdef floating gi = g[i] * k[0]
-    cdef floating pi = p[i] * k[1]
-    if k[2] != 0:
-        gi = gi + k[2] * pi
-    p[i] = pi - k[3] * gi
+cdef inline void _e_sgd(Py_ssize_t i, floating* p, const floating* g, floating** s,
+                 const floating* k) noexcept nogil:
+    cdef floating gi = g[i] * k[GS]
+    cdef floating pi = p[i] * k[PS]
+    if k[L2] != 0:
+        gi = gi + k[L2] * pi
+    p[i] = pi - k[SGD_LR] * gi
 
 
-cdef inline void _e_sgd_momentum(Py_ssize_t i, floating* p, const floating* g, floating* s0,
-                                 floating* s1, floating* s2, const floating* k) noexcept nogil:
-    cdef floating gi = g[i] * k[0]
-    cdef floating pi = p[i] * k[1]
-    if k[2] != 0:
-        gi = gi + k[2] * pi
-    cdef floating buf = gi if k[7] != 0 else k[4] * s0[i] + k[5] * gi
-    cdef floating d = (gi + k[4] * buf) if k[6] != 0 else buf
-    cdef bint use = k[8] != 0
-    s0[i] = buf if use else s0[i]
-    p[i] = pi - k[3] * (d if use else gi)
+cdef inline void _e_sgd_momentum(Py_ssize_t i, floating* p, const floating* g, floating** s,
+                 const floating* k) noexcept nogil:
+    cdef floating gi = g[i] * k[GS]
+    cdef floating pi = p[i] * k[PS]
+    if k[L2] != 0:
+        gi = gi + k[L2] * pi
+    cdef floating buf = gi if k[SGD_FIRST] != 0 else k[SGD_MOM] * s[0][i] + k[SGD_OMD] * gi
+    cdef floating d = (gi + k[SGD_MOM] * buf) if k[SGD_NES] != 0 else buf
+    cdef bint use = k[SGD_USEMOM] != 0
+    s[0][i] = buf if use else s[0][i]
+    p[i] = pi - k[SGD_LR] * (d if use else gi)
