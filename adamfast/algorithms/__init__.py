@@ -3,8 +3,10 @@
 Adding an algorithm: write ``algorithms/<name>.py`` (its Spec, scalars and
 NumPy reference), ``adamfast/_numba/<name>.py`` and
 ``kernels/algorithms/<name>.pxi`` (its element functions), and add its line
-below.  Nothing else changes: the optimizer class, the functional step, the
-benchmark rows and the tests all come from the registry.
+below (a kind with more state buffers than any ``roofline<N>`` also needs
+that roofline kind).  The optimizer class, the functional step, the
+benchmark rows and the tests all come from the registry.  The checklist:
+docs/adding-an-algorithm.md.
 """
 
 from .adadelta import ADADELTA

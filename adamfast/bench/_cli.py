@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..algorithms import ALGORITHMS
 from ._config import (AFTER_TORCH_MIN, AFTER_TORCH_SIZE, DEFAULT_ALGORITHM, DEFAULT_SIZE, Config,
                       SizeError, format_size, lookup_algorithm, make_setup)
 
@@ -57,9 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     b.add_argument("--algorithm", metavar="NAME", default=None,
-                   help=f"which optimizer (case-insensitive registry name: Adam, AdamW, Adamax, "
-                        f"NAdam, RAdam, Adagrad, RMSprop, SGD, Adadelta, Lion; default "
-                        f"{DEFAULT_ALGORITHM})")
+                   help=f"which optimizer (case-insensitive registry name: "
+                        f"{', '.join(ALGORITHMS)}; default {DEFAULT_ALGORITHM})")
     b.add_argument("--family", action="store_true",
                    help="one table, one row per algorithm: adamfast's best backend, %% of its "
                         "own roofline, and torch's fastest CPU implementation")
