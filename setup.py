@@ -269,7 +269,7 @@ setup(
     # Listed explicitly so kernels/, tests/ and bench/ never get installed
     # as top-level packages.
     packages=["adamfast", "adamfast.algorithms", "adamfast._numba", "adamfast.bench",
-              "adamfast.paper"],
+              "adamfast.paper", "adamfast.torch"],
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,

@@ -1,0 +1,184 @@
+"""torch's state_dict format in (``load_state_dict``), and the state a copy
+(``copy.deepcopy``, ``pickle``) is made from.
+
+Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
+them as its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ._common import _PARAM_ARGS
+
+def load_state_dict(self, state_dict):
+    """torch's format in; checked entirely, then copied into the existing views."""
+    for hook in self._optimizer_load_state_dict_pre_hooks.values():
+        out = hook(self, state_dict)
+        if out is not None:
+            state_dict = out
+    if not isinstance(state_dict, Mapping) or "state" not in state_dict or \
+            "param_groups" not in state_dict:
+        raise ValueError("state_dict must be a dict with 'state' and 'param_groups' "
+                         "(from state_dict())")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(self.param_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    id_map = {}
+    new_groups = []
+    for gi, (own, saved) in enumerate(zip(self.param_groups, saved_groups)):
+        if len(saved["params"]) != len(own["params"]):
+            raise ValueError("loaded state dict contains a parameter group that doesn't "
+                             "match the size of optimizer's group")
+        for sid, p in zip(saved["params"], own["params"]):
+            id_map[sid] = p
+        group = {k: v for k, v in own.items()}
+        group.update({k: v for k, v in saved.items() if k not in _PARAM_ARGS})
+        where = f"state_dict['param_groups'][{gi}]: "
+        self._check_flags(group, where)
+        new_groups.append((group, self._validate(group, where)))
+    pindex = {id(p): i for i, p in enumerate(self._plist)}
+    loaded = {}
+    for sid, st in state_dict["state"].items():
+        if sid not in id_map:
+            continue
+        p = id_map[sid]
+        i = pindex[id(p)]
+        if not isinstance(st, Mapping):
+            raise TypeError(f"state_dict['state'][{sid!r}] must be a dict, got "
+                            f"{type(st).__name__}")
+        if not st:
+            continue
+        hp = new_groups[self._gidx[i]][1]
+        keys = self._state_keys(hp)
+        if self.spec.name == "SGD" and st.get("momentum_buffer", None) is None:
+            keys = ()
+        missing = [k for k in keys if k not in st]
+        if missing:
+            raise ValueError(f"state_dict['state'][{sid!r}] is missing {missing} for "
+                             f"{self.spec.name} with these settings")
+        for k in keys:
+            v = st[k]
+            if not isinstance(v, torch.Tensor) and k in ("step", "mu_product"):
+                v = torch.tensor(float(v))
+            if not isinstance(v, torch.Tensor) or v.is_complex():
+                raise TypeError(f"state_dict['state'][{sid!r}][{k!r}] must be a real tensor")
+            want = 1 if k in self._scalar_keys else p.numel()
+            if v.numel() != want:
+                raise ValueError(f"state_dict['state'][{sid!r}][{k!r}] must have {want} "
+                                 f"elements, got shape {tuple(v.shape)}")
+        loaded[i] = (st, keys)
+    ema_in = self._check_ema(state_dict, id_map, pindex)
+    # Everything fits: write.
+    for own, (group, _) in zip(self.param_groups, new_groups):
+        params = own["params"]
+        own.clear()
+        own.update(group)
+        own["params"] = params
+    self._hp_cache = {}
+    hps = [hp for _, hp in new_groups]
+    need_layout = False
+    for pool in self._pools:
+        need = self._needed_names([hps[g] for g in set(pool.groups)])
+        if not need <= set(pool.names):
+            need_layout = True
+    if need_layout:
+        self._layout()
+    for i, p in enumerate(self._plist):
+        pool, k = self._pool_of(i)
+        hp = hps[self._gidx[i]]
+        entry = loaded.get(i)
+        extra = {}
+        if entry is None:
+            for name in pool.names:
+                pool.views[k][name].fill_(self._init_value(name, hp))
+            self._steps_np[i] = 0
+            self._mu64[i] = self._mu_np[i] = 1.0
+            self._started[i] = False
+            self.state.pop(p, None)
+            self._has_state[i] = False
+            continue
+        st, keys = entry
+        for name in pool.names:
+            if name in keys:
+                src = st[name]
+                if src.layout != torch.strided:  # torch's sparse momentum_buffer
+                    src = src.to_dense()
+                pool.views[k][name].copy_(src.reshape(pool.views[k][name].shape))
+            else:
+                pool.views[k][name].fill_(self._init_value(name, hp))
+        if "step" in keys:
+            self._steps_np[i] = float(st["step"])
+        elif self.spec.torch_step_in_group:  # timm's Adan: the group counts the steps
+            self._steps_np[i] = float(new_groups[self._gidx[i]][0].get("step", 1))
+        else:  # SGD keeps no step: whether momentum started is the state
+            self._steps_np[i] = 1.0 if keys else 0.0
+        if "mu_product" in keys:
+            self._mu64[i] = self._mu_np[i] = float(st["mu_product"])
+        self._started[i] = "momentum_buffer" in keys
+        extra = {kk: v for kk, v in st.items() if kk not in keys}
+        self.state.pop(p, None)
+        self._has_state[i] = False
+        if keys:
+            self._fill_state(i, hp)
+        if extra:  # keys adamfast does not use are kept, as torch keeps them
+            self.state[p].update(extra)
+    if self._ema_list is not None:
+        with torch.no_grad():
+            for i, (p, e) in enumerate(zip(self._plist, self._ema_list)):
+                src = p.detach() if ema_in is None else ema_in[i]
+                e.copy_(src.reshape(e.shape))
+    for pool in self._pools:
+        self._refresh(pool)
+    for hook in self._optimizer_load_state_dict_post_hooks.values():
+        hook(self)
+
+
+def check_ema(self, state_dict, id_map, pindex):
+    """The EMA tensors of a state_dict to load, checked ({param index: tensor}), or
+    None: no EMA kept here, or none in the checkpoint (a torch.optim one), in
+    which case the EMA restarts from the current params."""
+    if self._ema_list is None or state_dict.get("ema") is None:
+        return None
+    saved = state_dict["ema"]
+    if not isinstance(saved, Mapping):
+        raise TypeError(f"state_dict['ema'] must be a dict {{param index: tensor}} (from "
+                        f"state_dict()), got {type(saved).__name__}")
+    out = {}
+    for sid, p in id_map.items():
+        if sid not in saved:
+            raise ValueError(f"state_dict['ema'] has no entry for param {sid!r}")
+        v = saved[sid]
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            got = v.dtype if isinstance(v, torch.Tensor) else type(v).__name__
+            raise TypeError(f"state_dict['ema'][{sid!r}] must be a real floating tensor, "
+                            f"got {got}")
+        if v.numel() != p.numel():
+            raise ValueError(f"state_dict['ema'][{sid!r}] must have {p.numel()} elements, "
+                             f"got shape {tuple(v.shape)}")
+        out[pindex[id(p)]] = v
+    return out
+
+
+def copy_state(self):
+    state = {}
+    for i, p in enumerate(self._plist):
+        st = self.state.get(p)
+        if st:
+            state[i] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                        for k, v in st.items()}
+    return {
+        "param_groups": [dict(g, params=list(g["params"])) for g in self.param_groups],
+        "state": state,
+        "ema": None if self._ema_list is None else
+        {i: e.clone() for i, e in enumerate(self._ema_list)},
+        # NAdam's mu_product in float64 (state_dict() holds torch's scalar dtype)
+        "mu_product": self._mu64.copy(),
+        "defaults": dict(self.defaults),
+        "options": {"max_grad_norm": self._max_grad_norm,
+                    "skip_nonfinite": self._skip_nonfinite,
+                    "ema_decay": self._ema_decay, "backend": self._backend.name},
+        "last_result": self.last_result,
+    }

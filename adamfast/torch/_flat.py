@@ -1,0 +1,229 @@
+"""The flat per-dtype layout: one pool of flat buffers per dtype (params, grads,
+state, EMA), each param's ``.data``, ``.grad`` and torch state a view of them.
+
+Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
+them as its methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._engine import CHUNK
+from .._memory import zeros_buffers
+from ._common import _NP, _scalar_dtype
+
+class _Pool:
+    """The flat buffers of one dtype: params, grads, state; views per param; chunk tables."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.params = []      # the params, in layout order (global order filtered by dtype)
+        self.index = None     # their global indices (np.intp)
+        self.ranges = []      # (lo, hi) per param
+        self.groups = []      # the group index of each param
+        self.gviews = []      # the bound gradient views, per param
+        self.ptrs = []        # expected data_ptr per param
+        self.np = {}          # "param", "grad", state names -> flat numpy buffers
+        self.names = ()       # state buffer names of this pool's kind
+        self.kind = None
+        self.kind_id = None
+        self.uniform = True   # every group's params at one step count and group state
+        self.full = None      # (group rows, chunk table) when every param steps
+        self.everyone = False  # the pool holds every param (step counts: one numpy op)
+        self.check_at = 0     # where the rotating data-pointer check resumes
+        self.ema = None       # the flat parameter EMA (numpy) when ema_decay is set
+        self.ema_views = []   # its views, per param
+
+
+def _chunks(ranges):
+    """The (row, lo, hi) chunk table for ranges [(row, lo, hi), ...], each split by CHUNK."""
+    rows = []
+    for r, lo, hi in ranges:
+        for s in range(lo, hi, CHUNK):
+            rows.append((r, s, min(s + CHUNK, hi)))
+    table = np.array(rows, dtype=np.intp).reshape(-1, 3)
+    table.setflags(write=False)
+    return table
+
+
+def needed_names(self, hps):
+    return set(self.spec.state_names(self.spec.kind_of(hps))) if hps else set()
+
+def kind_covering(self, names):
+    """The smallest kind of the spec whose state buffers include ``names``."""
+    best = None
+    for kind, kn in self.spec.kinds.items():
+        if set(names) <= set(kn) and (best is None or len(kn) < len(self.spec.kinds[best])):
+            best = kind
+    return best
+
+def state_keys(self, hp):
+    """The torch state keys of a param in a group with ``hp``, in torch's order."""
+    names = self.spec.state_names(self.spec.kind_of([hp]))
+    return self._scalar_keys + tuple(names)
+
+def init_value(self, name, hp):
+    init = self.spec.state_init
+    return 0.0 if init is None else init(name, hp)
+
+def layout(self):
+    """(Re)build every pool from the params of param_groups, keeping values and state."""
+    hps = [self._validate(g, f"param_groups[{gi}]: ") for gi, g in enumerate(self.param_groups)]
+    plist, gidx = [], []
+    for gi, g in enumerate(self.param_groups):
+        for p in g["params"]:
+            plist.append(p)
+            gidx.append(gi)
+    n = len(plist)
+    old_index = {id(p): i for i, p in enumerate(self._plist)}
+    # The EMA of the params kept from the old layout (a new param's starts as its copy).
+    old_ema = {id(p): e for p, e in zip(self._plist, self._ema_list or ())}
+    ema_on = self._ema_decay is not None
+    sdt = _scalar_dtype()
+    steps = torch.zeros(n, dtype=sdt)
+    mu = torch.ones(n, dtype=sdt)
+    mu64 = np.ones(n)
+    started = np.zeros(n, bool)
+    has = np.zeros(n, bool)
+    for i, p in enumerate(plist):
+        j = old_index.get(id(p))
+        if j is not None:
+            steps[i] = self._steps[j]
+            mu64[i] = self._mu64[j]
+            mu[i] = self._mu[j]
+            started[i] = self._started[j]
+            has[i] = self._has_state[j]
+    pools = []
+    for dtype in (torch.float32, torch.float64):
+        members = [i for i in range(n) if plist[i].dtype == dtype]
+        if not members:
+            continue
+        pool = _Pool(dtype)
+        pool.params = [plist[i] for i in members]
+        pool.index = np.array(members, dtype=np.intp)
+        pool.groups = [gidx[i] for i in members]
+        pool.everyone = len(members) == n
+        gset = sorted(set(pool.groups))
+        names = self._needed_names([hps[g] for g in gset])
+        for p in pool.params:  # keep the buffers a param already has state in
+            st = self.state.get(p)
+            if st:
+                names |= {k for k in self.spec.all_state_names() if k in st}
+        pool.kind = self._kind_covering(names)
+        pool.names = tuple(self.spec.state_names(pool.kind))
+        pool.kind_id = self._backend.kind_id(pool.kind)
+        total = sum(p.numel() for p in pool.params)
+        # The EMA is one more stream of the same pass: one more staggered buffer.
+        bufs = zeros_buffers(total, _NP[dtype], 2 + len(pool.names) + ema_on)
+        pool.np = dict(zip(("param", "grad") + pool.names + ("ema",) * ema_on, bufs))
+        pool.ema = pool.np.get("ema")
+        flat = {k: torch.from_numpy(v) for k, v in pool.np.items()}
+        pool.empty = np.zeros(0, _NP[dtype])
+        lo = 0
+        new_state = []
+        for k, (i, p) in enumerate(zip(members, pool.params)):
+            hi = lo + p.numel()
+            pool.ranges.append((lo, hi))
+            shape = p.shape
+            pv = flat["param"][lo:hi].view(shape)
+            pv.copy_(p.data)
+            gv = flat["grad"][lo:hi].view(shape)
+            grad = p.grad
+            if grad is not None:
+                gv.copy_(grad)
+            old = self.state.get(p) or {}
+            views = {}
+            for name in pool.names:
+                v = flat[name][lo:hi].view(shape)
+                if isinstance(old.get(name), torch.Tensor):
+                    v.copy_(old[name])
+                else:
+                    v.fill_(self._init_value(name, hps[gidx[i]]))
+                views[name] = v
+            if ema_on:
+                ev = flat["ema"][lo:hi].view(shape)
+                ev.copy_(old_ema.get(id(p), p.data))
+                pool.ema_views.append(ev)
+            new_state.append((p, pv, gv, grad is not None, views))
+            lo = hi
+        # Everything is allocated and copied: now rebind.
+        for k, (p, pv, gv, had_grad, views) in enumerate(new_state):
+            p.data = pv
+            if had_grad:
+                p.grad = gv
+            pool.gviews.append(gv)
+            pool.ptrs.append(pv.data_ptr())
+        pool.views = [v for *_, v in new_state]
+        pools.append(pool)
+    self._plist = plist
+    self._gidx = gidx
+    self._steps = steps
+    self._steps_np = steps.numpy()
+    # 0-dim views, one per param, made once: torch's state["step"] (a scalar tensor)
+    # that the step updates with one numpy operation over all params.
+    self._step_views = [steps[i] for i in range(n)]
+    self._mu_views = [mu[i] for i in range(n)]
+    self._mu = mu
+    self._mu_np = mu.numpy()
+    self._mu64 = mu64
+    self._started = started
+    self._has_state = has
+    self._pools = pools
+    self._hp_cache = {}
+    if ema_on:  # in the order of param_groups, as opt.param_groups lists the params
+        where = {}
+        for pool in pools:
+            for k, i in enumerate(pool.index):
+                where[int(i)] = pool.ema_views[k]
+        self._ema_list = [where[i] for i in range(n)]
+    # torch's per-param state dicts: views of the new buffers.
+    for i, p in enumerate(plist):
+        if has[i]:
+            self._fill_state(i, hps[gidx[i]])
+    for pool in pools:
+        self._refresh(pool)
+
+def pool_of(self, i):
+    for pool in self._pools:
+        pos = np.searchsorted(pool.index, i)
+        if pos < len(pool.index) and pool.index[pos] == i:
+            return pool, int(pos)
+    raise KeyError(i)
+
+def fill_state(self, i, hp):
+    """Make ``self.state[p]`` hold torch's keys for param ``i``: views, never copies."""
+    p = self._plist[i]
+    keys = self._state_keys(hp)
+    self._has_state[i] = True
+    if not keys:  # SGD without momentum keeps no state, as torch
+        return
+    pool, k = self._pool_of(i)
+    st = self.state[p]
+    for key in keys:
+        if key == "step":
+            st["step"] = self._step_views[i]
+        elif key == "mu_product":
+            st["mu_product"] = self._mu_views[i]
+        else:
+            st[key] = pool.views[k][key]
+
+def refresh(self, pool):
+    """Recompute a pool's uniformity and its all-params chunk table."""
+    rows = sorted(set(pool.groups))
+    pos = {g: r for r, g in enumerate(rows)}
+    spans = {}
+    for g, (lo, hi) in zip(pool.groups, pool.ranges):
+        a, b = spans.get(g, (lo, hi))
+        spans[g] = (min(a, lo), max(b, hi))
+    pool.full = (rows, _chunks([(pos[g], a, b) for g, (a, b) in spans.items()]))
+    uniform = True
+    groups = np.array(pool.groups)
+    for g in rows:
+        idx = pool.index[groups == g]
+        for arr in (self._steps_np, self._mu64, self._started):
+            if idx.size and not (arr[idx] == arr[idx[0]]).all():
+                uniform = False
+    pool.uniform = uniform
+    pool.all_state = bool(self._has_state[pool.index].all())

@@ -1,0 +1,339 @@
+"""The step: gradients checked and bound, the guard's pass, one kernel call per dtype.
+
+Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
+them as its methods.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from .. import _dispatch, _guard
+from .._engine import scalar_table
+from ._common import _CHECK, _NP, _SPARSE, _describe
+from ._hyper import _plain
+from ._flat import _chunks
+
+def collect(self, pool, hps):
+    """Which params of a pool step (their grads checked), before anything is written.
+
+    Returns (inactive positions, foreign positions): params whose grad is
+    None, and params whose grad is not the bound view (to copy and rebind,
+    or, when sparse, to densify into the flat gradient buffer).
+    """
+    inactive = foreign = None
+    k = 0
+    for p, v in zip(pool.params, pool.gviews):
+        g = p.grad
+        if g is not v:
+            if g is None:
+                if inactive is None:
+                    inactive = []
+                inactive.append(k)
+            else:
+                if foreign is None:
+                    foreign = []
+                foreign.append(k)
+        k += 1
+    # The data pointers: _CHECK params per step, in rotation (all of them when
+    # there are few): p.data_ptr() costs as much as the rest of the per-param work.
+    n = len(pool.params)
+    lo = pool.check_at if n > _CHECK else 0
+    pool.check_at = (lo + _CHECK) % n if n > _CHECK else 0
+    for k in range(lo, min(n, lo + _CHECK)):
+        p = pool.params[k]
+        if p.data_ptr() != pool.ptrs[k]:
+            raise RuntimeError(
+                f"param {int(pool.index[k])} ({_describe(p)}) no longer shares memory with "
+                f"the optimizer's flat buffer: its .data was rebound after the optimizer was "
+                f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
+                f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
+                f"optimizer after such changes")
+    for k in foreign or ():
+        self._check_grad(pool, k, hps)
+    return inactive, foreign
+
+def check_grad(self, pool, k, hps):
+    """A grad the optimizer has not bound: refused, naming what is wrong, unless the
+    flat gradient buffer can take it (a dense grad like the param, or a sparse COO
+    grad where torch's class takes one)."""
+    p = pool.params[k]
+    g = p.grad
+    where = f"the grad of param {int(pool.index[k])} ({_describe(p)})"
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"{where} must be a tensor, got {type(g).__name__}")
+    if g.layout != torch.strided:
+        self._check_sparse(g, where, pool.groups[k], hps[pool.groups[k]])
+    if g.device.type != "cpu":
+        raise ValueError(f"{where} is on {g.device}; expected cpu, the param's device")
+    if g.dtype != p.dtype:
+        raise ValueError(f"{where} has dtype {g.dtype}; expected {p.dtype}, the param's dtype")
+    if g.shape != p.shape:
+        raise ValueError(f"{where} has shape {tuple(g.shape)}; expected {tuple(p.shape)}, "
+                         f"the param's shape")
+
+def check_sparse(self, g, where, gi, hp):
+    """torch's rules for a sparse grad: SGD and Adagrad take a COO grad (not with
+    weight_decay, nor fused=True); the other classes raise RuntimeError."""
+    name = self.spec.name
+    if g.layout != torch.sparse_coo:
+        raise ValueError(f"{where} has layout {g.layout}; expected torch.strided (dense)"
+                         + (" or torch.sparse_coo" if name in _SPARSE else ""))
+    if name not in _SPARSE:
+        raise RuntimeError(f"{name} does not support sparse gradients ({where} has layout "
+                           f"torch.sparse_coo); SGD and Adagrad do, as in torch.optim")
+    if self.param_groups[gi].get("fused"):
+        raise RuntimeError(f"{name} with fused=True does not support sparse gradients, as "
+                           f"torch.optim.{name} ({where} is sparse)")
+    if hp["weight_decay"] != 0:
+        raise RuntimeError(f"{name}: the weight_decay option is not compatible with sparse "
+                           f"gradients, as in torch.optim.{name} ({where} is sparse)")
+    if name == "Adagrad" and hp["eps"] == 0:
+        # The dense kernel would give 0/0 where the accumulator is still 0 and the
+        # sparse grad has no entry; torch's sparse path leaves those entries alone.
+        raise ValueError(f"Adagrad with eps=0 cannot take a sparse gradient ({where} is "
+                         f"sparse): an entry it does not touch would become NaN; use "
+                         f"eps > 0 (the default is 1e-10)")
+
+def step(self, closure=None, *, grad_scale=None):
+    """One step over every param with a gradient: one kernel call per dtype.
+
+    ``closure`` is torch's: re-evaluates the model and returns the loss.
+    ``grad_scale`` is the loss scale the gradients carry (they are divided
+    by it inside the kernel, never rewritten); ``torch.amp.GradScaler``
+    passes its own scale and ``found_inf`` through the attributes torch's
+    fused optimizers read, and both take the same guarded path (see the
+    module docstring).  Everything (grads, every group's hyperparameters,
+    the scale) is checked before anything is written.
+
+    Returns the closure's loss when a closure is given (torch's contract),
+    and otherwise the :class:`adamfast.StepResult` of the step
+    (``grad_norm``, ``skipped``).  Either way the result is also kept in
+    ``opt.last_result``.
+
+    Concurrent calls on one optimizer are serialized by its lock (one step
+    after the other, none lost); a ``step()`` called from inside this
+    optimizer's own step (its closure) raises RuntimeError.
+    """
+    ct = self._closure_thread
+    if ct is not None and ct == threading.get_ident():
+        raise RuntimeError(
+            f"{type(self).__name__}.step() was called from inside its own step(), by "
+            f"the closure: the outer step would then apply a second update with stale "
+            f"counters.  Return the loss from the closure and let step() step")
+    # A with-block: a Ctrl-C cannot land between taking the lock and the handler
+    # that releases it, as it can after a lock.acquire() call.
+    with self._lock:
+        loss = None
+        if closure is not None:
+            # Marks the thread running the closure, so that a step() from inside
+            # it is refused (above) instead of waiting for the lock forever.
+            self._closure_thread = threading.get_ident()
+            try:
+                with torch.enable_grad():
+                    loss = closure()
+            finally:
+                self._closure_thread = None
+        d = self.__dict__
+        amp_scale = d.get("grad_scale")
+        found_inf = d.get("found_inf")
+        if grad_scale is not None:
+            if amp_scale is not None:
+                raise ValueError("grad_scale was given to step() while torch.amp."
+                                 "GradScaler also passes its scale: the gradients would be "
+                                 "unscaled twice; use one or the other")
+            scale = _guard.check_scale(_plain(grad_scale))
+        else:
+            scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
+        amp_skip = found_inf is not None and float(found_inf) != 0.0
+        inv = _guard.unscale(scale, [_NP[pool.dtype] for pool in self._pools])
+        groups = self.param_groups
+        self._hp_changed = False
+        hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+        if self._hp_changed:
+            for pool in self._pools:
+                need = self._needed_names([hps[g] for g in set(pool.groups)])
+                if not need <= set(pool.names):  # a structural switch was turned on: grow
+                    self._layout()
+                    hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+                    break
+        plans = [(pool, *self._collect(pool, hps)) for pool in self._pools]
+        spec = self.spec
+        nthreads = _dispatch.get_num_threads()
+        # Everything is valid: from here on, write (the gradients first: the guard reads them).
+        for pool, inactive, foreign in plans:
+            if foreign:
+                with torch.no_grad():
+                    for k in foreign:
+                        g = pool.params[k].grad
+                        if g.layout == torch.strided:
+                            pool.gviews[k].copy_(g)
+                            pool.params[k].grad = pool.gviews[k]
+                        else:  # sparse: densified (duplicates summed), p.grad left as is
+                            pool.gviews[k].copy_(g.to_dense())
+        if self._guard_on:
+            nthreads = _guard.pass_threads(self._backend,
+                                           sum(pool.np["grad"].size for pool in self._pools),
+                                           nthreads)
+        mult, norm, skipped = self._guard_pass(plans, inv, nthreads)
+        if skipped or amp_skip:
+            # Nothing changes: params, state, EMA and step counts (GradScaler's found_inf
+            # is skipped exactly as torch's fused optimizers skip it).
+            result = self.last_result = _guard.StepResult(norm, True)
+            return loss if closure is not None else result
+        ema = self._ema_decay
+        interrupted = None
+        for pool, inactive, foreign in plans:
+            if inactive is None and pool.uniform:
+                rows_g, chunks = pool.full
+                rows, news = [], []
+                for g in rows_g:
+                    i = self._first(pool, g)
+                    row, new = spec.scalars(int(self._steps_np[i]) + 1, hps[g], self._gstate(i))
+                    rows.append(_guard.fold(row, mult, ema))
+                    news.append((g, new))
+                try:
+                    self._kernel(pool, rows, chunks, nthreads, single=len(rows) == 1)
+                except Exception:
+                    raise  # the kernels check their arguments before writing: nothing to count
+                except BaseException as exc:
+                    # A Ctrl-C that came during the C call is raised as it returns, after the
+                    # kernel wrote: the counters advance with the buffers, the other dtypes
+                    # step too, and then it propagates.
+                    interrupted = exc
+                if pool.everyone:
+                    self._steps_np += 1
+                else:
+                    self._steps_np[pool.index] += 1
+                if spec.gstate is not None:
+                    groups_arr = np.asarray(pool.groups)
+                    for g, new in news:
+                        self._set_gstate(pool.index[groups_arr == g], new)
+                if not pool.all_state:
+                    for i in pool.index:
+                        if not self._has_state[i]:
+                            self._fill_state(int(i), hps[self._gidx[i]])
+                    pool.all_state = True
+            else:
+                interrupted = self._step_classes(pool, set(inactive or ()), hps, mult,
+                                                 nthreads) or interrupted
+        result = self.last_result = _guard.PLAIN if norm is None else _guard.StepResult(norm)
+        if interrupted is not None:
+            raise interrupted
+        return loss if closure is not None else result
+
+def guard_pass(self, plans, inv, nthreads):
+    """Pass 1 of the guarded step over every dtype's gradients at once:
+    (gradient multiplier, grad_norm or None, skipped).
+
+    ``adamfast._guard.decide``'s rule over several flat buffers: the
+    norm covers exactly the params that step (torch's clip_grad_norm_
+    ignores params whose grad is None), float64 sums of squares per fixed
+    chunk of each buffer's active ranges, added in layout order, so it is
+    the same for any thread count.  Runs only with clipping or skipping.
+    """
+    if not self._guard_on:
+        return inv, None, False
+    b = self._backend
+    total, finite = 0.0, True
+    for pool, inactive, _ in plans:
+        flat = pool.np["grad"]
+        if inactive is None:
+            spans = [(0, flat.size)]
+        else:
+            off = set(inactive)
+            spans = []
+            for k, (lo, hi) in enumerate(pool.ranges):
+                if k in off:
+                    continue
+                if spans and spans[-1][1] == lo:
+                    spans[-1] = (spans[-1][0], hi)
+                else:
+                    spans.append((lo, hi))
+        for lo, hi in spans:
+            ss, ok = _guard.sumsq(b, flat[lo:hi], nthreads, inv)
+            total += ss
+            finite = finite and ok
+    return _guard.decide(total, finite, inv, self._max_grad_norm, self._skip_nonfinite)
+
+def first(self, pool, g):
+    return int(pool.index[pool.groups.index(g)])
+
+def gstate(self, i):
+    gs = self.spec.gstate
+    if gs is None:
+        return None
+    if "mu_product" in gs:
+        return {"mu_product": float(self._mu64[i])}
+    return {"momentum_started": bool(self._started[i])}
+
+def set_gstate(self, idx, new):
+    if new is None:
+        return
+    if "mu_product" in new:
+        self._mu64[idx] = new["mu_product"]
+        self._mu_np[idx] = new["mu_product"]
+    else:
+        self._started[idx] = new["momentum_started"]
+
+def kernel(self, pool, rows, chunks, nthreads, single):
+    s = tuple(pool.np[n] for n in pool.names)
+    b = self._backend
+    p, g = pool.np["param"], pool.np["grad"]
+    ema = pool.ema
+    if single and b.step_fast is not None and \
+            b.step_fast(pool.kind_id, p, g, s, tuple(map(float, rows[0])), nthreads, ema):
+        return
+    b.kernel(pool.kind_id, p, g, s, scalar_table(rows), chunks, nthreads, ema)
+
+def step_classes(self, pool, inactive, hps, mult, nthreads):
+    """The general case: params at different step counts or group states, or some
+    without a gradient.  Each (group, step, group state) is one row of the
+    scalar table; one kernel call still does every param that steps.  Returns
+    the KeyboardInterrupt (or other BaseException) the kernel call raised after
+    writing, for the caller to raise once the step is counted."""
+    spec = self.spec
+    classes = {}
+    ranges = []
+    members = []
+    for k, (i, g, (lo, hi)) in enumerate(zip(pool.index, pool.groups, pool.ranges)):
+        if k in inactive:
+            continue
+        gs = self._gstate(i)
+        key = (g, float(self._steps_np[i]), None if gs is None else tuple(gs.values()))
+        c = classes.get(key)
+        if c is None:
+            c = classes[key] = len(classes)
+            members.append([])
+        members[c].append(int(i))
+        if ranges and ranges[-1][0] == c and ranges[-1][2] == lo:
+            ranges[-1] = (c, ranges[-1][1], hi)
+        else:
+            ranges.append((c, lo, hi))
+    if not classes:
+        return None
+    rows, news = [], []
+    for (g, step, _), c in classes.items():
+        i = members[c][0]
+        row, new = spec.scalars(int(step) + 1, hps[g], self._gstate(i))
+        rows.append(_guard.fold(row, mult, self._ema_decay))
+        news.append(new)
+    interrupted = None
+    try:
+        self._kernel(pool, rows, _chunks(ranges), nthreads, single=False)
+    except Exception:
+        raise
+    except BaseException as exc:  # as in _step: the kernel wrote, count the step
+        interrupted = exc
+    for c, idx in enumerate(members):
+        idx = np.asarray(idx, dtype=np.intp)
+        self._steps_np[idx] += 1
+        self._set_gstate(idx, news[c])
+        for i in idx:
+            if not self._has_state[i]:
+                self._fill_state(int(i), hps[self._gidx[i]])
+    self._refresh(pool)
+    return interrupted
