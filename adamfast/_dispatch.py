@@ -75,6 +75,18 @@ _HINTS = {
                "checkout, run `python setup.py build_ext --inplace`"),
 }
 
+def check_states(entry, kind, states, nstate):
+    """Raise unless ``states`` is a tuple of exactly ``nstate`` items: the check every
+    Python backend makes (the cython extension makes it in C); the arrays are
+    checked with the other buffers."""
+    if type(states) is not tuple:
+        raise TypeError(f"{entry}: states must be a tuple of the {nstate} state buffer(s) of "
+                        f"kind {kind!r}, got {type(states).__name__}")
+    if len(states) != nstate:
+        raise ValueError(f"{entry}: kind {kind!r} has {nstate} state buffer(s), got a tuple "
+                         f"of {len(states)}")
+
+
 _backends = {}
 _available = None
 

@@ -43,7 +43,8 @@ from itertools import repeat
 
 import numpy as np
 
-from .algorithms import ALGORITHMS, KINDS as _ALGORITHM_KINDS, ROOFLINE_KINDS
+from . import _dispatch
+from .algorithms import ALGORITHMS, KINDS as _ALGORITHM_KINDS, NSTATE as _NSTATE_OF, ROOFLINE_KINDS
 from .algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES
 
 __all__ = ["KINDS", "NSTATE", "family_kernel", "sumsq_kernel"]
@@ -64,10 +65,8 @@ for _i, _kind in enumerate(ROOFLINE_KINDS):
 
 KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
-_NSTATE = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
-_NSTATE.update((kind, i) for i, kind in enumerate(ROOFLINE_KINDS))
 # Per kind id: how many state buffers the kind streams (the length of ``states``).
-NSTATE = tuple(_NSTATE[kind] for kind in KINDS)
+NSTATE = tuple(_NSTATE_OF[kind] for kind in KINDS)
 
 
 # family_kernel marks an exception that stops it before its first write
@@ -88,13 +87,7 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
     """
     try:
         update = _BY_ID[kind_id]
-        if type(states) is not tuple:
-            raise TypeError(f"family_kernel: states must be a tuple of the {NSTATE[kind_id]} "
-                            f"state buffer(s) of kind {KINDS[kind_id]!r}, got "
-                            f"{type(states).__name__}")
-        if len(states) != NSTATE[kind_id]:
-            raise ValueError(f"family_kernel: kind {KINDS[kind_id]!r} has {NSTATE[kind_id]} "
-                             f"state buffer(s), got a tuple of {len(states)}")
+        _dispatch.check_states("family_kernel", KINDS[kind_id], states, NSTATE[kind_id])
         dtype = params.dtype.type
         rows = [tuple(dtype(x) for x in row) for row in scalars.tolist()]
         runs = []

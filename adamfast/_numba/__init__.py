@@ -242,17 +242,6 @@ def _state_names(n):
 _STATE_NAMES = tuple(_state_names(n) for n in range(max(NSTATE) + 1))
 
 
-def check_states(entry, kind, states, nstate):
-    """Raise unless ``states`` is a tuple of exactly ``nstate`` items (the arrays are
-    checked with the other buffers)."""
-    if type(states) is not tuple:
-        raise TypeError(f"{entry}: states must be a tuple of the {nstate} state buffer(s) of "
-                        f"kind {kind!r}, got {type(states).__name__}")
-    if len(states) != nstate:
-        raise ValueError(f"{entry}: kind {kind!r} has {nstate} state buffer(s), got a tuple "
-                         f"of {len(states)}")
-
-
 def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, ema=None):
     """One step of kind ``KINDS[kind_id]`` in place; the kernel contract of adamfast._dispatch.
 
@@ -282,7 +271,7 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
         if not 0 <= kind_id < len(KINDS):
             raise ValueError(f"family_kernel: kind_id must be in [0, {len(KINDS)}), got {kind_id}")
         nstate = NSTATE[kind_id]
-        check_states("family_kernel", KINDS[kind_id], states, nstate)
+        _dispatch.check_states("family_kernel", KINDS[kind_id], states, nstate)
         dtype, n = _check_buffers((params, grads) + states,
                                   ("params", "grads") + _STATE_NAMES[nstate])
         if ema is None:

@@ -42,7 +42,7 @@ from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
-from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
+from ..algorithms import NSTATE
 from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES, MAXSTATE, NSLOT
 
 __all__ = ["CHUNK", "LANES", "MAXSTATE", "NSLOT"]  # the engine's constants, from _spec
@@ -56,14 +56,6 @@ PARALLEL_MIN = 1 << 19
 POOL_PARALLEL_MIN = 1 << 16
 
 
-def _nstate_table():
-    """kind -> number of state buffers, from the registry (rooflineN: N)."""
-    out = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
-    out.update((kind, int(kind[len("roofline"):])) for kind in ROOFLINE_KINDS)
-    return out
-
-
-NSTATE = _nstate_table()
 
 
 def signatures(nstate):

@@ -30,6 +30,9 @@ KINDS = tuple(dict.fromkeys(k for spec in ALGORITHMS.values() for k in spec.kind
 # with that many state buffers, trivial arithmetic (kernels/_roofline.pxi and
 # adamfast/_numba/roofline.py write one out per count).
 ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3", "roofline4")
+# kind -> how many state buffers it streams (the length of the kernels' ``states``).
+NSTATE = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
+NSTATE.update((kind, i) for i, kind in enumerate(ROOFLINE_KINDS))
 _MOST = max(len(names) for spec in ALGORITHMS.values() for names in spec.kinds.values())
 if _MOST >= len(ROOFLINE_KINDS):
     raise ImportError(f"a kind has {_MOST} state buffers: add roofline{_MOST} to ROOFLINE_KINDS, "
