@@ -41,6 +41,8 @@ def _kernel_wrote(exc, module):
     while tb is not None:
         where = tb.tb_frame.f_globals.get("__name__", "")
         if where == name or where.startswith(name + "."):
+            if tb.tb_lineno == tb.tb_frame.f_code.co_firstlineno:
+                return False  # entered through adamfast._engine.run_kernel: not begun
             return getattr(module, "MARKS_UNWRITTEN", False)
         tb = tb.tb_next
     return not isinstance(exc, Exception)
@@ -248,11 +250,9 @@ class StepCore(FlatState):
                 d["_gstate"] = gstates
                 d["step_count"] = t
                 return
-        table = _engine.scalar_table(rows)
-        chunks = self._chunks
         try:
-            b.kernel(kid, self.flat_params, self.flat_grads, states, table, chunks, nthreads,
-                     ema)
+            _engine.run_kernel(b, kid, self.flat_params, self.flat_grads, states, rows,
+                               self._chunks, nthreads, ema, tensors=self._tensors)
         except BaseException as exc:
             self._interrupted(exc, t, gstates)
             raise

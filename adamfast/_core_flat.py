@@ -32,7 +32,8 @@ def _layout(shapes, counts):
     bounds = [(offsets[firsts[g]], offsets[firsts[g + 1]]) for g in range(len(counts))]
     return {"_shapes": tuple(shapes), "_counts": tuple(counts),
             "_slices": tuple(slice(offsets[i], offsets[i + 1]) for i in range(len(shapes))),
-            "_bounds": bounds, "_chunks": _engine.chunk_table(bounds)}
+            "_bounds": bounds, "_chunks": _engine.chunk_table(bounds),
+            "_tensors": np.array(offsets, dtype=np.intp)}
 
 
 def _views_of(flat, layout):
@@ -281,7 +282,8 @@ class FlatState:
     # flat buffers the kernels update.  So only the flat buffers travel, and
     # the views are rebuilt on arrival.
 
-    _VIEWS = ("params", "grads", "ema_params", "_plan", "_c_args", "_plists", "_lock", "_cache")
+    _VIEWS = ("params", "grads", "ema_params", "_plan", "_c_args", "_plists", "_lock", "_cache",
+              "_tensors")
 
     def __getstate__(self):
         with self._holding():
@@ -305,6 +307,7 @@ class FlatState:
         d["_plists"] = _split(self.params, self._counts)
         d["param_groups"] = [dict(g, params=plist) for g, plist in zip(groups, self._plists)]
         d["_fast"] = self._fast_ok()
+        d["_tensors"] = np.array([0, *(s.stop for s in self._slices)], dtype=np.intp)
 
     def __copy__(self):
         # A shallow copy would share the buffers and silently step both: copy

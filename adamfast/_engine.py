@@ -13,7 +13,7 @@ import numpy as np
 
 from .algorithms._spec import CHUNK, NSLOT
 
-__all__ = ["CHUNK", "chunk_table", "single_chunks", "scalar_table"]
+__all__ = ["CHUNK", "chunk_table", "single_chunks", "scalar_table", "run_kernel"]
 
 _single = {}
 
@@ -45,3 +45,25 @@ def scalar_table(rows):
     for g, row in enumerate(rows):
         table[g, :len(row)] = row
     return table
+
+
+def run_kernel(b, kid, params, grads, states, rows, chunks, nthreads, ema=None, *,
+               single=False, tensors=None):
+    """The writes of one step, for every front end: backend ``b``'s fast path
+    when ``single`` (one row, ``rows[0]``, covers every element of the
+    buffers), else ``family_kernel`` over the scalar table of ``rows`` and the
+    chunk table ``chunks``.
+
+    ``tensors`` is the sorted intp array of tensor boundaries in the flat
+    buffers (``0, end of tensor 0, ..., n``), for kinds that reduce per tensor;
+    None means the buffers hold one tensor.
+    """
+    if single and b.step_fast is not None and b.step_fast(kid, params, grads, states, rows[0],
+                                                          nthreads, ema):
+        return
+    try:
+        table = scalar_table(rows)
+    except BaseException as exc:  # an interrupt before the kernel: nothing written
+        exc.adamfast_unwritten = True
+        raise
+    b.kernel(kid, params, grads, states, table, chunks, nthreads, ema)

@@ -139,10 +139,8 @@ def _guarded_run(b, kid, views, row, guard, nthreads):
         if norm is not None:
             result = _guard.StepResult(norm, False)
     states = tuple(views[2:])
-    if b.step_fast is None or not b.step_fast(kid, views[0], views[1], states, row, nthreads,
-                                              ema):
-        b.kernel(kid, views[0], views[1], states, _engine.scalar_table([row]),
-                 _engine.single_chunks(views[0].size), nthreads, ema)
+    _engine.run_kernel(b, kid, views[0], views[1], states, (row,),
+                       _engine.single_chunks(views[0].size), nthreads, ema, single=True)
     return result
 
 

@@ -22,6 +22,7 @@ class _Pool:
         self.params = []      # the params, in layout order (global order filtered by dtype)
         self.index = None     # their global indices (np.intp)
         self.ranges = []      # (lo, hi) per param
+        self.bounds = None    # the tensor boundaries: 0, each param's hi (np.intp)
         self.groups = []      # the group index of each param
         self.gviews = []      # the bound gradient views, per param
         self.ptrs = []        # expected data_ptr per param
@@ -156,6 +157,7 @@ def layout(self):
             pool.gviews.append(gv)
             pool.ptrs.append(pv.data_ptr())
         pool.views = [v for *_, v in new_state]
+        pool.bounds = np.array([0, *(hi for _, hi in pool.ranges)], dtype=np.intp)
         pools.append(pool)
     self._plist = plist
     self._gidx = gidx

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import _dispatch, _guard
-from .._engine import scalar_table
+from .._engine import run_kernel
 from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
 from ._flat import _chunks
@@ -284,10 +284,10 @@ def kernel(self, pool, rows, chunks, nthreads, single):
     b = self._backend
     p, g = pool.np["param"], pool.np["grad"]
     ema = pool.ema
-    if single and b.step_fast is not None and \
-            b.step_fast(pool.kind_id, p, g, s, tuple(map(float, rows[0])), nthreads, ema):
-        return
-    b.kernel(pool.kind_id, p, g, s, scalar_table(rows), chunks, nthreads, ema)
+    if single:
+        rows = (tuple(map(float, rows[0])),)
+    run_kernel(b, pool.kind_id, p, g, s, rows, chunks, nthreads, ema, single=single,
+               tensors=pool.bounds)
 
 def step_classes(self, pool, inactive, hps, mult, nthreads):
     """The general case: params at different step counts or group states, or some
