@@ -234,7 +234,7 @@ def render_kinds():
         with open(out, "w") as f:
             f.write(text)
     return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_driver.pxi",
-                                             "_kinds.pxi", "_kinds.pxi.in", "_roofline.pxi",
+                                             "_reduce.pxi", "_kinds.pxi", "_kinds.pxi.in", "_roofline.pxi",
                                              "algorithms/_common.pxi")] + \
         ["kernels/algorithms/%s.pxi" % m for m in modules]
 

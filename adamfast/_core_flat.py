@@ -120,6 +120,7 @@ class FlatState:
         self._kind = kind
         self._plan = None  # (kind id, state slots): set at the first step (_replan)
         self._c_args = None  # (hp, the C twin's call) for that hp: see step()
+        self._run_obj = None  # the core's Run over these buffers (_core.take_step)
         self._lock = threading.Lock()  # serializes step() and the methods that re-lay out
         self.step_count = 0
         self._fast = self._fast_ok()
@@ -233,7 +234,7 @@ class FlatState:
             ema_params=None if ema is None else _views_of(ema, layout),
             _gstate=self._gstate + [dict(spec.gstate) if spec.gstate else None],
             _joined=joined, _cache=[None] * len(joined), _plan=None, _c_args=None,
-            _fast=False, _plists=self._plists + [plists[-1]])
+            _run_obj=None, _fast=False, _plists=self._plists + [plists[-1]])
         for old, new in zip(self._plists, plists):
             list.__setitem__(old, slice(None), new)  # the lists handed out stay the same
         return plists[-1]
@@ -282,8 +283,8 @@ class FlatState:
     # flat buffers the kernels update.  So only the flat buffers travel, and
     # the views are rebuilt on arrival.
 
-    _VIEWS = ("params", "grads", "ema_params", "_plan", "_c_args", "_plists", "_lock", "_cache",
-              "_tensors")
+    _VIEWS = ("params", "grads", "ema_params", "_plan", "_c_args", "_run_obj", "_plists", "_lock",
+              "_cache", "_tensors")
 
     def __getstate__(self):
         with self._holding():
@@ -303,7 +304,8 @@ class FlatState:
         d["params"] = self._views(self.flat_params)
         d["grads"] = self._views(self.flat_grads)
         d["ema_params"] = None if self.flat_ema is None else self._views(self.flat_ema)
-        d.update(_plan=None, _c_args=None, _cache=[None] * len(groups), _lock=threading.Lock())
+        d.update(_plan=None, _c_args=None, _run_obj=None, _cache=[None] * len(groups),
+                 _lock=threading.Lock())
         d["_plists"] = _split(self.params, self._counts)
         d["param_groups"] = [dict(g, params=plist) for g, plist in zip(groups, self._plists)]
         d["_fast"] = self._fast_ok()

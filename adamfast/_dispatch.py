@@ -42,7 +42,9 @@ The cython module also provides the fast paths ``step_fast(kind, params,
 grads, states, row, num_threads, ema=None)`` (any kind, one group, buffers
 checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
 C); they perform a call only when it is trivially valid and otherwise
-decline, so Python validation stays the one authority.
+decline, so Python validation stays the one authority.  The numba backend
+has a ``step_fast`` too, the same contract in Python (one cheap pass over the
+buffers instead of family_kernel's detailed checks and tables).
 
 The dispatcher only picks a callable; it never converts or copies data.  A
 backend that is asked for and not available is an error, never a silent
@@ -300,7 +302,8 @@ def backend_status():
 
 
 class Backend:
-    """A loaded backend: its name, kernel, kind ids and fast paths (cython only)."""
+    """A loaded backend: its name, kernel, kind ids and fast paths (None where the
+    backend has none: ``step_fast`` on cython and numba, ``adam_fast`` on cython)."""
 
     __slots__ = ("name", "kernel", "kind_ids", "step_fast", "adam_fast", "module")
 

@@ -56,8 +56,12 @@ def run_kernel(b, kid, params, grads, states, rows, chunks, nthreads, ema=None, 
 
     ``tensors`` is the sorted intp array of tensor boundaries in the flat
     buffers (``0, end of tensor 0, ..., n``), for kinds that reduce per tensor;
-    None means the buffers hold one tensor.
+    None means the buffers hold one tensor.  A kind whose spec reduces per tensor
+    (Lamb) takes the two-pass step of :mod:`adamfast._reduce` instead, never a fast path.
     """
+    if kid in _reduce.KIND_IDS:
+        _reduce.run(b, kid, params, grads, states, rows, chunks, nthreads, ema, tensors)
+        return
     if single and b.step_fast is not None and b.step_fast(kid, params, grads, states, rows[0],
                                                           nthreads, ema):
         return
@@ -67,3 +71,6 @@ def run_kernel(b, kid, params, grads, states, rows, chunks, nthreads, ema=None, 
         exc.adamfast_unwritten = True
         raise
     b.kernel(kid, params, grads, states, table, chunks, nthreads, ema)
+
+
+from . import _reduce  # noqa: E402  (it uses scalar_table, above)

@@ -172,24 +172,37 @@ def pass_threads(backend, size, num_threads):
     return num_threads if module.pool_awake() else 1
 
 
-def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, num_threads):
+def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, num_threads,
+               clip="torch"):
     """The guard's pass 1: (gradient multiplier or None if skipped, grad_norm, skipped)."""
     inv = unscale(grad_scale, (flat_grads.dtype,))
     if max_grad_norm is None and not skip_nonfinite:
         return inv, None, False
     total, finite = sumsq(backend, flat_grads, num_threads, inv)
-    return decide(total, finite, inv, max_grad_norm, skip_nonfinite)
+    return decide(total, finite, inv, max_grad_norm, skip_nonfinite, clip)
 
 
-def decide(total, finite, inv, max_grad_norm, skip_nonfinite):
+def decide(total, finite, inv, max_grad_norm, skip_nonfinite, clip="torch"):
     """From the scaled gradients' sum of squares and the unscaled ones' finiteness, the guard's
-    (multiplier or None if skipped, grad_norm of the unscaled grads, skipped):
-    torch.nn.utils.clip_grad_norm_'s rule, stated once."""
+    (multiplier or None if skipped, grad_norm of the unscaled grads, skipped): the clip
+    rule ``clip`` names (the spec's), stated once:
+
+    * ``"torch"``: torch.nn.utils.clip_grad_norm_'s, min(max_grad_norm / (norm + 1e-6), 1);
+    * ``"timm"``: timm's Lamb's global clip, 1 / max(norm / max_grad_norm, 1) (timm divides
+      the gradients by max(norm / max_grad_norm, 1); here it is folded into the multiplier).
+    """
     norm = math.sqrt(total) * inv
     if skip_nonfinite and not finite:
         return None, norm, True
     if max_grad_norm is None:
         return inv, norm, False
+    if clip == "timm":
+        # torch's clamp_(min=1) keeps a NaN: so does this (nan < 1.0 is False).
+        ratio = norm / max_grad_norm if max_grad_norm != 0 else (
+            math.inf if norm > 0 else math.nan)
+        if ratio < 1.0:
+            ratio = 1.0
+        return inv / ratio, norm, False
     # min(nan, 1.0) is nan: a NaN norm propagates, as torch.clamp does.
     coef = min(max_grad_norm / (norm + 1e-6), 1.0)
     return inv * coef, norm, False

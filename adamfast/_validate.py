@@ -73,6 +73,36 @@ def _extent(arr):
     return start, start + arr.nbytes
 
 
+def _plain(named):
+    """The 1-D views of ``named`` when every check below passes, in one cheap pass
+    (exact ndarrays of one float dtype and size, C-contiguous, aligned, writable
+    where asked, no overlap); None when any fails: :func:`buffers` then finds
+    which, and says so."""
+    first = named[0][1]
+    if type(first) is not np.ndarray:
+        return None
+    dtype, n = first.dtype, first.size
+    if dtype not in _FLOAT_DTYPES:
+        return None
+    owned = True
+    arrays = []
+    for _, arr, writable in named:
+        if type(arr) is not np.ndarray or arr.size != n or arr.dtype != dtype:
+            return None
+        flags = arr.flags
+        if not (flags.carray if writable else flags.c_contiguous and flags.aligned):
+            return None
+        owned = owned and flags.owndata
+        arrays.append(arr)
+    # Arrays that each own their memory are separate allocations: distinct
+    # owners never overlap.  Otherwise (views, one array twice) compare ranges.
+    if n and not (owned and len(set(map(id, arrays))) == len(arrays)):
+        extents = sorted(_extent(a) for a in arrays)
+        if any(extents[j][1] > extents[j + 1][0] for j in range(len(extents) - 1)):
+            return None
+    return [a if a.ndim == 1 else a.reshape(-1) for a in arrays]
+
+
 def buffers(named):
     """Check ``[(name, array, writable), ...]`` and return the 1-D views, in order.
 
@@ -82,6 +112,9 @@ def buffers(named):
     byte range, and comparing the ranges decides overlap exactly, whatever
     the arrays' bases (views, ``np.frombuffer``, memmaps).
     """
+    views = _plain(named)
+    if views is not None:
+        return views
     views = [_array(name, arr, writable) for name, arr, writable in named]
     first_name, first = named[0][0], views[0]
     for (name, arr, _), view in zip(named[1:], views[1:]):

@@ -25,10 +25,14 @@ import inspect
 import numpy as np
 
 from . import _dispatch, _engine, _guard, _validate
+from ._core import Run, take_step
 from .algorithms import ALGORITHMS
-from .algorithms._spec import describe, flag, nonneg, unit_open
+from .algorithms._spec import HPCache, describe, flag, nonneg, unit_open
 
 _ADAM = ALGORITHMS["Adam"]
+_UNSET = object()  # a functional step's max_grad_norm not given
+# adam_step's validated hyperparameters, by the identity of the values given.
+_HP_CACHE = HPCache()
 
 
 def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999,
@@ -90,23 +94,41 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, b
         return _guard.PLAIN
     # Full path: the single authority on what is valid.
     t = _validate.step(step)
-    hp = _ADAM.validate({
-        "lr": nonneg("lr", lr), "betas": (unit_open("beta1", beta1), unit_open("beta2", beta2)),
-        "eps": eps, "weight_decay": weight_decay,
-        "amsgrad": amsgrad, "maximize": maximize,
-        "decoupled_weight_decay": flag("decoupled", decoupled), "eps_hat": eps_hat,
-        "eps_root": eps_root, "bias_correction": bias_correction, "nesterov": nesterov})
-    named = [("params", params, True), ("grads", grads, False), ("exp_avg", exp_avg, True),
-             ("exp_avg_sq", exp_avg_sq, True)]
+    raw = (lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, eps_hat, eps_root,
+           bias_correction, nesterov)
+    hp = _HP_CACHE.get(raw)
+    if hp is None:
+        hp = _ADAM.validate({
+            "lr": nonneg("lr", lr), "betas": (unit_open("beta1", beta1), unit_open("beta2", beta2)),
+            "eps": eps, "weight_decay": weight_decay,
+            "amsgrad": amsgrad, "maximize": maximize,
+            "decoupled_weight_decay": flag("decoupled", decoupled), "eps_hat": eps_hat,
+            "eps_root": eps_root, "bias_correction": bias_correction, "nesterov": nesterov})
+        _HP_CACHE.put(raw, hp)
+    states = (exp_avg, exp_avg_sq)
     if hp["amsgrad"]:
         if max_exp_avg_sq is None:
             raise ValueError("max_exp_avg_sq is required when amsgrad=True: pass an array like "
                              "exp_avg_sq, zero-initialised before the first step")
+        states = (exp_avg, exp_avg_sq, max_exp_avg_sq)
+    kind = "adam_amsgrad" if hp["amsgrad"] else "adam"
+    # The generic fast path (numba's; cython's when adam_fast declined): buffers
+    # checked, or declined.  Anything that can raise is left to the full path.
+    if not guarded and b.step_fast is not None and kind in b.kind_ids:
+        try:
+            row, _ = _ADAM.scalars(t, hp, None)
+        except ArithmeticError:
+            row = None
+        if row is not None and b.step_fast(b.kind_ids[kind], params, grads, states, row,
+                                           nthreads):
+            return _guard.PLAIN
+    named = [("params", params, True), ("grads", grads, False), ("exp_avg", exp_avg, True),
+             ("exp_avg_sq", exp_avg_sq, True)]
+    if hp["amsgrad"]:
         named.append(("max_exp_avg_sq", max_exp_avg_sq, True))
     guard = _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named)
     views = _validate.buffers(named)
     row, _ = _ADAM.scalars(t, hp, None)
-    kind = "adam_amsgrad" if hp["amsgrad"] else "adam"
     return _guarded_run(b, b.kind_id(kind), views, row, guard, nthreads)
 
 
@@ -123,25 +145,18 @@ def _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named
     return _guard.check_scale(grad_scale), max_grad_norm, skip_nonfinite, ema_decay
 
 
-def _guarded_run(b, kid, views, row, guard, nthreads):
-    """The kernel call of a functional step, after the guard's pass 1 if asked for."""
+def _guarded_run(b, kid, views, row, guard, nthreads, clip="torch"):
+    """A functional step's writes, through the step core (adamfast._core.take_step):
+    the guard's pass 1 if asked for, then the kernel (``clip``: the spec's clip
+    formula, see adamfast._guard.decide)."""
     grad_scale, max_grad_norm, skip_nonfinite, ema_decay = guard
     ema = views.pop() if ema_decay is not None else None
-    result = _guard.PLAIN
-    if max_grad_norm is not None or skip_nonfinite:
-        nthreads = _guard.pass_threads(b, views[1].size, nthreads)
-    if grad_scale is not None or max_grad_norm is not None or skip_nonfinite or ema is not None:
-        mult, norm, skipped = _guard.multiplier(b, views[1], grad_scale, max_grad_norm,
-                                                skip_nonfinite, nthreads)
-        if skipped:
-            return _guard.StepResult(norm, True)
-        row = _guard.fold(row, mult, ema_decay)
-        if norm is not None:
-            result = _guard.StepResult(norm, False)
-    states = tuple(views[2:])
-    _engine.run_kernel(b, kid, views[0], views[1], states, (row,),
-                       _engine.single_chunks(views[0].size), nthreads, ema, single=True)
-    return result
+    inv = _guard.unscale(grad_scale, (views[1].dtype,))
+    run = Run(kid, views[0], views[1], tuple(views[2:]), _engine.single_chunks(views[0].size),
+              ema, single=True)
+    run.rows = (row,)
+    return take_step(b, (run,), (inv, max_grad_norm, skip_nonfinite, ema_decay), nthreads,
+                     clip=clip)
 
 
 def _make_step(spec):
@@ -151,8 +166,8 @@ def _make_step(spec):
     gstate_names = list(spec.gstate or {})
     fname = spec.name.lower() + "_step"
 
-    def step_fn(params, grads, *state, step, backend="auto", grad_scale=None, max_grad_norm=None,
-                skip_nonfinite=False, ema=None, ema_decay=None, **kwargs):
+    def step_fn(params, grads, *state, step, backend="auto", grad_scale=None,
+                max_grad_norm=_UNSET, skip_nonfinite=False, ema=None, ema_decay=None, **kwargs):
         b = _dispatch.get_backend(backend)
         nthreads = _dispatch.get_num_threads()
         t = _validate.step(step)
@@ -164,7 +179,14 @@ def _make_step(spec):
         if callable(hp["lr"]):
             raise TypeError(f"lr must be a number in {fname}(): evaluate a schedule yourself "
                             f"(lr=schedule(step)), got {describe(hp['lr'])}")
+        if "max_grad_norm" in hp:  # the spec's own clip (Lamb's): one value for both
+            if max_grad_norm is not _UNSET:
+                hp["max_grad_norm"] = max_grad_norm
+        elif max_grad_norm is _UNSET:
+            max_grad_norm = None
         hp = spec.validate(hp)
+        if "max_grad_norm" in hp:
+            max_grad_norm = hp["max_grad_norm"]
         gstate = None
         if spec.gstate is not None:
             gstate = {}
@@ -197,7 +219,8 @@ def _make_step(spec):
             result = _guard.PLAIN
         else:
             guard = _guard_args(grad_scale, max_grad_norm, skip_nonfinite, ema, ema_decay, named)
-            result = _guarded_run(b, kid, _validate.buffers(named), row, guard, nthreads)
+            result = _guarded_run(b, kid, _validate.buffers(named), row, guard, nthreads,
+                                  spec.clip)
         if spec.gstate is not None and spec.gstate_from_step is None:
             if result.skipped:  # a skipped step leaves the group state as it was
                 new_gstate = gstate
@@ -215,7 +238,8 @@ def _make_step(spec):
                 for h in spec.hyper]
     params_ += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
                 for n, d in (("grad_scale", None), ("max_grad_norm", None),
-                             ("skip_nonfinite", False), ("ema", None), ("ema_decay", None))]
+                             ("skip_nonfinite", False), ("ema", None), ("ema_decay", None))
+                if n not in hp_names]  # Lamb's max_grad_norm is its hyperparameter
     params_ += [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto")]
 
     def wrapper(params, grads, *args, **kwargs):

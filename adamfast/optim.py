@@ -63,6 +63,8 @@ from ._core import _layout, _Params, _split, _views_of  # noqa: F401
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate  # noqa: F401
 
+_UNSET = object()  # max_grad_norm not given
+
 __all__ = ["Optimizer", *ALGORITHMS]  # the classes are made from the registry, at the end
 
 
@@ -117,14 +119,21 @@ class Optimizer(StepCore):
     spec = None  # set by each subclass
     _guarded = frozenset()
 
-    def __init__(self, params, *args, backend="auto", max_grad_norm=None, skip_nonfinite=False,
+    def __init__(self, params, *args, backend="auto", max_grad_norm=_UNSET, skip_nonfinite=False,
                  ema_decay=None, **kwargs):
         spec = self.spec
+        # Lamb's max_grad_norm is a hyperparameter of its spec and the guard's clip.
+        own_clip = "max_grad_norm" in spec.defaults
+        if own_clip and max_grad_norm is not _UNSET:
+            kwargs["max_grad_norm"] = max_grad_norm
         bound = self._signature().bind(params, *args, **kwargs)
         defaults = {name: value for name, value in bound.arguments.items()
-                    if name not in ("params", "backend", "max_grad_norm", "skip_nonfinite",
-                                    "ema_decay")}
+                    if name not in ("params", "backend", "skip_nonfinite", "ema_decay")}
         defaults = {h.name: defaults.get(h.name, h.default) for h in spec.hyper}
+        if own_clip:
+            max_grad_norm = defaults["max_grad_norm"]
+        elif max_grad_norm is _UNSET:
+            max_grad_norm = None
         self._backend = _dispatch.get_backend(backend)
         guard = _guard.check_options(max_grad_norm, skip_nonfinite, ema_decay)
         self.defaults = defaults
@@ -199,7 +208,7 @@ class Optimizer(StepCore):
     def backend(self, value):
         backend = _dispatch.get_backend(value)
         with self._holding():
-            self.__dict__.update(_backend=backend, _c_args=None,
+            self.__dict__.update(_backend=backend, _c_args=None, _run_obj=None,
                                  _cache=[None] * len(self._plists))  # replan: new kind ids
 
     # --- adding a param group --------------------------------------------------
@@ -453,9 +462,10 @@ def _make_class(spec, doc):
     sig = inspect.Signature(
         [P("params", P.POSITIONAL_OR_KEYWORD)]
         + [P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper]
-        + [P("backend", P.KEYWORD_ONLY, default="auto"),
-           P("max_grad_norm", P.KEYWORD_ONLY, default=None),
-           P("skip_nonfinite", P.KEYWORD_ONLY, default=False),
+        + [P("backend", P.KEYWORD_ONLY, default="auto")]
+        + ([P("max_grad_norm", P.KEYWORD_ONLY, default=None)]
+           if "max_grad_norm" not in spec.defaults else [])  # Lamb's is a hyperparameter
+        + [P("skip_nonfinite", P.KEYWORD_ONLY, default=False),
            P("ema_decay", P.KEYWORD_ONLY, default=None)])
     cls = type(spec.name, (Optimizer,), {
         "spec": spec, "__signature__": sig, "__doc__": doc, "__module__": __name__,

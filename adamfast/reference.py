@@ -47,7 +47,7 @@ from . import _dispatch
 from .algorithms import ALGORITHMS, KINDS as _ALGORITHM_KINDS, NSTATE as _NSTATE_OF, ROOFLINE_KINDS
 from .algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES
 
-__all__ = ["KINDS", "NSTATE", "family_kernel", "sumsq_kernel"]
+__all__ = ["KINDS", "NSTATE", "family_kernel", "reduce_kernel", "sumsq_kernel"]
 
 
 def _roofline(nstate):
@@ -67,6 +67,9 @@ KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
 _BY_ID = tuple(_UPDATES[kind] for kind in KINDS)
 # Per kind id: how many state buffers the kind streams (the length of ``states``).
 NSTATE = tuple(_NSTATE_OF[kind] for kind in KINDS)
+# Per kind id: pass 1 of a kind that reduces per tensor (its Reduction), or None.
+_REDUCTIONS = tuple(next((spec.reduce[kind] for spec in ALGORITHMS.values()
+                          if kind in spec.reduce), None) for kind in KINDS)
 
 
 # family_kernel marks an exception that stops it before its first write
@@ -164,3 +167,57 @@ def sumsq_kernel(grads, out, num_threads):
                 # exactly when every element is, so it is its own flag.
                 out[c, 1] = out[c, 0] - out[c, 0]
     return n
+
+
+def _lane_total(x):
+    """The sum of squares of ``x`` (any float dtype) in float64, in the norm pass's order:
+    element j to lane j % LANES, each lane in element order, lanes left to right."""
+    x = x.astype(np.float64)
+    x = np.concatenate([x, np.zeros(-x.size % LANES)]).reshape(-1, LANES)
+    # Over axis 0 of a C-ordered 2-D array numpy adds row after row into each lane.
+    lanes = np.add.reduce(x * x, axis=0).tolist()
+    total = lanes[0]
+    for v in lanes[1:]:
+        total += v
+    return total
+
+
+def reduce_kernel(kind_id, params, grads, states, scalars, chunks, out, num_threads):
+    """Pass 1 of a kind that reduces per tensor (adamfast._reduce): per chunk row
+    ``(group, lo, hi)``, the kind's ``Reduction.moments`` writes the state buffers
+    (params are only read) and ``out[c, r]`` receives the float64 sum of squares
+    of its r-th quantity over the chunk, in the norm pass's lane order (element j
+    of the chunk to lane j % LANES).  Every chunk is computed before any state
+    buffer is written; ``num_threads`` is ignored.
+    """
+    try:
+        red = _REDUCTIONS[kind_id] if 0 <= kind_id < len(KINDS) else None
+        if red is None:
+            raise ValueError(f"reduce_kernel: kind {kind_id} does not reduce per tensor")
+        _dispatch.check_states("reduce_kernel", KINDS[kind_id], states, NSTATE[kind_id])
+        nsum = len(red.sums)
+        if out.shape != (chunks.shape[0], nsum) or out.dtype != np.float64:
+            raise ValueError(f"reduce_kernel: out must be float64 of shape "
+                             f"({chunks.shape[0]}, {nsum}), got {out.shape} {out.dtype}")
+        dtype = params.dtype.type
+        rows = [tuple(dtype(x) for x in row) for row in scalars.tolist()]
+        staged, sums = [], np.empty_like(out)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            for c, (group, lo, hi) in enumerate(chunks.tolist()):
+                new = tuple(b[lo:hi].copy() for b in states)
+                quantities = red.moments(params[lo:hi], grads[lo:hi], new, rows[group])
+                for r, q in enumerate(quantities):
+                    sums[c, r] = _lane_total(q)
+                if hi > lo:
+                    staged.append((lo, hi, new))
+        if staged:
+            index = np.concatenate([np.arange(lo, hi) for lo, hi, _ in staged])
+            new = [np.concatenate(parts) for parts in zip(*(n for _, _, n in staged))]
+        else:
+            index, new = np.arange(0), [b[:0] for b in states]
+        writes = map(operator.setitem, states + (out,), [index] * len(states) + [Ellipsis],
+                     new + [sums])
+    except BaseException as exc:
+        exc.adamfast_unwritten = True  # Python so far, nothing written
+        raise
+    list(writes)  # every write in C, as family_kernel's

@@ -213,6 +213,9 @@ def family_kernel(
               ema_ptr, <const double*>cnp.PyArray_DATA(scalars), ch, nchunks, n, num_threads)
 
 
+include "_reduce.pxi"  # pass 1 of the kinds that reduce per tensor (Lamb)
+
+
 # --- the fast paths ----------------------------------------------------------
 # Why they exist: the Python layer validates buffers and arguments with ~25
 # small Python calls: ~4 us with hot caches, but ~50-60 us right after a
@@ -328,6 +331,8 @@ def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     cdef double table[_NSLOT]
     cdef Py_ssize_t j, size
     if not 0 <= kind < _NKINDS or not PyTuple_CheckExact(row):
+        return False
+    if _reduce_nsum(kind):  # two passes (adamfast._reduce): never one call
         return False
     size = PyTuple_GET_SIZE(row)
     if size > _NSLOT:

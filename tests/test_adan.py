@@ -2,16 +2,11 @@
 for bit), and adamfast.torch.Adan against timm's own Adan, state_dicts both ways.
 
 timm's package __init__ imports torchvision, so timm/optim/adan.py is loaded from
-its file on its own (it imports only math, typing and torch).  The file comes from
-timm's wheel (``pip download timm==1.0.29 --no-deps``) or an installed timm; the
-timm tests skip when neither is found.
+its file on its own (tests/_timm.py: an installed timm, or timm's wheel); the timm
+tests skip when neither is found.
 """
 
-import glob
-import importlib.util
 import io
-import os
-import zipfile
 
 import numpy as np
 import pytest
@@ -21,6 +16,7 @@ from adamfast import _dispatch, _engine
 from adamfast.algorithms import ALGORITHMS
 from adamfast.algorithms import adan as adan_module
 
+import _timm
 from conftest import BACKENDS, COMPILED
 
 ADAN = ALGORITHMS["Adan"]
@@ -157,33 +153,10 @@ def test_caution_is_refused_and_betas_checked():
 
 # --- against timm -------------------------------------------------------------------
 
-def _timm_adan_file():
-    try:
-        spec = importlib.util.find_spec("timm")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "optim", "adan.py")
-        if os.path.exists(path):
-            return path
-    for wheel in sorted(glob.glob("/tmp/timm/timm-*.whl")):
-        out = os.path.join(os.path.dirname(wheel), "unpacked")
-        with zipfile.ZipFile(wheel) as z:
-            z.extract("timm/optim/adan.py", out)
-        return os.path.join(out, "timm", "optim", "adan.py")
-    return None
-
-
 @pytest.fixture(scope="module")
 def timm_adan():
     torch = pytest.importorskip("torch")
-    path = _timm_adan_file()
-    if path is None:
-        pytest.skip("timm's adan.py not found (pip download timm==1.0.29 --no-deps -d /tmp/timm)")
-    spec = importlib.util.spec_from_file_location("_timm_optim_adan", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return torch, module.Adan
+    return torch, _timm.load("adan").Adan
 
 
 def _pair(torch, timm_cls, dtype, no_prox, backend, groups=2):

@@ -66,10 +66,12 @@ from ._driver import NSTATE as _NSTATE_OF
 from ._driver import PARALLEL_MIN as NUMBA_PARALLEL_MIN
 from ._driver import POOL_PARALLEL_MIN, signatures
 
-__all__ = ["KINDS", "NSTATE", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel"]
+__all__ = ["KINDS", "NSTATE", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel", "step_fast",
+           "reduce_kernel"]
 
 # kind_id = index into KINDS (the registry's order, then the rooflines).
 KINDS = _ALGORITHM_KINDS + ROOFLINE_KINDS
+_NKINDS = len(KINDS)
 
 
 def _modules():
@@ -86,6 +88,7 @@ _MODULES = _modules()
 NSTATE = tuple(_NSTATE_OF[k] for k in KINDS)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _F64 = np.dtype(np.float64)
+_ND = np.ndarray  # exact-type tests: `type(a) is _ND`
 _INTP = np.dtype(np.intp)
 # The EMA argument when there is none: length 0, so nothing can touch it.
 _EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
@@ -127,7 +130,8 @@ def _import(name, slp=False):
 
 
 def _load(kind_id):
-    module = _import(f"{__name__}.{_MODULES[kind_id]}")
+    # A reducing kind's module holds its pass 1 too, whose lanes want SLP (see _reduce).
+    module = _import(f"{__name__}.{_MODULES[kind_id]}", slp=kind_id in _NSUM)
     serial, parallel, block = module.ENTRIES[KINDS[kind_id]]
     if _POOL is None:
         # The fallback path: compile the serial entry for its explicit
@@ -202,6 +206,25 @@ def _check_buffers(arrays, names):
     return dtype, n
 
 
+def _plain_buffers(arrays):
+    """``(dtype, n)`` when ``arrays`` (params, grads, then writable ones) pass
+    every check of :func:`_check_buffers`, tested in one cheap pass; else None."""
+    params = arrays[0]
+    if type(params) is not _ND or params.ndim != 1 or params.dtype not in _FLOATS:
+        return None
+    dtype, shape = params.dtype, params.shape
+    grads = arrays[1]
+    if type(grads) is not _ND or grads.shape != shape or grads.dtype != dtype or \
+            not grads.flags.c_contiguous or not grads.flags.aligned:
+        return None
+    for j in range(len(arrays)):
+        a = arrays[j]
+        if j != 1 and (type(a) is not _ND or a.shape != shape or a.dtype != dtype or
+                       not a.flags.carray):
+            return None
+    return dtype, shape[0]
+
+
 def _check_table(name, a, dtype, width):
     if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 2 or \
             a.shape[1] != width or not (a.flags.c_contiguous and a.flags.aligned):
@@ -272,12 +295,17 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
             raise ValueError(f"family_kernel: kind_id must be in [0, {len(KINDS)}), got {kind_id}")
         nstate = NSTATE[kind_id]
         _dispatch.check_states("family_kernel", KINDS[kind_id], states, nstate)
-        dtype, n = _check_buffers((params, grads) + states,
-                                  ("params", "grads") + _STATE_NAMES[nstate])
+        arrays = (params, grads) + states
+        checked = _plain_buffers(arrays if ema is None else arrays + (ema,))
+        if checked is None:  # something is off: the detailed checks say what
+            checked = _check_buffers(arrays, ("params", "grads") + _STATE_NAMES[nstate])
+            if ema is not None:
+                _check_buffers((params, ema), ("params", "ema"))
+                if not ema.flags.writeable:  # second, it was checked as grads are
+                    raise ValueError("family_kernel: ema must be writable")
+        dtype, n = checked
         if ema is None:
             ema = _EMPTY[dtype]
-        else:
-            _check_buffers((params, ema), ("params", "ema"))
 
         _check_table("scalars", scalars, _F64, NSLOT)
         ngroups = scalars.shape[0]
@@ -304,6 +332,11 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
               (n, ema.size, ngroups, chunks.shape[0], dtype == _F64), chunks.shape[0],
               num_threads if n >= PARALLEL_MIN else 1)
         return
+    _run_prange(serial, parallel, n, num_threads, params, grads, states, ema, scalars, chunks)
+
+
+def _run_prange(serial, parallel, n, num_threads, params, grads, states, ema, scalars, chunks):
+    """The fallback path's call (numba's own pool), the caller's thread count kept."""
     if n < PARALLEL_MIN or num_threads <= 1:
         serial(params, grads, states, ema, scalars, chunks)
         return
@@ -317,6 +350,20 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
         parallel(params, grads, states, ema, scalars, chunks)
     finally:
         numba.set_num_threads(previous)
+
+
+# --- pass 1 of the kinds that reduce per tensor (adamfast._reduce; Lamb) --------
+
+# kind id -> how many quantities it reduces (the width of ``out``).
+_NSUM = {i: len(spec.reduce[kind].sums) for i, kind in enumerate(KINDS)
+         for spec in ALGORITHMS.values() if kind in spec.reduce}
+
+
+def reduce_kernel(kind_id, params, grads, states, scalars, chunks, out, num_threads):
+    """Pass 1 of a reducing kind (adamfast._reduce): see ``_reduce.reduce_kernel``."""
+    # Imported on first use with LLVM's SLP vectorizer on, as _norm (the lanes).
+    return _import(f"{__name__}._reduce", slp=True).reduce_kernel(
+        kind_id, params, grads, states, scalars, chunks, out, num_threads)
 
 
 def sumsq_kernel(grads, out, num_threads):
@@ -349,3 +396,8 @@ def sumsq_kernel(grads, out, num_threads):
         _norm.sumsq_parallel(grads, out, grads.dtype == np.float64)
     finally:
         numba.set_num_threads(previous)
+
+
+# The one-group fast path (adamfast._dispatch's step_fast contract), in its own
+# module; last, since it reads this module's tables and entries.
+from ._fast import step_fast  # noqa: E402

@@ -14,6 +14,7 @@ from .adagrad import ADAGRAD
 from .adam import ADAM, ADAMW
 from .adamax import ADAMAX
 from .adan import ADAN
+from .lamb import LAMB
 from .lion import LION
 from .nadam import NADAM
 from .radam import RADAM
@@ -21,7 +22,7 @@ from .rmsprop import RMSPROP
 from .sgd import SGD
 
 ALGORITHMS = {spec.name: spec for spec in (
-    ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADAGRAD, RMSPROP, SGD, ADADELTA, LION, ADAN,
+    ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADAGRAD, RMSPROP, SGD, ADADELTA, LION, ADAN, LAMB,
 )}
 
 # Every kind, in one fixed order (the compiled backends are checked against it).

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -132,6 +133,45 @@ def pair(check):
     return check_pair
 
 
+# Values whose identity fixes their value for good: a cache keyed on identity may
+# trust them (a list, or an array, can change in place after it was checked).
+_IMMUTABLE = frozenset((float, int, bool, str, type(None), np.float64, np.float32, np.bool_))
+
+
+def _immutable(value):
+    return type(value) in _IMMUTABLE or (
+        type(value) is tuple and all(type(v) in _IMMUTABLE for v in value))
+
+
+class HPCache:
+    """The validated hyperparameters of the last call, by the identity of the values
+    given, so that a hot loop passing the same objects (literals, defaults, a
+    variable) skips the checks: identical objects of immutable types validate to
+    the same result, whereas equal ones may not (``True == 1`` is a bad float,
+    ``-0.0 == 0.0`` another sign).  Any other call is validated in full.
+
+    ``get(raw)`` -> the cached result or None; ``put(raw, result)`` after a
+    successful validation of ``raw`` (a tuple, in a fixed order per cache).
+    The result is shared between calls: never mutate it.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self):
+        self._last = (None, None)
+
+    def get(self, raw):
+        last_raw, result = self._last
+        if last_raw is not None and len(raw) == len(last_raw) and \
+                all(map(operator.is_, raw, last_raw)):
+            return result
+        return None
+
+    def put(self, raw, result):
+        if all(map(_immutable, raw)):
+            self._last = (raw, result)  # one store: other threads see old or new
+
+
 @dataclass(frozen=True)
 class HP:
     """One hyperparameter: its torch name, default and check."""
@@ -140,6 +180,34 @@ class HP:
     default: Any
     check: Callable[[str, Any], Any]
     doc: str = ""
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Per-tensor sums of squares that a kind's update needs (Lamb's trust ratio).
+
+    Such a kind's step is two passes (adamfast._reduce, called from
+    adamfast._engine.run_kernel).  Pass 1, ``reduce_kernel``, runs ``moments``
+    per element: it writes the state buffers (params untouched) and returns the
+    quantities named by ``sums``, whose squares are summed in float64 per chunk
+    in the norm pass's lane order; the chunks are then added per tensor in
+    chunk order.  ``scalar(sums, row)`` turns one tensor's sums (a tuple of
+    floats, in ``sums`` order) and its group's float64 row into one float64
+    value, written into slot ``slot`` of that tensor's row.  Pass 2 is an
+    ordinary ``family_kernel`` call of the kind (its element function reads the
+    new state and that slot and writes params), with one scalar row per tensor.
+
+    sums     names of the quantities (``("param", "update")``)
+    slot     the slot name, in the spec's ``slots``, that receives the scalar
+    scalar   ``(sums, row) -> float``
+    moments  ``moments_<kind>(p, g, s, k) -> tuple of arrays``, the NumPy
+             reference of pass 1 (it writes ``s`` and returns the quantities)
+    """
+
+    sums: tuple
+    slot: str
+    scalar: Callable
+    moments: Callable
 
 
 @dataclass(frozen=True)
@@ -176,6 +244,14 @@ class Spec:
                state_dict and load_state_dict do the same
     torch_only the peer's constructor keywords that adamfast.torch accepts and
                ignores, as ``(name, default)`` pairs (timm's ``foreach``)
+    reduce     kind -> :class:`Reduction`, for a kind whose update needs
+               per-tensor sums (two passes; see Reduction)
+    clip       the formula of the guard's ``max_grad_norm`` (adamfast._guard):
+               ``"torch"`` (clip_grad_norm_'s, the default) or ``"timm"``
+               (grads / max(norm / max_grad_norm, 1), no 1e-6).  A spec with a
+               hyperparameter named ``max_grad_norm`` (Lamb) makes it the
+               guard's clip: the constructor's value, as timm reads
+               ``self.defaults`` (a group's own value is kept, not used)
     c_twin     the name of a C twin of the whole step in the cython backend
                (``"adam"``: adam_step_fast), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
@@ -201,6 +277,8 @@ class Spec:
     torch_scalar_state: tuple = ("step",)
     torch_step_in_group: bool = False
     torch_only: tuple = ()
+    reduce: dict = field(default_factory=dict)
+    clip: str = "torch"
     doc: str = ""
 
     @property
@@ -222,12 +300,19 @@ class Spec:
             raise ValueError(f"{self.name}: slots must be distinct identifiers starting with "
                              f"{SHARED_SLOTS}, at most NSLOT - 2 = {NSLOT - 2} of them, got "
                              f"{slots}")
+        for kind, red in self.reduce.items():
+            if kind not in self.kinds or red.slot not in slots:
+                raise ValueError(f"{self.name}: reduce declares kind {kind!r} and slot "
+                                 f"{red.slot!r}; both must be the spec's")
+        if self.clip not in ("torch", "timm"):
+            raise ValueError(f"{self.name}: clip must be 'torch' or 'timm', got {self.clip!r}")
         seen = []
         for names in self.kinds.values():
             seen += [n for n in names if n not in seen]
         # Frozen: computed once here, read on every step.
         object.__setattr__(self, "_all_state", tuple(seen))
         object.__setattr__(self, "_hp_names", tuple(h.name for h in self.hyper))
+        object.__setattr__(self, "_checks", tuple((h.name, h.check) for h in self.hyper))
         object.__setattr__(self, "_gstate_checks", {
             name: self.gstate_checks.get(name) or (flag if isinstance(value, bool) else finite)
             for name, value in (self.gstate or {}).items()})
@@ -237,8 +322,16 @@ class Spec:
 
     def bytes_per_param(self, kind, itemsize):
         """Memory traffic of one step: read params, grads and every state
-        buffer, write params and every state buffer."""
-        return (3 + 2 * len(self.kinds[kind])) * itemsize
+        buffer, write params and every state buffer.  A kind that reduces per
+        tensor makes two passes: pass 1 reads params, grads and the state and
+        writes the state, pass 2 reads params and the state and writes params
+        (4 + 3N buffers); and the guard's norm pass reads the grads once more
+        when the spec clips by default (Lamb: 4 + 24 + 16 = 44 B in float32)."""
+        n = len(self.kinds[kind])
+        if kind not in self.reduce:
+            return (3 + 2 * n) * itemsize
+        clip = 1 if self.defaults.get("max_grad_norm") is not None else 0
+        return (clip + 4 + 3 * n) * itemsize
 
     def validate(self, hp, where=""):
         """Check one group's hyperparameters; return a new dict of clean values.
@@ -247,10 +340,11 @@ class Spec:
         error naming them); unknown keys are an error too.
         """
         out = {}
-        for h in self.hyper:
-            if h.name not in hp:
-                raise ValueError(f"{where}{h.name} is missing")
-            out[h.name] = h.check(f"{where}{h.name}", hp[h.name])
+        for name, check in self._checks:
+            if name not in hp:
+                raise ValueError(f"{where}{name} is missing")
+            # The label only matters in an error: no string built for the common case.
+            out[name] = check(where + name if where else name, hp[name])
         if self.check is not None:
             self.check(out, where)
         out.update(self.fixed)

@@ -88,7 +88,10 @@ float32 by default; ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
 ``mu_product``, ``momentum_buffer``, ``sum``, ``square_avg``, ``grad_avg``,
 ``acc_delta``, ``exp_inf``), and ``param_groups`` with torch's keys.  The
 state tensors are views of the flat buffers (references, as torch's are: use
-``copy.deepcopy`` or ``torch.save`` for a snapshot).  ``load_state_dict``
+``copy.deepcopy`` or ``torch.save`` for a snapshot).  The step never builds
+these dicts: it marks the params that stepped for the first time, and the next
+look at ``opt.state`` (``state_dict()``, ``opt.state[p]``) fills their entries,
+with the settings that step used.  ``load_state_dict``
 checks everything first and then copies into the existing views; it never
 rebinds them.  Checkpoints load into ``torch.optim`` and back.  The extras
 (``eps_hat`` ...) appear in ``param_groups`` only when set to a non-default

@@ -53,7 +53,9 @@ def load_state_dict(self, state_dict):
             continue
         hp = new_groups[self._gidx[i]][1]
         keys = self._state_keys(hp)
-        if self.spec.name == "SGD" and st.get("momentum_buffer", None) is None:
+        if not self._scalar_keys and all(st.get(k) is None for k in keys):
+            # A peer that keeps no step has state once a buffer exists (torch's SGD
+            # kept momentum_buffer=None before): none of them means no state yet.
             keys = ()
         missing = [k for k in keys if k not in st]
         if missing:
@@ -61,7 +63,7 @@ def load_state_dict(self, state_dict):
                              f"{self.spec.name} with these settings")
         for k in keys:
             v = st[k]
-            if not isinstance(v, torch.Tensor) and k in ("step", "mu_product"):
+            if not isinstance(v, torch.Tensor) and k in self._scalar_keys:
                 v = torch.tensor(float(v))
             if not isinstance(v, torch.Tensor) or v.is_complex():
                 raise TypeError(f"state_dict['state'][{sid!r}][{k!r}] must be a real tensor")
@@ -95,10 +97,9 @@ def load_state_dict(self, state_dict):
             for name in pool.names:
                 pool.views[k][name].fill_(self._init_value(name, hp))
             self._steps_np[i] = 0
-            self._mu64[i] = self._mu_np[i] = 1.0
-            self._started[i] = False
+            self._gs.reset(i, self.spec)
             self.state.pop(p, None)
-            self._has_state[i] = False
+            self._has_state[i] = self._filled[i] = False
             continue
         st, keys = entry
         for name in pool.names:
@@ -115,12 +116,10 @@ def load_state_dict(self, state_dict):
             self._steps_np[i] = float(new_groups[self._gidx[i]][0].get("step", 1))
         else:  # SGD keeps no step: whether momentum started is the state
             self._steps_np[i] = 1.0 if keys else 0.0
-        if "mu_product" in keys:
-            self._mu64[i] = self._mu_np[i] = float(st["mu_product"])
-        self._started[i] = "momentum_buffer" in keys
+        self._gs.set(i, loaded_gstate(self.spec, st, keys, int(self._steps_np[i])))
         extra = {kk: v for kk, v in st.items() if kk not in keys}
         self.state.pop(p, None)
-        self._has_state[i] = False
+        self._has_state[i] = self._filled[i] = False
         if keys:
             self._fill_state(i, hp)
         if extra:  # keys adamfast does not use are kept, as torch keeps them
@@ -134,6 +133,23 @@ def load_state_dict(self, state_dict):
         self._refresh(pool)
     for hook in self._optimizer_load_state_dict_post_hooks.values():
         hook(self)
+
+
+def loaded_gstate(spec, st, keys, steps):
+    """A param's group state from its loaded torch state ``st`` (``keys``: the entries
+    taken), after ``steps`` steps: an entry torch keeps is read, one that follows from
+    the step count (``spec.gstate_from_step``) is derived, any other starts afresh."""
+    if not spec.gstate:
+        return None
+    out = {}
+    for name, default in spec.gstate.items():
+        if name in keys:
+            out[name] = float(st[name])
+        elif spec.gstate_from_step is not None:
+            out[name] = spec.gstate_from_step(name, steps + 1)
+        else:
+            out[name] = default
+    return out
 
 
 def check_ema(self, state_dict, id_map, pindex):
@@ -174,8 +190,8 @@ def copy_state(self):
         "state": state,
         "ema": None if self._ema_list is None else
         {i: e.clone() for i, e in enumerate(self._ema_list)},
-        # NAdam's mu_product in float64 (state_dict() holds torch's scalar dtype)
-        "mu_product": self._mu64.copy(),
+        # The group state in float64 (state_dict() holds torch's scalar dtype)
+        "group_state": {name: a.copy() for name, a in self._gs.arrays.items()},
         "defaults": dict(self.defaults),
         "options": {"max_grad_norm": self._max_grad_norm,
                     "skip_nonfinite": self._skip_nonfinite,

@@ -28,7 +28,9 @@ def _signature(spec, torch_cls):
     extra = []
     if spec.name in ("Adam", "AdamW"):
         extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _ADAM_EXTRAS.items()]
-    extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _GUARDED.items()]
+    # Lamb's max_grad_norm is its hyperparameter (timm's place), the guard's clip too.
+    extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _GUARDED.items()
+              if n not in spec.defaults]
     extra += [P("backend", P.KEYWORD_ONLY, default="auto")]
     kinds = [p.kind for p in params]
     positional = [p for p in params if p.kind != P.KEYWORD_ONLY]

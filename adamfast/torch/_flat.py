@@ -10,9 +10,54 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._core import Run
 from .._engine import CHUNK
 from .._memory import zeros_buffers
 from ._common import _NP, _scalar_dtype
+
+class _GroupState:
+    """The spec's group state (``spec.gstate``: name -> value before the first step),
+    per param: one numpy array per name (float64, or bool for a flag).  The names
+    torch keeps in its per-param state (``spec.torch_scalar_state``) also live in a
+    tensor of torch's scalar dtype, whose 0-d views are that state's entries."""
+
+    def __init__(self, spec, n, sdt):
+        init = spec.gstate or {}
+        self.arrays = {name: np.full(n, v, bool if isinstance(v, bool) else np.float64)
+                       for name, v in init.items()}
+        self.tensors = {name: torch.full((n,), float(v), dtype=sdt) for name, v in init.items()
+                        if name in spec.torch_scalar_state}
+        self.np = {name: t.numpy() for name, t in self.tensors.items()}
+        self.views = {name: [t[i] for i in range(n)] for name, t in self.tensors.items()}
+
+    def mirror(self):
+        """Copy the arrays into torch's scalar tensors (after writing the arrays)."""
+        for name, a in self.np.items():
+            a[:] = self.arrays[name]
+
+    def get(self, i):
+        """Param ``i``'s group state, a new dict (None when the spec keeps none)."""
+        if not self.arrays:
+            return None
+        return {name: a[i].item() for name, a in self.arrays.items()}
+
+    def set(self, idx, new):
+        """Params ``idx`` (an index or index array) take the group state ``new``."""
+        if new is None:
+            return
+        for name, v in new.items():
+            self.arrays[name][idx] = v
+            a = self.np.get(name)
+            if a is not None:
+                a[idx] = v
+
+    def reset(self, i, spec):
+        self.set(i, spec.gstate)
+
+
+def new_gstate(spec, n, sdt):
+    return _GroupState(spec, n, sdt)
+
 
 class _Pool:
     """The flat buffers of one dtype: params, grads, state; views per param; chunk tables."""
@@ -36,6 +81,9 @@ class _Pool:
         self.check_at = 0     # where the rotating data-pointer check resumes
         self.ema = None       # the flat parameter EMA (numpy) when ema_decay is set
         self.ema_views = []   # its views, per param
+        self.run = None       # the step core's Run over these buffers (adamfast._core)
+        self.members = {}     # group -> the global indices of its params here
+        self.first = {}       # group -> the first of them (its step count, group state)
 
 
 def _chunks(ranges):
@@ -78,24 +126,24 @@ def layout(self):
             plist.append(p)
             gidx.append(gi)
     n = len(plist)
+    if self._stale:  # the state the old layout owes torch's dicts: its values move over
+        self._sync_state()
     old_index = {id(p): i for i, p in enumerate(self._plist)}
     # The EMA of the params kept from the old layout (a new param's starts as its copy).
     old_ema = {id(p): e for p, e in zip(self._plist, self._ema_list or ())}
     ema_on = self._ema_decay is not None
     sdt = _scalar_dtype()
     steps = torch.zeros(n, dtype=sdt)
-    mu = torch.ones(n, dtype=sdt)
-    mu64 = np.ones(n)
-    started = np.zeros(n, bool)
+    gs = new_gstate(self.spec, n, sdt)
     has = np.zeros(n, bool)
     for i, p in enumerate(plist):
         j = old_index.get(id(p))
         if j is not None:
             steps[i] = self._steps[j]
-            mu64[i] = self._mu64[j]
-            mu[i] = self._mu[j]
-            started[i] = self._started[j]
+            for name, arr in gs.arrays.items():
+                arr[i] = self._gs.arrays[name][j]
             has[i] = self._has_state[j]
+    gs.mirror()
     pools = []
     for dtype in (torch.float32, torch.float64):
         members = [i for i in range(n) if plist[i].dtype == dtype]
@@ -158,6 +206,9 @@ def layout(self):
             pool.ptrs.append(pv.data_ptr())
         pool.views = [v for *_, v in new_state]
         pool.bounds = np.array([0, *(hi for _, hi in pool.ranges)], dtype=np.intp)
+        pool.run = Run(pool.kind_id, pool.np["param"], pool.np["grad"],
+                       tuple(pool.np[n] for n in pool.names), None, pool.ema,
+                       tensors=pool.bounds)
         pools.append(pool)
     self._plist = plist
     self._gidx = gidx
@@ -166,12 +217,10 @@ def layout(self):
     # 0-dim views, one per param, made once: torch's state["step"] (a scalar tensor)
     # that the step updates with one numpy operation over all params.
     self._step_views = [steps[i] for i in range(n)]
-    self._mu_views = [mu[i] for i in range(n)]
-    self._mu = mu
-    self._mu_np = mu.numpy()
-    self._mu64 = mu64
-    self._started = started
+    self._gs = gs
     self._has_state = has
+    self._filled = np.zeros(n, bool)
+    self._stale = False
     self._pools = pools
     self._hp_cache = {}
     if ema_on:  # in the order of param_groups, as opt.param_groups lists the params
@@ -199,17 +248,34 @@ def fill_state(self, i, hp):
     p = self._plist[i]
     keys = self._state_keys(hp)
     self._has_state[i] = True
-    if not keys:  # SGD without momentum keeps no state, as torch
+    self._filled[i] = True
+    if not keys:  # a kind without state buffers (SGD without momentum) keeps none, as torch
         return
     pool, k = self._pool_of(i)
-    st = self.state[p]
+    st = self._torch_state[p]
+    views = self._gs.views
     for key in keys:
         if key == "step":
             st["step"] = self._step_views[i]
-        elif key == "mu_product":
-            st["mu_product"] = self._mu_views[i]
+        elif key in views:
+            st[key] = views[key][i]
         else:
             st[key] = pool.views[k][key]
+
+
+def sync_state(self):
+    """torch's per-param state dicts for the params that took their first step since
+    the last look: the step only marks them (``_has_state``), so that building
+    torch's form costs nothing per step; reading ``opt.state`` (state_dict(),
+    a user's ``opt.state[p]``) fills them, with the hyperparameters that step used."""
+    self._stale = False
+    todo = np.flatnonzero(self._has_state & ~self._filled)
+    for i in todo.tolist():
+        gi = self._gidx[i]
+        cached = self._hp_cache.get(gi)
+        hp = cached[1] if cached is not None else self._validate(
+            self.param_groups[gi], f"param_groups[{gi}]: ")
+        self._fill_state(i, hp)
 
 def refresh(self, pool):
     """Recompute a pool's uniformity and its all-params chunk table."""
@@ -222,9 +288,11 @@ def refresh(self, pool):
     pool.full = (rows, _chunks([(pos[g], a, b) for g, (a, b) in spans.items()]))
     uniform = True
     groups = np.array(pool.groups)
+    pool.members = {g: pool.index[groups == g] for g in rows}
+    pool.first = {g: int(idx[0]) for g, idx in pool.members.items()}
     for g in rows:
-        idx = pool.index[groups == g]
-        for arr in (self._steps_np, self._mu64, self._started):
+        idx = pool.members[g]
+        for arr in (self._steps_np, *self._gs.arrays.values()):
             if idx.size and not (arr[idx] == arr[idx[0]]).all():
                 uniform = False
     pool.uniform = uniform

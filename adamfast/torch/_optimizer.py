@@ -40,7 +40,10 @@ class Optimizer(torch.optim.Optimizer):
         args = dict(bound.arguments)
         params = args.pop("params")
         backend = args.pop("backend")
-        guard = _guard.check_options(*(_plain(args.pop(name)) for name in _GUARDED))
+        # A guard option that is also a hyperparameter (Lamb's max_grad_norm, timm's
+        # global clip) stays in the defaults, as timm keeps it in param_groups.
+        guard = _guard.check_options(*(_plain(args[name] if name in self.spec.defaults
+                                              else args.pop(name)) for name in _GUARDED))
         self._max_grad_norm, self._skip_nonfinite, self._ema_decay = guard
         self._guard_on = self._max_grad_norm is not None or self._skip_nonfinite
         self.last_result = None
@@ -57,6 +60,7 @@ class Optimizer(torch.optim.Optimizer):
         self._validate(defaults, "")
         self._pools = []
         self._plist = []
+        self._stale = False
         self._ema_list = None
         self._hp_cache = {}
         self._lock = threading.Lock()  # serializes step()
@@ -127,6 +131,19 @@ class Optimizer(torch.optim.Optimizer):
     _layout = _flat.layout
     _pool_of = _flat.pool_of
     _fill_state = _flat.fill_state
+    _sync_state = _flat.sync_state
+
+    @property
+    def state(self):
+        """torch's per-param state (``opt.state[p]``): views of the flat buffers,
+        filled on access for params that took their first step since the last one."""
+        if self.__dict__.get("_stale"):
+            self._sync_state()
+        return self.__dict__["_torch_state"]
+
+    @state.setter
+    def state(self, value):
+        self.__dict__["_torch_state"] = value
     _refresh = _flat.refresh
 
     # --- torch's machinery (adamfast/torch/_hooks.py) -------------------------
@@ -147,7 +164,7 @@ class Optimizer(torch.optim.Optimizer):
         ids = [b.kind_id(pool.kind) for pool in self._pools]
         self._backend = b
         for pool, kid in zip(self._pools, ids):
-            pool.kind_id = kid
+            pool.kind_id = pool.run.kid = kid
 
     # --- the guarded step's options and the EMA -------------------------------
 
@@ -180,12 +197,8 @@ class Optimizer(torch.optim.Optimizer):
     _collect = _step.collect
     _check_grad = _step.check_grad
     _check_sparse = _step.check_sparse
-    _guard_pass = _step.guard_pass
-    _first = _step.first
-    _gstate = _step.gstate
-    _set_gstate = _step.set_gstate
-    _kernel = _step.kernel
-    _step_classes = _step.step_classes
+    _uniform_run = _step.uniform_run
+    _classes_run = _step.classes_run
 
     # --- gradients ------------------------------------------------------------
 
@@ -257,6 +270,9 @@ class Optimizer(torch.optim.Optimizer):
             n += len(g["params"])
         self.load_state_dict({"state": state["state"], "param_groups": groups,
                               "ema": state["ema"]})
-        self._mu64[:] = state["mu_product"]
-        self._mu_np[:] = state["mu_product"]
+        # A copy's group state, in float64 (older copies kept each name as a key of its own)
+        saved = state.get("group_state") or {k: state[k] for k in self._gs.arrays if k in state}
+        for name, values in saved.items():
+            self._gs.arrays[name][:] = values
+        self._gs.mirror()
         self.last_result = state["last_result"]

@@ -1,4 +1,5 @@
-"""The step: gradients checked and bound, the guard's pass, one kernel call per dtype.
+"""The step: gradients checked and bound, then one run per dtype pool handed to the
+step core (adamfast._core.take_step: the guard's pass, the kernel calls, the commits).
 
 Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
 them as its methods.
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import _dispatch, _guard
-from .._engine import run_kernel
+from .._core import take_step
 from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
 from ._flat import _chunks
@@ -149,7 +150,7 @@ def step(self, closure=None, *, grad_scale=None):
         else:
             scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
         amp_skip = found_inf is not None and float(found_inf) != 0.0
-        inv = _guard.unscale(scale, [_NP[pool.dtype] for pool in self._pools])
+        inv = 1.0 if scale is None else _guard.unscale(scale, [_NP[p.dtype] for p in self._pools])
         groups = self.param_groups
         self._hp_changed = False
         hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
@@ -174,136 +175,70 @@ def step(self, closure=None, *, grad_scale=None):
                             pool.params[k].grad = pool.gviews[k]
                         else:  # sparse: densified (duplicates summed), p.grad left as is
                             pool.gviews[k].copy_(g.to_dense())
-        if self._guard_on:
-            nthreads = _guard.pass_threads(self._backend,
-                                           sum(pool.np["grad"].size for pool in self._pools),
-                                           nthreads)
-        mult, norm, skipped = self._guard_pass(plans, inv, nthreads)
-        if skipped or amp_skip:
-            # Nothing changes: params, state, EMA and step counts (GradScaler's found_inf
-            # is skipped exactly as torch's fused optimizers skip it).
-            result = self.last_result = _guard.StepResult(norm, True)
-            return loss if closure is not None else result
-        ema = self._ema_decay
-        interrupted = None
+        runs = []
         for pool, inactive, foreign in plans:
-            if inactive is None and pool.uniform:
-                rows_g, chunks = pool.full
-                rows, news = [], []
-                for g in rows_g:
-                    i = self._first(pool, g)
-                    row, new = spec.scalars(int(self._steps_np[i]) + 1, hps[g], self._gstate(i))
-                    rows.append(_guard.fold(row, mult, ema))
-                    news.append((g, new))
-                try:
-                    self._kernel(pool, rows, chunks, nthreads, single=len(rows) == 1)
-                except Exception:
-                    raise  # the kernels check their arguments before writing: nothing to count
-                except BaseException as exc:
-                    # A Ctrl-C that came during the C call is raised as it returns, after the
-                    # kernel wrote: the counters advance with the buffers, the other dtypes
-                    # step too, and then it propagates.
-                    interrupted = exc
-                if pool.everyone:
-                    self._steps_np += 1
-                else:
-                    self._steps_np[pool.index] += 1
-                if spec.gstate is not None:
-                    groups_arr = np.asarray(pool.groups)
-                    for g, new in news:
-                        self._set_gstate(pool.index[groups_arr == g], new)
-                if not pool.all_state:
-                    for i in pool.index:
-                        if not self._has_state[i]:
-                            self._fill_state(int(i), hps[self._gidx[i]])
-                    pool.all_state = True
-            else:
-                interrupted = self._step_classes(pool, set(inactive or ()), hps, mult,
-                                                 nthreads) or interrupted
-        result = self.last_result = _guard.PLAIN if norm is None else _guard.StepResult(norm)
-        if interrupted is not None:
-            raise interrupted
+            run = (self._uniform_run(pool, hps) if inactive is None and pool.uniform else
+                   self._classes_run(pool, set(inactive or ()), hps))
+            if run is not None:
+                runs.append(run)
+        guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
+        # Nothing changes in a skipped step: params, state, EMA and step counts (GradScaler's
+        # found_inf is skipped exactly as torch's fused optimizers skip it).
+        result = self.last_result = take_step(self._backend, runs, guard, nthreads,
+                                              skip=amp_skip, clip=spec.clip)
         return loss if closure is not None else result
 
-def guard_pass(self, plans, inv, nthreads):
-    """Pass 1 of the guarded step over every dtype's gradients at once:
-    (gradient multiplier, grad_norm or None, skipped).
+def uniform_run(self, pool, hps):
+    """The run of a pool whose params all step, each group's at one step count and
+    group state: one scalar row per group (the rows of ``pool.full``)."""
+    spec = self.spec
+    rows_g, chunks = pool.full
+    rows, news = [], []
+    steps = self._steps_np
+    first = pool.first
+    for g in rows_g:
+        i = first[g]
+        row, new = spec.scalars(int(steps[i]) + 1, hps[g], self._gs.get(i))
+        rows.append(row)
+        news.append((g, new))
+    run = pool.run
+    # (The spec's checks make every hyperparameter a float, so the rows are tuples of
+    # floats, as the fast path takes them; another row would only make it decline.)
+    run.rows, run.chunks, run.single, run.spans = rows, chunks, len(rows) == 1, None
 
-    ``adamfast._guard.decide``'s rule over several flat buffers: the
-    norm covers exactly the params that step (torch's clip_grad_norm_
-    ignores params whose grad is None), float64 sums of squares per fixed
-    chunk of each buffer's active ranges, added in layout order, so it is
-    the same for any thread count.  Runs only with clipping or skipping.
-    """
-    if not self._guard_on:
-        return inv, None, False
-    b = self._backend
-    total, finite = 0.0, True
-    for pool, inactive, _ in plans:
-        flat = pool.np["grad"]
-        if inactive is None:
-            spans = [(0, flat.size)]
+    def commit():
+        # Stores that may be made twice (see adamfast._core.Run), the count last.
+        if spec.gstate is not None:
+            for g, new in news:
+                self._gs.set(pool.members[g], new)
+        if not pool.all_state:
+            # torch's state dicts are filled when read (_flat.sync_state), not here
+            self._has_state[pool.index] = True
+            self._stale = pool.all_state = True
+        if pool.everyone:
+            self._steps_np += 1
         else:
-            off = set(inactive)
-            spans = []
-            for k, (lo, hi) in enumerate(pool.ranges):
-                if k in off:
-                    continue
-                if spans and spans[-1][1] == lo:
-                    spans[-1] = (spans[-1][0], hi)
-                else:
-                    spans.append((lo, hi))
-        for lo, hi in spans:
-            ss, ok = _guard.sumsq(b, flat[lo:hi], nthreads, inv)
-            total += ss
-            finite = finite and ok
-    return _guard.decide(total, finite, inv, self._max_grad_norm, self._skip_nonfinite)
+            steps[pool.index] += 1
 
-def first(self, pool, g):
-    return int(pool.index[pool.groups.index(g)])
+    run.commit = commit
+    return run
 
-def gstate(self, i):
-    gs = self.spec.gstate
-    if gs is None:
-        return None
-    if "mu_product" in gs:
-        return {"mu_product": float(self._mu64[i])}
-    return {"momentum_started": bool(self._started[i])}
-
-def set_gstate(self, idx, new):
-    if new is None:
-        return
-    if "mu_product" in new:
-        self._mu64[idx] = new["mu_product"]
-        self._mu_np[idx] = new["mu_product"]
-    else:
-        self._started[idx] = new["momentum_started"]
-
-def kernel(self, pool, rows, chunks, nthreads, single):
-    s = tuple(pool.np[n] for n in pool.names)
-    b = self._backend
-    p, g = pool.np["param"], pool.np["grad"]
-    ema = pool.ema
-    if single:
-        rows = (tuple(map(float, rows[0])),)
-    run_kernel(b, pool.kind_id, p, g, s, rows, chunks, nthreads, ema, single=single,
-               tensors=pool.bounds)
-
-def step_classes(self, pool, inactive, hps, mult, nthreads):
+def classes_run(self, pool, inactive, hps):
     """The general case: params at different step counts or group states, or some
-    without a gradient.  Each (group, step, group state) is one row of the
-    scalar table; one kernel call still does every param that steps.  Returns
-    the KeyboardInterrupt (or other BaseException) the kernel call raised after
-    writing, for the caller to raise once the step is counted."""
+    without a gradient (``inactive``: their positions).  Each (group, step, group
+    state) is one row of the scalar table; one kernel call still does every param
+    that steps.  None when no param of the pool steps."""
     spec = self.spec
     classes = {}
     ranges = []
     members = []
+    spans = []
+    steps = self._steps_np
     for k, (i, g, (lo, hi)) in enumerate(zip(pool.index, pool.groups, pool.ranges)):
         if k in inactive:
             continue
-        gs = self._gstate(i)
-        key = (g, float(self._steps_np[i]), None if gs is None else tuple(gs.values()))
+        gs = self._gs.get(i)
+        key = (g, float(steps[i]), None if gs is None else tuple(gs.values()))
         c = classes.get(key)
         if c is None:
             c = classes[key] = len(classes)
@@ -313,27 +248,32 @@ def step_classes(self, pool, inactive, hps, mult, nthreads):
             ranges[-1] = (c, ranges[-1][1], hi)
         else:
             ranges.append((c, lo, hi))
+        if spans and spans[-1][1] == lo:
+            spans[-1] = (spans[-1][0], hi)
+        else:
+            spans.append((lo, hi))
     if not classes:
         return None
     rows, news = [], []
     for (g, step, _), c in classes.items():
-        i = members[c][0]
-        row, new = spec.scalars(int(step) + 1, hps[g], self._gstate(i))
-        rows.append(_guard.fold(row, mult, self._ema_decay))
+        row, new = spec.scalars(int(step) + 1, hps[g], self._gs.get(members[c][0]))
+        rows.append(row)
         news.append(new)
-    interrupted = None
-    try:
-        self._kernel(pool, rows, _chunks(ranges), nthreads, single=False)
-    except Exception:
-        raise
-    except BaseException as exc:  # as in _step: the kernel wrote, count the step
-        interrupted = exc
-    for c, idx in enumerate(members):
-        idx = np.asarray(idx, dtype=np.intp)
-        self._steps_np[idx] += 1
-        self._set_gstate(idx, news[c])
-        for i in idx:
-            if not self._has_state[i]:
-                self._fill_state(int(i), hps[self._gidx[i]])
-    self._refresh(pool)
-    return interrupted
+    members = [np.asarray(idx, dtype=np.intp) for idx in members]
+    everyone = np.concatenate(members)
+    after = steps[everyone] + 1
+    run = pool.run
+    run.rows, run.chunks, run.single = rows, _chunks(ranges), False
+    run.spans = None if not inactive else spans
+
+    def commit():
+        # Assignments only: they may be made twice (see adamfast._core.Run).
+        for idx, new in zip(members, news):
+            self._gs.set(idx, new)
+        self._has_state[everyone] = True
+        self._stale = True
+        steps[everyone] = after
+        self._refresh(pool)
+
+    run.commit = commit
+    return run
