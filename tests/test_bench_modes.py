@@ -301,3 +301,197 @@ def test_busy_core_mode_refuses_what_does_not_apply(argv, message):
     r = subprocess.run([sys.executable, "-m", "adamfast", "bench", "--busy-core", *argv],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr[-1000:]
+
+
+# timm's rows and the family table.  timm's package is never imported (its
+# __init__ needs torchvision): its optim files are loaded from an installed
+# timm or from a wheel.
+
+import glob  # noqa: E402
+
+from adamfast.bench import _timm  # noqa: E402
+
+TIMM_WHEELS = sorted(glob.glob("/opt/pypi/files/timm-*.whl"))
+needs_timm_wheel = pytest.mark.skipif(not TIMM_WHEELS, reason="no timm wheel in /opt/pypi/files")
+
+
+def _bench(tmp_path, argv, env=None, script=None):
+    """(stdout, JSON report) of a small benchmark run in a fresh process."""
+    out = tmp_path / "run.json"
+    cmd = [sys.executable, *(["-c", script, "bench"] if script else ["-m", "adamfast", "bench"]),
+           "--quiet", "--repeat", "2", "--hot", "--json", str(out), *argv]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    return r.stdout, json.loads(out.read_text())
+
+
+@needs_timm_wheel
+def test_timm_optim_files_load_from_the_wheel_alone(monkeypatch):
+    if __import__("importlib").util.find_spec("timm") is not None:
+        pytest.skip("timm is installed: the installed files are used, not the wheel")
+    monkeypatch.setenv(_timm.WHEEL_ENV, TIMM_WHEELS[-1])
+    _timm.find_optim_dir.cache_clear()
+    try:
+        folder, where = _timm.find_optim_dir()
+        assert os.path.isfile(os.path.join(folder, "adan.py")) and TIMM_WHEELS[-1] in where
+        for name in ("Adan", "Lamb", "Lion"):  # Lamb and Lion import timm's _types/_helpers
+            cls, _ = _timm.load_class(name)
+            assert cls.__name__ == name and issubclass(cls, torch.optim.Optimizer)
+        assert "timm" not in sys.modules
+        # timm's Lamb divides the gradients in place (its global clip); Adan does not
+        lamb, adan = _timm.load_class("Lamb")[0], _timm.load_class("Adan")[0]
+        assert _timm.writes_grads(lamb, (), "loop")
+        assert not _timm.writes_grads(adan, (), "foreach")
+        assert _timm.modes(adan) == ["foreach", "loop"] and _timm.modes(lamb) == ["loop"]
+
+        monkeypatch.setenv(_timm.WHEEL_ENV, "/nonexistent/timm-9.9.9-py3-none-any.whl")
+        _timm.find_optim_dir.cache_clear()
+        folder, why = _timm.find_optim_dir()
+        assert folder is None and "/nonexistent/timm-9.9.9" in why and "skipped" in why
+    finally:
+        _timm.find_optim_dir.cache_clear()
+
+
+@needs_timm_wheel
+def test_timm_rows_share_params_and_give_back_the_grads_they_divide(monkeypatch):
+    monkeypatch.setenv(_timm.WHEEL_ENV, TIMM_WHEELS[-1])
+    _timm.find_optim_dir.cache_clear()
+    threads = adamfast.get_num_threads()
+    cfg = Config(sizes=[4096], dtype=np.dtype(np.float32), threads=threads)
+    try:
+        wl = Workload(4096, cfg, make_setup("Adan"))
+        notes = Notes()
+        impls = _timm.timm_impls(wl, cfg, make_setup("Adan"), notes)
+        assert [(i.name, i.kind, i.prepare) for i in impls] == [
+            ("timm-foreach", "timm", None), ("timm", "timm", None)]
+        before = wl.p.copy()
+        impls[0].step(1)
+        assert not np.array_equal(before, wl.p)  # timm updated the workload's params in place
+        assert any("timm rows:" in n for n in notes)
+        lamb = next((a for a in adamfast.algorithms.ALGORITHMS if a == "Lamb"), None)
+        if lamb is None:
+            return  # the rest needs Lamb in the registry
+        setup = make_setup(lamb)
+        wl = Workload(4096, cfg, setup)
+        (row,) = _timm.timm_impls(wl, cfg, setup, Notes())
+        assert row.name == "timm" and row.prepare is not None
+        g = wl.g.copy()
+        row.step(1)
+        row.prepare()
+        np.testing.assert_array_equal(wl.g, g)  # the shared grads never change
+    finally:
+        _timm.find_optim_dir.cache_clear()
+
+
+@needs_all
+@needs_timm_wheel
+def test_timm_rows_and_their_ratios_in_an_algorithms_run(tmp_path):
+    stdout, report = _bench(tmp_path, ["--algorithm", "Adan", "--sizes", "64K", "--no-overhead"],
+                            env={_timm.WHEEL_ENV: TIMM_WHEELS[-1]})
+    cold, _, after = stdout.partition("AFTER TORCH:")
+    names = _table_names(cold)
+    assert names[-2:] == ["timm-foreach", "timm"]
+    assert "timm-foreach" in _table_names(after)  # torch has no Adan: timm is the baseline
+    assert "vs timm foreach" in after
+    ratios = report["peer_ratios"]["65536"]
+    assert set(ratios) == {"adamfast-numba", "adamfast-cython"}
+    for by_peer in ratios.values():
+        assert list(by_peer) == ["timm-foreach", "timm"]
+        r = by_peer["timm-foreach"]
+        assert 0 < r["p25"] <= r["median"] <= r["p75"]
+    assert "x torch / x timm" in cold
+    from adamfast.bench._report import _x
+
+    assert f"{_x(ratios['adamfast-cython']['timm-foreach']['median'])}x timm-foreach" in cold
+
+    # --impl selects timm's rows by name
+    stdout, report = _bench(tmp_path, ["--algorithm", "Adan", "--sizes", "64K", "--no-overhead",
+                                       "--no-after-torch", "--impl", "timm-foreach"],
+                            env={_timm.WHEEL_ENV: TIMM_WHEELS[-1]})
+    assert [r["impl"] for r in report["results"]["65536"]] == [*ROOFLINES, "adamfast-numpy",
+                                                                "timm-foreach"]
+
+
+_NO_TIMM = """
+import sys
+from adamfast.bench import _timm
+_timm.find_optim_dir = lambda: (None, "timm not found (the test hid it): timm rows skipped")
+from adamfast.bench import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_all
+def test_timm_rows_are_omitted_with_one_line_when_timm_is_not_found(tmp_path):
+    stdout, report = _bench(tmp_path, ["--algorithm", "Adan", "--sizes", "64K", "--no-overhead",
+                                       "--no-after-torch"], script=_NO_TIMM)
+    assert stdout.count("timm not found (the test hid it)") == 1
+    names = [r["impl"] for r in report["results"]["65536"]]
+    assert names == [*ROOFLINES, "adamfast-numpy", "adamfast-numba", "adamfast-cython"]
+    assert report["peer_ratios"]["65536"] == {}
+
+
+@needs_all
+def test_family_table_lists_every_registered_algorithm(tmp_path):
+    from adamfast.algorithms import ALGORITHMS
+
+    env = {_timm.WHEEL_ENV: TIMM_WHEELS[-1]} if TIMM_WHEELS else {}
+    stdout, report = _bench(tmp_path, ["--family", "--sizes", "64K"], env=env)
+    rows = report["family"]["65536"]
+    assert [r["algorithm"] for r in rows] == list(ALGORITHMS)
+    table = stdout.split("x timm (p25-p75)")[1].splitlines()[2:]
+    assert [line.split()[0] for line in table[:len(ALGORITHMS)]] == list(ALGORITHMS)
+    for r in rows:
+        # a backend whose kernel is missing (a stale build) is a note, not a crash
+        missing = {"cython", "numba"} - set(r["backends"])
+        for b in missing:
+            assert any(n.startswith(f"adamfast-{b} failed on its first call")
+                       for n in report["notes"]), (r["algorithm"], b)
+        assert r["bytes_per_param"] == make_setup(r["algorithm"]).bytes_per_param(4)
+        for b in r["backends"].values():
+            assert b["ms"] > 0 and b["pct_roofline"] > 0
+        if r["backends"]:
+            assert r["backend"] == min(r["backends"], key=lambda k: r["backends"][k]["ms"])
+        torch_has = make_setup(r["algorithm"]).torch_name is not None
+        assert (r["torch_impl"] is not None) == torch_has
+        assert (r.get("ratio") is not None) == (torch_has and bool(r["backends"]))
+    if TIMM_WHEELS:
+        by_name = {r["algorithm"]: r for r in rows}
+        assert by_name["Adan"]["timm_impl"] == "timm-foreach"
+        assert by_name["Adan"]["timm_ratio"] > 0
+        if "Lamb" in by_name:
+            assert by_name["Lamb"]["timm_impl"] == "timm"  # timm's Lamb has no foreach path
+
+
+class _TwoPassSpec:
+    """A stand-in spec whose step moves more than its one-pass roofline (as Lamb's)."""
+
+    name = "TwoPass"
+    peer = ""
+
+    def state_names(self, kind):
+        return ("exp_avg", "exp_avg_sq")
+
+    def bytes_per_param(self, kind, itemsize):
+        return 11 * itemsize
+
+
+def test_a_several_pass_step_is_judged_against_its_own_bytes():
+    from adamfast.bench._config import Setup
+    from adamfast.bench._run import _family_row
+    from adamfast.bench._timing import Impl, summarize
+
+    setup = Setup(spec=_TwoPassSpec(), hp={}, kind="twopass")
+    assert (setup.bytes_per_param(4), setup.roofline_bytes(4)) == (44, 28)
+    roof = Impl("roofline-pool", None, "roofline", times_ns=[10_000_000] * 3)
+    cy = Impl("adamfast-cython", None, "adamfast", backend="cython", times_ns=[20_000_000] * 3)
+    nb = Impl("adamfast-numba", None, "adamfast", backend="numba", times_ns=[22_000_000] * 3)
+    row = _family_row(setup, [roof, cy, nb], 4)
+    # 44 B in 20 ms against 28 B in 10 ms
+    assert row["pct_roofline"] == pytest.approx(100 * (44 / 20) / (28 / 10))
+    assert row["backends"]["numba"]["pct_roofline"] == pytest.approx(100 * (44 / 22) / (28 / 10))
+    rows, info = summarize([roof, cy, nb], 1 << 20, 44, None, 28)
+    assert rows[1]["pct_roofline"] == pytest.approx(row["pct_roofline"])
+    assert rows[0]["pct_roofline"] == pytest.approx(100)
+    assert (info["bytes_per_param"], info["roofline_bytes_per_param"]) == (44, 28)

@@ -56,7 +56,11 @@ What it measures, and why it is measured this way:
   overhead included, as torch's rows are ``opt.step()`` of torch's class.
   torch's rows are its fastest CPU implementations of the same class:
   ``fused=True`` where torch has it on CPU (tried, not assumed), and
-  ``foreach=True``.  For Adam/AdamW the NumPy baseline is the textbook
+  ``foreach=True``.  Where timm has the algorithm (Adan, Lamb, Lion, AdamW
+  as its AdamWLegacy), ``timm-foreach`` and ``timm`` (its per-tensor loop)
+  rows run timm's class the same way, loaded from timm's own files (see
+  :mod:`._timm`), and every compiled adamfast row gets its paired ratio to
+  each torch and timm row.  For Adam/AdamW the NumPy baseline is the textbook
   formula, and a second NumPy row uses in-place ufuncs with one scratch
   buffer, so the speed-up is not only measured against a strawman; other
   algorithms compare with adamfast's own NumPy reference backend.
@@ -70,8 +74,9 @@ What it measures, and why it is measured this way:
   allocated arrays, with state allocated beside them, as a NumPy user does.
 * ``--groups G`` spreads ``--arrays`` tensors over G param groups and adds
   1-group rows over the same arrays, so the cost of groups is a paired ratio
-  from the same run; ``--family`` times every algorithm, each in its own
-  interleaved rounds with its own roofline.
+  from the same run; ``--family`` times every registered algorithm, each in
+  its own interleaved rounds with its own roofline, cython and numba each
+  against it, and torch's and timm's fastest rows against the faster.
 
 Heavy or optional imports (numba, torch, matplotlib, the Cython extension)
 happen inside functions, so ``--help`` is instant and every optional piece can
@@ -80,7 +85,7 @@ be missing without breaking the rest.
 Modules: :mod:`._cli` (arguments and their checks), :mod:`._config`
 (settings, sizes, the algorithm setup), :mod:`._machine` (CPU, L3, header,
 load monitor), :mod:`._timing` (flusher, rounds, statistics), :mod:`._rows`
-and :mod:`._peers` (the implementations), :mod:`._overhead` (per-call
+and :mod:`._peers` (the implementations; timm's in :mod:`._timm`), :mod:`._overhead` (per-call
 cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers),
 :mod:`._torch` (``--torch``: adamfast.torch against torch.optim),
 :mod:`._guarded` (``--guarded``: the guarded step against torch's pipeline)
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "bench":
         parser.print_help()
         return 2
-    if args.torch + args.guarded + args.busy_core > 1:
-        parser.bench.error("--torch, --guarded and --busy-core are separate runs; give one")
+    if args.torch + args.guarded + args.busy_core + args.overhead > 1:
+        parser.bench.error("--torch, --guarded, --busy-core and --overhead are separate runs; "
+                           "give one")
     if args.torch:  # adamfast.torch against torch.optim (_torch.py)
         from ._cli import check_mode
         from ._torch import run as run_torch
@@ -137,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         given = any(a == "--sizes" or a.startswith("--sizes=") for a in argv)
         run_busy(args.sizes if given else None, args.threads, args.repeat, seed=args.seed,
                  json_path=args.json, quiet=args.quiet)
+        return 0
+    if args.overhead:  # the per-call table (_overhead.py)
+        from ._cli import check_mode
+        from ._overhead import run_per_call
+
+        check_mode(parser.bench, args, "overhead")
+        run_per_call(args.repeat, seed=args.seed)
         return 0
     cfg = config_from_args(parser.bench, args)
     from ._run import run

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time one optimizer step per implementation",
         description=(
             "Time one optimizer step per implementation (roofline, NumPy textbook and in-place "
-            "for Adam/AdamW, every adamfast backend, torch fused/foreach), interleaved over "
+            "for Adam/AdamW, every adamfast backend, torch fused/foreach, timm foreach/loop "
+            "where timm has the algorithm), interleaved over "
             "shuffled rounds, cold cache by default. Prints median ms/step, spread, throughput, "
             "% of a roofline with the algorithm's exact traffic measured in the same run (on "
             "adamfast's pool, an OpenMP team and numba prange; judged against the fastest), a "
@@ -61,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which optimizer (case-insensitive registry name: "
                         f"{', '.join(ALGORITHMS)}; default {DEFAULT_ALGORITHM})")
     b.add_argument("--family", action="store_true",
-                   help="one table, one row per algorithm: adamfast's best backend, %% of its "
-                        "own roofline, and torch's fastest CPU implementation")
+                   help="one table, one row per registered algorithm: the cython and numba "
+                        "backends, each %% of its own roofline, and torch's and timm's fastest "
+                        "CPU implementations (paired ratios)")
     b.add_argument("--sizes", nargs="+", type=_size, default=[DEFAULT_SIZE], metavar="N",
                    help="parameter counts, suffixes K/M/G are powers of 2 (default: 16M)")
     b.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "AdamW fused; + _foreach_lerp_ for the EMA) and adamfast's own "
                         "unguarded step, at 1 and 2 threads (or --threads); takes --sizes, "
                         "--dtype, --threads, --repeat, --seed, --json, --quiet only")
+    b.add_argument("--overhead", action="store_true",
+                   help="the per-call table: hot adam_step and Adam.step() calls at 16 float32 "
+                        "params against their targets, median and quartiles over interleaved "
+                        "rounds, and adamfast.torch's step at 1 and 200 tensors (its cost per "
+                        "tensor); takes --repeat (rounds, default 15) and --seed only")
     b.add_argument("--busy-core", action="store_true",
                    help="adamfast.Adam at 1 thread against all cores (or --threads, >= 2), "
                         "interleaved, while another process spins on one core; per compiled "
@@ -137,10 +144,12 @@ _DESTS = {"algorithm": "--algorithm", "family": "--family", "sizes": "--sizes",
           "no_overhead": "--no-overhead", "json": "--json", "plot": "--plot",
           "quiet": "--quiet", "seed": "--seed", "torch": "--torch", "guarded": "--guarded",
           "after_torch": "--after-torch", "no_after_torch": "--no-after-torch",
-          "after_torch_size": "--after-torch-size", "busy_core": "--busy-core"}
+          "after_torch_size": "--after-torch-size", "busy_core": "--busy-core",
+          "overhead": "--overhead"}
 _MODES = {"torch": ("threads", "repeat", "seed"),
           "guarded": ("sizes", "dtype", "threads", "repeat", "seed", "json", "quiet"),
-          "busy_core": ("sizes", "threads", "repeat", "seed", "json", "quiet")}
+          "busy_core": ("sizes", "threads", "repeat", "seed", "json", "quiet"),
+          "overhead": ("repeat", "seed")}
 
 
 def check_mode(parser, args, mode):
@@ -172,7 +181,7 @@ def check_mode(parser, args, mode):
                          f"give 2 or more")
     from ._machine import try_import
 
-    if mode != "busy_core" and try_import("torch") is None:
+    if mode not in ("busy_core", "overhead") and try_import("torch") is None:
         parser.error(f"{_DESTS[mode]} needs torch: pip install torch")
     import adamfast
 
@@ -215,7 +224,8 @@ def _check_memory(parser, args, setups):
 
     A rough upper bound of what one size holds at once: the shared p, g and
     Adam state, the roofline's set, one optimizer per adamfast row (each owns
-    p, g and its state), torch's state per mode, and NumPy's temporaries.
+    p, g and its state), torch's and timm's state per mode, and NumPy's
+    temporaries.
     """
     avail = _available_bytes()
     if avail is None:
@@ -223,9 +233,13 @@ def _check_memory(parser, args, setups):
     n = max(args.sizes)
     nstate = max(s.nstate for s in setups)
     optimizers = (2 if args.family else 3) + (0 if args.family or args.groups == 1 else 2)
-    modes = 1 if args.family else 2
+    from ._timm import timm_class_name
+
+    # torch's modes, and as many of timm's, whose Lamb also gets its own grads
+    timm = any(timm_class_name(s) is not None for s in setups)
+    modes = (1 if args.family else 2) * (2 if timm else 1)
     user = nstate if args.layout == "separate" and not args.family else 0  # user arrays' state
-    count = (2 + nstate) * (2 + optimizers) + modes * nstate + user + 6
+    count = (2 + nstate) * (2 + optimizers) + modes * nstate + user + 6 + timm
     need = count * n * np.dtype(args.dtype).itemsize + 3 * 4 * args.after_torch_size
     if need > avail:
         parser.error(f"--sizes {n} needs about {need / 2**30:.1f} GiB for {args.dtype} and only "

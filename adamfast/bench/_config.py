@@ -97,7 +97,13 @@ class Setup:
         return f"roofline{self.nstate}"
 
     def bytes_per_param(self, itemsize: int) -> int:
+        """The step's traffic, as the spec counts it (every pass of it)."""
         return self.spec.bytes_per_param(self.kind, itemsize)
+
+    def roofline_bytes(self, itemsize: int) -> int:
+        """What one call of :attr:`roofline_kind` moves: read p, g and the N states, write
+        p and the N states.  The step's own bytes when the step is one such pass."""
+        return (3 + 2 * self.nstate) * itemsize
 
     @property
     def numpy_formula(self) -> bool:

@@ -199,7 +199,8 @@ def header_info(cfg, flush, setup, after=None) -> dict:
     if after is not None:
         where = ("every table" if cfg.after_torch == "all" else
                  f"one more table at {format_size(max(cfg.sizes))} (rooflines, the default "
-                 f"backend's adamfast rows, torch's fastest; --after-torch for every table, "
+                 f"backend's adamfast rows, torch's and timm's fastest; --after-torch for "
+                 f"every table, "
                  f"--no-after-torch for none)")
         when = "after the flush" if flush.enabled else "no flush (--hot)"
         info["after_torch"] = (f"{where}; torch.add over {format_size(after.size)} float32 "

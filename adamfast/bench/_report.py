@@ -47,8 +47,11 @@ def print_header(info: dict, cfg, setup):
               f"{cfg.dtype.name}, {where}")
         return
     bpp = info["bytes_per_param"]
+    rb = setup.roofline_bytes(cfg.dtype.itemsize)
+    roof = (f"the same {bpp // cfg.dtype.itemsize} accesses" if rb == bpp else
+            f"one pass of {rb} B/param; the step's several passes are judged at its bandwidth")
     print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "
-          f"(roofline: {setup.roofline_kind}, the same {bpp // cfg.dtype.itemsize} accesses)")
+          f"(roofline: {setup.roofline_kind}, {roof})")
     print(ROOFLINES_LINE)
     print(f"adamfast rows: {cls}(...).step() over one flat buffer, one kernel call per step")
     if cfg.layout == "separate":
@@ -91,7 +94,8 @@ def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg, mode: st
           f"times are medians, spread is p25-p75")
     base = roof.get("baseline")
     short = {"numpy-textbook": "textbook", "adamfast-numpy": "numpy ref",
-             "torch-fused": "torch fused", "torch-foreach": "torch foreach"}.get(base, base)
+             "torch-fused": "torch fused", "torch-foreach": "torch foreach",
+             "timm-foreach": "timm foreach"}.get(base, base)
     width = max([17] + [len(r["impl"]) + 1 for r in rows])
     speed = f"vs {short} (p25-p75)" if base else "speed-up"
     sw = max(22, len(speed))
@@ -116,9 +120,11 @@ def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg, mode: st
         ran = roof.get("rooflines") or [roof["impl"]]
         layer = f"; roofline-prange on numba's {roof['prange_layer']!r} layer" if roof.get(
             "prange_layer") else ""
+        rb = roof.get("roofline_bytes_per_param", roof["bytes_per_param"])
+        moved = (f"{rb} B/param; the step moves {roof['bytes_per_param']} in several passes"
+                 if rb != roof["bytes_per_param"] else f"{rb} B/param")
         print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, the fastest of "
-              f"{', '.join(ran)}{layer}; {roof['bytes_per_param']} B/param); "
-              f"% roof = row GB/s / roofline GB/s")
+              f"{', '.join(ran)}{layer}; {moved}); % roof = row GB/s / roofline GB/s")
     if base and base != "numpy-textbook":
         print(f"speed-up = {base} time / row time, paired within each round")
 
@@ -171,6 +177,21 @@ def print_small_sizes(small: dict, cfg):
         print("  " + label.ljust(width) + "".join(f"{c:>{col}}" for c in row))
 
 
+def _x(v: float) -> str:
+    """A ratio in three or four significant digits: the columns stay narrow."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def _ratio(r: dict, prefix: str) -> str:
+    if r.get(f"{prefix}ratio") is None:
+        return "-"
+    return (f"{_x(r[prefix + 'ratio'])}x ({_x(r[prefix + 'ratio_p25'])}-"
+            f"{_x(r[prefix + 'ratio_p75'])})")
+
+
+FAMILY_BACKENDS = ("cython", "numba")
+
+
 def print_family(rows: list[dict], n: int, rounds: int, cfg, mode: str | None = None):
     print()
     if mode:
@@ -178,22 +199,50 @@ def print_family(rows: list[dict], n: int, rounds: int, cfg, mode: str | None = 
     where = _where(cfg)
     print(f"size {format_size(n)} ({n:,} params, {where}), {rounds} rounds per algorithm; "
           f"medians")
-    cols = ("algorithm", "kind", "B/param", "adamfast ms", "best backend", "% roof", "torch",
-            "torch ms", "torch/adamfast (p25-p75)")
-    fmt = "{:<10} {:<13} {:>7} {:>11} {:>12} {:>6}  {:<13} {:>9} {:>24}"
-    print(fmt.format(*cols))
-    print("-" * 113)
+    cols = ["algorithm", "B/param"]
+    for b in FAMILY_BACKENDS:
+        cols += [f"{b} ms", "roof"]
+    cols += ["torch", "ms", "x torch (p25-p75)", "timm", "ms", "x timm (p25-p75)"]
+    fmt = ("{:<10} {:>7}" + " {:>9} {:>5}" * len(FAMILY_BACKENDS)
+           + "  {:<13} {:>7} {:>18}  {:<12} {:>7} {:>18}")
+    head = fmt.format(*cols)
+    print(head)
+    print("-" * len(head))
     for r in rows:
-        best = f"{_ms(r['adamfast_ms'])}" if r["adamfast_ms"] is not None else "-"
-        pct = f"{r['pct_roofline']:.0f}%" if r["pct_roofline"] is not None else "-"
-        tms = _ms(r["torch_ms"]) if r["torch_ms"] is not None else "-"
-        ratio = (f"{r['ratio']:.2f}x ({r['ratio_p25']:.2f}-{r['ratio_p75']:.2f})"
-                 if r.get("ratio") is not None else "-")
-        print(fmt.format(r["algorithm"], r["kind"], r["bytes_per_param"], best,
-                         r["backend"] or "-", pct, r["torch_impl"] or "-", tms, ratio))
-    print("% roof: best adamfast backend vs the fastest same-run roofline{N} of its kind (N "
-          "state buffers, same bytes/param; timed on adamfast's pool, an OpenMP team and numba "
-          "prange); torch/adamfast: paired ratio of times within each round")
+        cells = [r["algorithm"], r["bytes_per_param"]]
+        for b in FAMILY_BACKENDS:
+            got = r.get("backends", {}).get(b)
+            mark = "*" if got is not None and r["backend"] == b else ""
+            cells += [_ms(got["ms"]) + mark if got else "-",
+                      f"{got['pct_roofline']:.0f}%" if got and got["pct_roofline"] is not None
+                      else "-"]
+        for kind, prefix in (("torch", ""), ("timm", "timm_")):
+            ms = r.get(f"{kind}_ms")
+            cells += [r.get(f"{kind}_impl") or "-", _ms(ms) if ms is not None else "-",
+                      _ratio(r, prefix)]
+        print(fmt.format(*cells))
+    print("* the fastest backend, which the x columns divide; roof: the backend vs the fastest "
+          "same-run roofline{N} (N state buffers; on adamfast's pool, an OpenMP team and numba "
+          "prange), in GB/s over each one's own B/param; x torch, x timm: paired ratio "
+          "peer time / adamfast time within each round")
+    multi = [r for r in rows if r.get("roofline_bytes_per_param") not in
+             (None, r["bytes_per_param"])]
+    for r in multi:
+        print(f"{r['algorithm']} moves {r['bytes_per_param']} B/param in several passes; its "
+              f"roofline is the one-pass roofline{{N}}'s bandwidth ({r['roofline_bytes_per_param']}"
+              f" B/param a call) over those {r['bytes_per_param']} B")
+
+
+def print_peer_ratios(ratios: dict):
+    """Each compiled adamfast row against every torch and timm row, same rounds."""
+    if not ratios:
+        return
+    width = max(len(k) for k in ratios) + 2
+    print("x torch / x timm: peer time / row time, paired within each round (p25-p75)")
+    for row, peers in ratios.items():
+        parts = [f"{_x(r['median'])}x {peer} ({_x(r['p25'])}-{_x(r['p75'])})"
+                 for peer, r in peers.items()]
+        print("  " + row.ljust(width) + "   ".join(parts))
 
 
 def write_json(path: str, report: dict):

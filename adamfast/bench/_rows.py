@@ -12,6 +12,7 @@ import numpy as np
 
 from ._config import BACKEND_ORDER, ROOFLINES, TEXTBOOK, split_groups, split_sizes
 from ._timing import Impl
+from ._timm import timm_class_name
 
 
 class Notes(list):
@@ -487,6 +488,8 @@ def possible_names(setup, groups: int, layout: str = "staggered") -> list[str]:
         names += [f"{functional_name(setup)}-{b}{USER_ARRAYS}" for b in ("numba", "cython")]
     if setup.torch_name is not None:
         names += ["torch-fused", "torch-foreach"]
+    if timm_class_name(setup) is not None:
+        names += ["timm-foreach", "timm"]
     if setup.numpy_formula:
         names.append("deepspeed-cpuadam")
     return names

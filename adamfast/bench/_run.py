@@ -15,6 +15,7 @@ from ._peers import AfterTorch, deepspeed_impls, torch_default_threads, torch_im
 from ._rows import (USER_ARRAYS, Notes, Workload, adamfast_impls, backends, check_finite,
                     functional_name, load_backend, numpy_impls, roofline_impls, user_array_impls)
 from ._timing import CacheFlusher, Impl, Progress, fastest, measure, paired, summarize
+from ._timm import timm_impls
 
 
 def _warm_numba(cfg, notes):
@@ -93,8 +94,19 @@ def _torch_count(cfg) -> int:
 
 
 def _torch_baseline(impls, default):
-    """The after-torch tables' speed-up column: torch's fastest row (fused first)."""
-    return next((i.name for i in impls if i.kind == "torch"), default)
+    """The after-torch tables' speed-up column: torch's fastest row (fused first), else
+    timm's (foreach first) for an algorithm torch lacks."""
+    return next((i.name for kind in ("torch", "timm") for i in impls if i.kind == kind),
+                default)
+
+
+def peer_ratios(impls) -> dict:
+    """{adamfast row: {peer row: (p25, median, p75)}}: the paired ratio peer time / row
+    time (> 1: adamfast faster) against every torch and timm row, for every compiled
+    adamfast row."""
+    peers = [i for i in impls if i.kind in ("torch", "timm")]
+    return {i.name: {p.name: paired(p, i) for p in peers} for i in impls
+            if peers and i.kind == "adamfast" and i.backend != "numpy"}
 
 
 def after_torch_rows(impls, best: str, setup) -> list[Impl]:
@@ -103,8 +115,9 @@ def after_torch_rows(impls, best: str, setup) -> list[Impl]:
     mine = {f"adamfast-{best}", f"adamfast-{best}-1group",
             f"{functional_name(setup)}-{best}{USER_ARRAYS}"}
     torch_row = _torch_baseline(impls, None)
-    return [Impl(i.name, i.step, i.kind, backend=i.backend) for i in impls
-            if i.kind == "roofline" or i.name in mine or i.name == torch_row]
+    timm_row = next((i.name for i in impls if i.kind == "timm"), None)
+    return [Impl(i.name, i.step, i.kind, backend=i.backend, prepare=i.prepare) for i in impls
+            if i.kind == "roofline" or i.name in mine or i.name in (torch_row, timm_row)]
 
 
 def _roofline_info(impls) -> dict:
@@ -146,9 +159,10 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
     _report.print_header(info, cfg, setup)
     for note in setup.notes:
         notes.add(note)
-    results, roofs, groups, after_tables = {}, {}, {}, {}
+    results, roofs, groups, after_tables, peers = {}, {}, {}, {}, {}
     printed = 0
     bpp = setup.bytes_per_param(cfg.dtype.itemsize)
+    roof_bpp = setup.roofline_bytes(cfg.dtype.itemsize)
     every = after is not None and cfg.after_torch == "all"
     # The extra after-torch table: at the largest size, over the rows its cold
     # table built (so it costs no memory and no construction).
@@ -166,6 +180,7 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
                  + adamfast_impls(wl, cfg, setup, notes, keep=keep)
                  + user_array_impls(wl, cfg, setup, notes, keep=keep)
                  + torch_impls(wl, cfg, setup, notes, keep=keep)
+                 + timm_impls(wl, cfg, setup, notes, keep=keep)
                  + deepspeed_impls(wl, cfg, setup, notes, keep=keep))
         _report.print_notes(notes[printed:])
         printed = len(notes)
@@ -184,7 +199,7 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
         printed = len(notes)
         rows, roof = summarize(impls, n, bpp,
                                _torch_baseline(impls, setup.baseline) if every
-                               else setup.baseline)
+                               else setup.baseline, roof_bpp)
         roof.update(machine_load=load, kind=setup.roofline_kind, **_roofline_info(impls))
         results[n], roofs[n] = rows, roof
         if every:
@@ -193,6 +208,9 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
                                 mode=_report.after_torch_title(after, threads))
         else:
             _report.print_table(rows, roof, n, rounds, cfg)
+        peers[n] = {row: {p: dict(p25=r[0], median=r[1], p75=r[2]) for p, r in d.items()}
+                    for row, d in peer_ratios(impls).items()}
+        _report.print_peer_ratios(peers[n])
         ratios = _groups_ratios(impls)
         groups[n] = {b: dict(p25=r[0], median=r[1], p75=r[2]) for b, r in ratios.items()}
         _report.print_groups(ratios, cfg)
@@ -207,7 +225,7 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
                 notes.add(note)
             _report.print_notes(notes[printed:])
             printed = len(notes)
-            rows, roof = summarize(sub, n, bpp, _torch_baseline(sub, None))
+            rows, roof = summarize(sub, n, bpp, _torch_baseline(sub, None), roof_bpp)
             roof.update(machine_load=load, kind=setup.roofline_kind, **_roofline_info(sub))
             _after_table(after_tables, n, rows, roof, threads, after)
             _report.print_table(rows, roof, n, rounds, cfg,
@@ -236,7 +254,8 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
                   results={str(n): rows for n, rows in results.items()},
                   roofline={str(n): r for n, r in roofs.items()}, overhead_us=ovh,
                   small_sizes_us=small,
-                  after_torch={str(n): t for n, t in after_tables.items()})
+                  after_torch={str(n): t for n, t in after_tables.items()},
+                  peer_ratios={str(n): p for n, p in peers.items()})
     if cfg.groups > 1:
         report["groups_vs_one_group"] = {str(n): g for n, g in groups.items()}
     if cfg.json_path:
@@ -249,19 +268,29 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
 
 
 def _family_row(setup, impls, itemsize) -> dict:
+    """One algorithm's family row: each compiled backend against the fastest roofline
+    (GB/s over each one's own bytes), and torch's and timm's fastest rows against the
+    fastest backend (paired)."""
+    med = lambda i: float(np.median(i.times_ns)) / 1e6  # noqa: E731
+    bpp, roof_bpp = setup.bytes_per_param(itemsize), setup.roofline_bytes(itemsize)
     best = fastest(impls, "adamfast")
     roof = fastest(impls, "roofline")
-    tor = next((i for i in impls if i.kind == "torch"), None)
-    med = lambda i: float(np.median(i.times_ns)) / 1e6  # noqa: E731
-    row = dict(algorithm=setup.name, kind=setup.kind,
-               bytes_per_param=setup.bytes_per_param(itemsize),
+    pct = lambda i: 100 * (bpp / med(i)) / (roof_bpp / med(roof)) if roof else None  # noqa: E731
+    row = dict(algorithm=setup.name, kind=setup.kind, bytes_per_param=bpp,
+               roofline_bytes_per_param=roof_bpp,
+               backends={i.backend: dict(ms=med(i), pct_roofline=pct(i))
+                         for i in impls if i.kind == "adamfast"},
                backend=best.backend if best else None, adamfast_ms=med(best) if best else None,
                roofline_impl=roof.name if roof else None, roofline_ms=med(roof) if roof else None,
-               pct_roofline=100 * med(roof) / med(best) if best and roof else None,
-               torch_impl=tor.name if tor else None, torch_ms=med(tor) if tor else None)
-    if best and tor:
-        r25, r50, r75 = paired(tor, best)
-        row.update(ratio=r50, ratio_p25=r25, ratio_p75=r75)
+               pct_roofline=pct(best) if best else None)
+    for kind, prefix in (("torch", ""), ("timm", "timm_")):
+        peer = fastest(impls, kind)
+        row[f"{kind}_impl"] = peer.name if peer else None
+        row[f"{kind}_ms"] = med(peer) if peer else None
+        if best and peer:
+            r25, r50, r75 = paired(peer, best)
+            row.update({f"{prefix}ratio": r50, f"{prefix}ratio_p25": r25,
+                        f"{prefix}ratio_p75": r75})
     return row
 
 
@@ -276,8 +305,9 @@ def run_family(cfg, flush, progress, notes, after=None) -> dict:
         for note in s.notes:
             notes.add(note)
     notes.add("each algorithm is timed in its own interleaved rounds: its roofline{N}, the "
-              "numba and cython backends (the numpy reference is not timed here) and torch's "
-              "fastest CPU implementation (fused where it exists, else foreach)")
+              "numba and cython backends (the numpy reference is not timed here), torch's "
+              "fastest CPU implementation (fused where it exists, else foreach) and timm's "
+              "(foreach where it exists, else its per-tensor loop)")
     results, raw = {}, {}
     printed = 0
     for size_idx, n in enumerate(cfg.sizes):
@@ -289,7 +319,8 @@ def run_family(cfg, flush, progress, notes, after=None) -> dict:
             impls = (roofline_impls(wl, cfg, setup, notes)
                      + adamfast_impls(wl, cfg, setup, notes, wanted=("numba", "cython"),
                                       one_group_rows=False)
-                     + torch_impls(wl, cfg, setup, notes, fastest_only=True))
+                     + torch_impls(wl, cfg, setup, notes, fastest_only=True)
+                     + timm_impls(wl, cfg, setup, notes, fastest_only=True))
             label = f"{setup.name} size {format_size(n)}"
             seed = cfg.seed + 100 * size_idx + k
             if every:
@@ -301,7 +332,7 @@ def run_family(cfg, flush, progress, notes, after=None) -> dict:
                 notes.add(note)
             fam.append(_family_row(setup, impls, cfg.dtype.itemsize))
             raw[n][setup.name] = summarize(impls, n, setup.bytes_per_param(cfg.dtype.itemsize),
-                                           None)[0]
+                                           None, setup.roofline_bytes(cfg.dtype.itemsize))[0]
             warning = check_finite(wl)
             if warning:
                 notes.add(f"{setup.name}: {warning}")

@@ -18,8 +18,11 @@ from ._machine import l3_bytes
 class Impl:
     name: str
     step: Callable[[int], None]  # argument: the 1-based step number
-    kind: str  # "roofline", "numpy", "adamfast", "torch", "deepspeed"
+    kind: str  # "roofline", "numpy", "adamfast", "torch", "timm", "deepspeed"
     backend: str | None = None  # the adamfast backend of a roofline/adamfast row
+    # Run before each step, outside the timer and before the flush (timm's Lamb
+    # gets back the gradients its step divided in place).
+    prepare: Callable[[], None] | None = None
     times_ns: list[int] = field(default_factory=list)
     first_call_ns: int | None = None
 
@@ -82,12 +85,16 @@ def measure(impls: list[Impl], rounds: int, flush, progress: Progress, label: st
     # state); a second untimed call settles page faults and thread pools.
     for impl in impls[:]:
         progress.show(f"warm-up {impl.name} {label}")
+        if impl.prepare is not None:
+            impl.prepare()
         flush()
         try:
             t0 = time.perf_counter_ns()
             impl.step(1)
             if first_call:
                 impl.first_call_ns = time.perf_counter_ns() - t0
+            if impl.prepare is not None:
+                impl.prepare()
             impl.step(2)
         except Exception as exc:
             impls.remove(impl)
@@ -101,6 +108,8 @@ def measure(impls: list[Impl], rounds: int, flush, progress: Progress, label: st
         order = impls[:]
         rng.shuffle(order)
         for impl in order:
+            if impl.prepare is not None:
+                impl.prepare()
             flush()
             t0 = time.perf_counter_ns()
             impl.step(r + 3)
@@ -125,27 +134,32 @@ def fastest(impls: list[Impl], kind: str) -> Impl | None:
 
 
 def summarize(impls: list[Impl], n: int, bytes_per_param: int,
-              baseline: str | None) -> tuple[list[dict], dict]:
+              baseline: str | None, roof_bytes: int | None = None) -> tuple[list[dict], dict]:
     """Per-row statistics and a description of the roofline used.
 
-    Every row, the rooflines included, moves the same ``bytes_per_param``
-    (the rooflines are the engine's roofline{N} kind for the algorithm's N
-    state buffers), so % roof is a ratio of times.
+    Every algorithm row moves ``bytes_per_param``; the rooflines (the
+    engine's roofline{N} kind for the algorithm's N state buffers, one pass)
+    move ``roof_bytes`` (default: the same).  They differ for an algorithm
+    of several passes (Lamb: a clip pass and two passes over its state),
+    whose roofline is then the same bandwidth over its own traffic: % roof
+    is a ratio of GB/s, each row's over its own bytes.
     """
+    roof_bytes = bytes_per_param if roof_bytes is None else roof_bytes
     best_roof = fastest(impls, "roofline")
     roof_gbs = None
     if best_roof is not None:
-        roof_gbs = n * bytes_per_param / (np.median(best_roof.times_ns) * 1e-9) / 1e9
+        roof_gbs = n * roof_bytes / (np.median(best_roof.times_ns) * 1e-9) / 1e9
     base = next((i for i in impls if i.name == baseline), None)
     rows = []
     for impl in impls:
         ns = np.asarray(impl.times_ns, dtype=np.float64)
         q25, med, q75 = quartiles(ns / 1e6)
         sec = med / 1e3
-        gbs = n * bytes_per_param / sec / 1e9
+        bpp = roof_bytes if impl.kind == "roofline" else bytes_per_param
+        gbs = n * bpp / sec / 1e9
         row = dict(
             impl=impl.name, kind=impl.kind, size=n, median_ms=med, p25_ms=q25, p75_ms=q75,
-            mparams_per_s=n / sec / 1e6, bytes_per_param=bytes_per_param, gb_per_s=gbs,
+            mparams_per_s=n / sec / 1e6, bytes_per_param=bpp, gb_per_s=gbs,
             pct_roofline=(100 * gbs / roof_gbs) if roof_gbs else None,
             first_call_ms=impl.first_call_ns / 1e6 if impl.first_call_ns is not None else None,
             times_ms=(ns / 1e6).tolist(),
@@ -155,7 +169,8 @@ def summarize(impls: list[Impl], n: int, bytes_per_param: int,
             row.update(speedup=s50, speedup_p25=s25, speedup_p75=s75)
         rows.append(row)
     roof = dict(impl=best_roof.name if best_roof else None, gb_per_s=roof_gbs,
-                bytes_per_param=bytes_per_param, baseline=base.name if base else None)
+                bytes_per_param=bytes_per_param, roofline_bytes_per_param=roof_bytes,
+                baseline=base.name if base else None)
     return rows, roof
 
 
