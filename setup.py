@@ -15,10 +15,12 @@ Environment switches (all optional):
 Two extension modules are built from the one kernel source, kernels/_family.pxi:
 adamfast._cython for the baseline ISA (runs on any CPU of the architecture)
 and, on x86-64 with gcc/clang, adamfast._cython_avx2 with -mavx2 added.
-adamfast._dispatch picks one at run time from the CPU's features.
+adamfast._dispatch picks one at run time from the CPU's features.  Each links
+its own copy of adamfast's thread pool, the C in kernels/af_pool.c.
   ADAMFAST_ANNOTATE=1  write Cython's annotated HTML next to the .pyx.
 """
 
+import copy
 import os
 import shutil
 import sys
@@ -176,6 +178,15 @@ class BuildExt(build_ext):
             ext.define_macros = macros + list(ext.define_macros)
         super().build_extensions()
 
+    def build_extension(self, ext):
+        # Both extensions compile kernels/af_pool.c, each with its own flags
+        # (one adds -mavx2), and in the shared build_temp both would write
+        # build_temp/kernels/af_pool.o.  Each gets a directory of its own, set
+        # on a copy of this command so that a parallel build (-j) shares none.
+        cmd = copy.copy(self)
+        cmd.build_temp = os.path.join(self.build_temp, ext.name)
+        super(BuildExt, cmd).build_extension(ext)
+
 
 AVX2_MODULE = "adamfast._cython_avx2"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,12 +245,17 @@ def render_kinds():
         with open(out, "w") as f:
             f.write(text)
     return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_driver.pxi",
-                                             "_reduce.pxi", "_kinds.pxi", "_kinds.pxi.in", "_roofline.pxi",
+                                             "_reduce.pxi", "_kinds.pxi", "_kinds.pxi.in",
+                                             "_roofline.pxi", "_pool.pxi",
                                              "algorithms/_common.pxi")] + \
         ["kernels/algorithms/%s.pxi" % m for m in modules]
 
 
 KERNEL_SOURCES = render_kinds()  # included by both modules
+# adamfast's thread pool, plain C (af_pool.h is its API and says what it
+# does), compiled into both modules next to the Cython code; _pool.pxi binds it.
+POOL_SOURCES = ["kernels/af_pool.c"]
+POOL_HEADERS = ["kernels/af_pool.h"]
 
 # The kernels `cimport numpy` (raw PyArray_DATA pointers instead of typed
 # memoryviews, for per-call cost), so they compile against numpy's headers:
@@ -250,18 +266,18 @@ NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 
 extensions = [
     # Named by import path; the sources sit in kernels/, which is never
-    # installed.  `depends` is what puts the .pyx/.pxi into an sdist
-    # (cythonize swaps `sources` for the generated .c, and there is no
-    # MANIFEST.in).
-    Extension("adamfast._cython", ["kernels/_cython.pyx"],
-              depends=["kernels/_cython.pyx"] + KERNEL_SOURCES,
-              include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS),
+    # installed.  `depends` is what puts the .pyx/.pxi and the pool's header
+    # into an sdist (cythonize swaps the .pyx in `sources` for the generated
+    # .c and keeps af_pool.c, and there is no MANIFEST.in).
+    Extension("adamfast._cython", ["kernels/_cython.pyx"] + POOL_SOURCES,
+              depends=["kernels/_cython.pyx"] + KERNEL_SOURCES + POOL_HEADERS,
+              include_dirs=NUMPY_INCLUDE + ["kernels"], define_macros=NUMPY_MACROS),
     # Dropped in BuildExt when the AVX2 probe fails.  -mavx2 and nothing
     # else: no -mfma, and -ffp-contract=off stays, so it rounds exactly as
     # the baseline module does.
-    Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"],
-              depends=["kernels/_cython_avx2.pyx"] + KERNEL_SOURCES,
-              include_dirs=NUMPY_INCLUDE, define_macros=NUMPY_MACROS,
+    Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"] + POOL_SOURCES,
+              depends=["kernels/_cython_avx2.pyx"] + KERNEL_SOURCES + POOL_HEADERS,
+              include_dirs=NUMPY_INCLUDE + ["kernels"], define_macros=NUMPY_MACROS,
               extra_compile_args=AVX2_ARGS),
 ]
 

@@ -158,7 +158,7 @@ def pass_threads(backend, size, num_threads):
     On adamfast's pool (both compiled backends): from the pool's cold cut-off
     up, wake the workers now, so both passes start without a wake-up; below
     it, if the workers sleep, run both passes on the caller, which is faster
-    than a worker arriving late (kernels/_pool.pxi's AF_COLD_MIN_CHUNKS).
+    than a worker arriving late (kernels/af_pool.h's AF_COLD_MIN_CHUNKS).
     Left to the pool, the update right after the norm pass would count as a
     loop of calls and wake them.
     """

@@ -44,7 +44,7 @@ cdef inline void _chunk(kind_t* tag, floating* p, const floating* g, void** stat
 cdef void _drive(kind_t* tag, floating* p, const floating* g, void** states, floating* ema,
                  const double* table, const Py_ssize_t* chunks, Py_ssize_t c0, Py_ssize_t c1,
                  Py_ssize_t n) noexcept nogil:
-    # Chunks [c0, c1) on the calling thread; the pool (_pool.pxi) hands each
+    # Chunks [c0, c1) on the calling thread; the pool (af_pool.c) hands each
     # thread its blocks of chunks through here.  ``states`` holds _MAXSTATE
     # pointers: the kind's state buffers, then NULLs.
     cdef Py_ssize_t c

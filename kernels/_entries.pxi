@@ -148,7 +148,7 @@ def family_kernel(
 
     Each chunk row ``(group, lo, hi)`` updates elements [lo, hi) with the
     scalar row ``scalars[group]``.  Chunks are spread over ``num_threads``
-    threads of adamfast's pool (_pool.pxi) when n >= ``PARALLEL_MIN``;
+    threads of adamfast's pool (af_pool.c) when n >= ``PARALLEL_MIN``;
     results never depend on the thread count.  With ``ema``, every updated element also does
     ``ema = d*ema + (1 - d)*param`` with d and 1 - d from the row's EMA
     slots, in the same pass.  Anything out of bounds (an unknown kind,

@@ -30,8 +30,8 @@ Why the code looks the way it does:
   process.  The element function is passed to the shared driver helper as
   a compile-time constant and inlined there.  Per kind there are three:
   ``<kind>_block``, a C-callable ``cfunc`` that updates a range of chunk
-  rows, which every call hands to adamfast's own thread pool (the cython
-  extension's ``kernels/_pool.pxi``, the one the cython backend runs on: the
+  rows, which every call hands to adamfast's own thread pool (C, in the
+  cython extension, the one the cython backend runs on; see :mod:`._pool`: the
   caller takes part, chunk blocks are claimed from a counter, a step returns
   when the blocks are done, so a descheduled thread costs nothing on a busy
   machine and a fork()ed child is never stuck in it; below
@@ -63,8 +63,9 @@ from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import CHUNK, NSLOT
 from ._driver import NSTATE as _NSTATE_OF
-from ._driver import PARALLEL_MIN as NUMBA_PARALLEL_MIN
-from ._driver import POOL_PARALLEL_MIN, signatures
+from ._driver import signatures
+from ._pool import PARALLEL_MIN, POOL_COLD_MIN, pool_awake, threading_path, wake_pool
+from ._pool import RUN_BLOCKS as _POOL  # None on the fallback (numba's own pool)
 
 __all__ = ["KINDS", "NSTATE", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel", "step_fast",
            "reduce_kernel"]
@@ -140,40 +141,6 @@ def _load(kind_id):
             serial.compile(sig)
     entries = _entries[kind_id] = (serial, parallel, block.address)
     return entries
-
-
-# The cython extension whose thread pool the parallel path runs on (the one the
-# cython backend loads), or None: then the parallel path is numba's own pool,
-# ``prange`` (see _dispatch._pool_module).
-_POOL_MODULE = _dispatch._pool_module()
-if _POOL_MODULE is None:
-    # numba's pool was sized at start-up: an ADAMFAST_NUM_THREADS above it is
-    # refused here, as set_num_threads refuses it.
-    _dispatch._check_env_threads(numba.config.NUMBA_NUM_THREADS)
-# Its runner of block entries (kernels/_pool.pxi's _run_blocks), or None.
-_POOL = None if _POOL_MODULE is None else _POOL_MODULE._run_blocks
-# The pool's cold cut-off (kernels/_pool.pxi), for the guarded step's wake-up.
-POOL_COLD_MIN = 0 if _POOL_MODULE is None else _POOL_MODULE.POOL_COLD_MIN
-# The serial cut-off: on adamfast's pool, the cython backend's (a step costs
-# the same to start for both); on numba's own pool, its larger one.
-PARALLEL_MIN = POOL_PARALLEL_MIN if _POOL is not None else NUMBA_PARALLEL_MIN
-
-
-def threading_path():
-    """Where the parallel path runs: "adamfast pool" or "numba prange"."""
-    return "adamfast pool" if _POOL is not None else "numba prange"
-
-
-def pool_awake():
-    """Whether any worker of adamfast's pool is awake (False on numba's own pool)."""
-    return _POOL_MODULE is not None and _POOL_MODULE.pool_awake()
-
-
-def wake_pool(num_threads):
-    """Wake the pool's workers ahead of a multi-pass step (the guarded step's norm
-    pass and update), as the cython backend does; nothing on numba's own pool."""
-    if _POOL_MODULE is not None:
-        _POOL_MODULE.wake_pool(num_threads)
 
 
 def _check_buffers(arrays, names):

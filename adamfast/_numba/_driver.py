@@ -46,14 +46,7 @@ from ..algorithms import NSTATE
 from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES, MAXSTATE, NSLOT
 
 __all__ = ["CHUNK", "LANES", "MAXSTATE", "NSLOT"]  # the engine's constants, from _spec
-# The serial cut-off on numba's own pool (the fallback parallel path).  Its
-# launch costs more than adamfast's pool: with cold caches, one thread beat
-# two below ~512K float32 params here (64K:
-# 0.13 vs 0.18 ms; 256K: 0.28 vs 0.36 ms; 1M: 0.80 vs 0.72 ms).
-PARALLEL_MIN = 1 << 19
-# On adamfast's own pool (the block entries below), a parallel call costs what
-# the cython backend's does: its cut-off, kernels/_family.pxi's _PARALLEL_MIN.
-POOL_PARALLEL_MIN = 1 << 16
+# The serial cut-offs (on adamfast's pool and on numba's own) are in _pool.py.
 
 
 
@@ -144,8 +137,9 @@ def chunk(elem, p, g, s, ema, scalars, chunks, c):
 # workqueue team ends each call with a barrier that waits for every thread
 # to arrive, and on a busy machine that wait is a whole time slice.  Each
 # kind also has a C-callable "block" entry, ``void(ctx, c0, c1)``, that
-# updates chunk rows [c0, c1); the cython extension's pool
-# (kernels/_pool.pxi) calls it from the caller's thread and its workers.
+# updates chunk rows [c0, c1); adamfast's C pool (kernels/af_pool.c, in the
+# cython extension; the arrangement is described in _pool.py) calls it from
+# the caller's thread and its workers.
 # ``ctx`` points at intp words: the addresses of the CTX_* arrays, then the
 # kind's state buffers' (CTX_STATES, as many as the kind has), then the
 # call's sizes (CTX_N and on, counted from the words after the states).

@@ -192,7 +192,7 @@ def on_threading(module, mode, call):
 
 def on_pool_policy(module, policy, call):
     """``call`` run with the pool's choice for large calls forced to ``policy``
-    ("pool": adamfast's own threads only; see kernels/_pool.pxi)."""
+    ("pool": adamfast's own threads only; see kernels/af_pool.h)."""
     return _with_setting(lambda: module._pool_policy()[0], module._set_pool_policy, policy,
                          call)
 
