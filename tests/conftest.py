@@ -128,30 +128,3 @@ def full_path(module, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, 
     module.family_kernel(kind, views[0], views[1], tuple(views[2:]), np.array([row]),
                          _engine.single_chunks(views[0].size), _dispatch.get_num_threads())
 
-
-# Per kind: the spec and hyperparameters (float64-validated) that select it and
-# switch on as much of its arithmetic as possible (weight decay, maximize off).
-def kind_cases():
-    from adamfast.algorithms import ALGORITHMS
-
-    overrides = {
-        "adam": dict(weight_decay=0.1), "adam_amsgrad": dict(amsgrad=True, weight_decay=0.1),
-        "adamax": dict(weight_decay=0.01), "nadam": dict(weight_decay=0.01),
-        "radam": dict(weight_decay=0.01), "adagrad": dict(weight_decay=0.01, lr_decay=0.01),
-        "rmsprop": dict(weight_decay=0.01), "rmsprop_centered": dict(centered=True),
-        "rmsprop_momentum": dict(momentum=0.9),
-        "rmsprop_centered_momentum": dict(centered=True, momentum=0.9),
-        "sgd": dict(weight_decay=0.01), "sgd_momentum": dict(momentum=0.9, nesterov=True),
-        "adadelta": dict(weight_decay=0.01), "lion": dict(weight_decay=0.1),
-        "adan": dict(weight_decay=0.05),
-    }
-    cases = {}
-    for spec in ALGORITHMS.values():
-        for kind in spec.kinds:
-            if kind in cases:
-                continue
-            # A kind without an entry here runs with its spec's defaults.
-            hp = spec.validate(dict(spec.defaults, **overrides.get(kind, {})))
-            assert spec.kind_of([hp]) == kind
-            cases[kind] = (spec, hp)
-    return cases

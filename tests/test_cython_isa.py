@@ -16,7 +16,7 @@ from adamfast import _dispatch
 from adamfast import _engine
 from adamfast.algorithms._spec import NSLOT
 
-from conftest import kind_cases
+from optim_cases import kind_cases
 
 KIND_CASES = kind_cases()
 

@@ -1,6 +1,7 @@
 """The family engine: every kind x backend x dtype against the reference, and the
-algorithms' properties.  Everything is parametrized over the registry, so a new
-algorithm is covered by its registry entry alone."""
+algorithms' properties.  Everything is parametrized over the registry and reads
+what it needs from the algorithm's case (tests/optim_cases.py), so a new algorithm
+is covered by its registry entry and its case."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import adamfast
 from adamfast import _dispatch, _engine
 from adamfast.algorithms import ALGORITHMS
 from adamfast.algorithms._spec import NSLOT
-from conftest import BACKENDS, SIZES, assert_close, kind_cases
+from conftest import BACKENDS, SIZES, assert_close
+from optim_cases import CASES, GUARD_KEYWORDS, kind_cases
 
 KIND_CASES = kind_cases()
 STEPS = 20
@@ -192,48 +194,50 @@ def test_bad_hyperparameter_in_a_group_changes_nothing(name):
         assert bits(after[key]) == bits(before[key])
 
 
-def test_signatures_are_torchs():
+@pytest.mark.parametrize("name", CLASSES)
+def test_signature_is_the_peers(name):
+    """A torch.optim peer: torch's keywords and defaults (less its torch-only flags), plus
+    adamfast's.  Another peer: its keywords in its order (``peer_keywords``), then
+    adamfast's."""
     import inspect
 
+    case = CASES[name]
+    ours = inspect.signature(CLASSES[name]).parameters
+    extras = set(GUARD_KEYWORDS) | set(case.extra_keywords)
+    if case.peer_keywords is not None:
+        names = [k for k, _ in case.peer_keywords]
+        # A guard keyword the peer has too (timm's Lamb's max_grad_norm) keeps its place.
+        guard = [k for k in GUARD_KEYWORDS if k not in names]
+        assert list(ours) == ["params", *names, *case.extra_keywords, *guard]
+        for k, default in case.peer_keywords:
+            assert ours[k].default == default, (case.name, k)
+        return
     torch = pytest.importorskip("torch")
     skip = {"foreach", "fused", "capturable", "differentiable"}
-    for name, cls in CLASSES.items():
-        ours = inspect.signature(cls).parameters
-        extras = {"backend", "max_grad_norm", "skip_nonfinite", "ema_decay"} | ({"eps_hat", "eps_root", "bias_correction", "nesterov"}
-                                if name in ("Adam", "AdamW") else set())
-        if name == "Lion":
-            assert list(ours) == ["params", "lr", "betas", "weight_decay", "maximize", "backend",
-                                  "max_grad_norm", "skip_nonfinite", "ema_decay"]
-            assert ours["lr"].default == 1e-4 and ours["betas"].default == (0.9, 0.99)
-            continue
-        if name == "Adan":  # timm's signature (foreach is adamfast.torch's only)
-            assert list(ours) == ["params", "lr", "betas", "eps", "weight_decay", "no_prox",
-                                  "caution", "backend", "max_grad_norm", "skip_nonfinite",
-                                  "ema_decay"]
-            assert ours["betas"].default == (0.98, 0.92, 0.99) and ours["lr"].default == 1e-3
-            continue
-        if name == "Lamb":  # timm's signature; max_grad_norm is timm's (and the guard's) clip
-            assert list(ours) == ["params", "lr", "bias_correction", "betas", "eps",
-                                  "weight_decay", "grad_averaging", "max_grad_norm",
-                                  "trust_clip", "always_adapt", "decoupled_decay", "caution",
-                                  "corrected_weight_decay", "backend", "skip_nonfinite",
-                                  "ema_decay"]
-            assert ours["max_grad_norm"].default == 1.0 and ours["eps"].default == 1e-6
-            continue
-        theirs = {k: v for k, v in inspect.signature(getattr(torch.optim, name)).parameters.items()
-                  if k not in skip}
-        assert set(ours) - extras == set(theirs), name
-        for k, v in theirs.items():
-            assert ours[k].default == v.default, (name, k)
+    theirs = {k: v for k, v in inspect.signature(getattr(torch.optim, case.torch_name))
+              .parameters.items() if k not in skip}
+    assert extras <= set(ours), case.name
+    assert set(ours) - extras == set(theirs), case.name
+    for k, v in theirs.items():
+        assert ours[k].default == v.default, (case.name, k)
 
 
-def test_structural_switch_turned_on_later_allocates():
-    opt = adamfast.RMSprop(_init(np.float32), backend="numpy")
-    opt.step(_grad_list(np.float32, 1))
-    assert opt.momentum_buffer.size == 0
-    opt.param_groups[0]["momentum"] = 0.9
-    opt.step(_grad_list(np.float32, 2))
-    assert opt.momentum_buffer.size == opt.flat_params.size and opt.momentum_buffer.any()
+@pytest.mark.parametrize("name", [n for n in CLASSES if CASES[n].structural_switches])
+def test_structural_switch_turned_on_later_allocates(name):
+    spec = ALGORITHMS[name]
+    start = spec.state_names(spec.kind_of([spec.validate(dict(spec.defaults))]))
+    for kind, kw in CASES[name].kinds.items():
+        added = [b for b in spec.state_names(kind) if b not in start]
+        if not added:
+            continue
+        opt = CLASSES[name](_init(np.float32), backend="numpy")
+        opt.step(_grad_list(np.float32, 1))
+        assert all(getattr(opt, b).size == 0 for b in added), (kind, added)
+        opt.param_groups[0].update(kw)
+        opt.step(_grad_list(np.float32, 2))
+        for b in added:
+            buf = getattr(opt, b)
+            assert buf.size == opt.flat_params.size and buf.any(), (kind, b)
 
 
 def test_buffers_cannot_be_rebound():
@@ -245,16 +249,17 @@ def test_buffers_cannot_be_rebound():
 
 # --- convergence and properties ---------------------------------------------------
 
-RATES = {"Adam": 0.05, "AdamW": 0.05, "Adamax": 0.05, "NAdam": 0.05, "RAdam": 0.05,
-         "Adagrad": 0.5, "RMSprop": 0.01, "SGD": 0.05, "Adadelta": 1.0, "Lion": 0.01,
-         "Adan": 0.05, "Lamb": 0.005}
+def _no_decay(name):
+    # Weight decay moves the minimum: the convergence tests run without it (only
+    # AdamW's default has any).
+    return {"weight_decay": 0.0} if "weight_decay" in ALGORITHMS[name].defaults else {}
 
 
 @pytest.mark.parametrize("name", CLASSES)
 def test_converges_on_a_quadratic(name, backend):
     target = np.linspace(-2, 2, 64)
-    extra = {"weight_decay": 0.0} if name == "AdamW" else {}
-    opt = CLASSES[name]([np.zeros(64)], lr=RATES[name], backend=backend, **extra)
+    opt = CLASSES[name]([np.zeros(64)], lr=CASES[name].quadratic_lr, backend=backend,
+                        **_no_decay(name))
     (x,) = opt.params
     for _ in range(1500):
         opt.step([2 * (x - target)])
@@ -267,13 +272,12 @@ def test_converges_on_rosenbrock(name):
         a, b = z
         return np.array([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
 
-    extra = {"weight_decay": 0.0} if name == "AdamW" else {}
-    # RAdam's first steps are momentum SGD (torch's too): 2e-2 diverges there.
-    lr = {"SGD": 1e-3, "Adagrad": 0.3, "Adadelta": 0.05, "Lion": 3e-3, "RAdam": 5e-3}.get(name, 2e-2)
-    opt = CLASSES[name]([np.array([-1.0, 1.0])], lr=lr, backend="cython" if "cython" in BACKENDS else "numpy", **extra)
+    case = CASES[name]
+    opt = CLASSES[name]([np.array([-1.0, 1.0])], lr=case.rosenbrock_lr,
+                        backend="cython" if "cython" in BACKENDS else "numpy", **_no_decay(name))
     (z,) = opt.params
     f0 = (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2
-    for _ in range(30000 if name == "Adadelta" else 4000):  # Adadelta is slow here
+    for _ in range(case.rosenbrock_steps):
         opt.step([grad(z)])
     f = (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2
     assert f < 0.1 * f0 and np.isfinite(z).all(), (name, z, f)
@@ -321,7 +325,7 @@ def test_eps_hat_equals_default_form_with_rescaled_eps(backend, dtype, t):
 
 # --- functional steps ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [n for n in CLASSES if n not in ("Adam", "AdamW")])
+@pytest.mark.parametrize("name", [n for n in CLASSES if CASES[n].generated_functional])
 def test_functional_step_equals_optimizer(name, backend):
     spec = ALGORITHMS[name]
     fn = adamfast.functional.STEPS[name]

@@ -6,25 +6,10 @@ import pytest
 
 import adamfast
 from conftest import assert_close
+from optim_cases import CASES, TORCH_CASES, peer_case_params
 
 torch = pytest.importorskip("torch")
 
-CASES = {
-    "Adam": [{}, {"weight_decay": 0.1, "amsgrad": True}, {"maximize": True},
-             {"decoupled_weight_decay": True, "weight_decay": 0.1}],
-    "AdamW": [{}, {"amsgrad": True, "weight_decay": 0.05}],
-    "Adamax": [{}, {"weight_decay": 0.1, "maximize": True}],
-    "NAdam": [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True,
-                                          "momentum_decay": 0.01}],
-    "RAdam": [{}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
-    "Adagrad": [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1}],
-    "RMSprop": [{}, {"centered": True}, {"momentum": 0.9}, {"centered": True, "momentum": 0.5,
-                                                             "weight_decay": 0.1}],
-    "SGD": [{}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.1},
-            {"momentum": 0.9, "nesterov": True, "maximize": True}],
-    "Adadelta": [{}, {"rho": 0.8, "weight_decay": 0.1}],
-}
-# torch's state names where they differ from a buffer we hold for the same quantity.
 SHAPES = [(4, 3), (17,), (2, 3, 2), ()]
 
 
@@ -35,24 +20,22 @@ def _grads(dtype, t):
 
 @pytest.fixture
 def torch_default_dtype(dtype):
-    # torch keeps NAdam's mu_product in its default dtype: float64 for a float64 comparison.
+    # torch keeps a group scalar (NAdam's mu_product) in its default dtype: the params'.
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
     yield
     torch.set_default_dtype(before)
 
 
-@pytest.mark.parametrize("name,kw", [(n, kw) for n, kws in CASES.items() for kw in kws],
-                         ids=lambda x: x if isinstance(x, str) else "-".join(f"{k}={v}"
-                                                                                  for k, v in x.items()) or "defaults")
+@pytest.mark.parametrize("name,kw", peer_case_params())
 def test_matches_torch_with_groups(backend, dtype, name, kw, torch_default_dtype):
     rng = np.random.default_rng(7)
     init = [np.asarray(rng.standard_normal(s), dtype) for s in SHAPES]
     tparams = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
-    lr = {"Adadelta": 0.5, "Adagrad": 0.05, "RMSprop": 0.005, "SGD": 0.01}.get(name, 3e-3)
+    lr = CASES[name].parity_lr
     # Two groups; the second overrides lr (and a weight decay where the class has one).
     over = {"lr": lr / 2}
-    tcls = getattr(torch.optim, name)
+    tcls = getattr(torch.optim, CASES[name].torch_name)
     topt = tcls([{"params": tparams[:2]}, {"params": tparams[2:], **over}], lr=lr,
                 foreach=False, **kw)
     opt = getattr(adamfast, name)([{"params": init[:2]}, {"params": init[2:], **over}], lr=lr,
@@ -74,10 +57,10 @@ def test_matches_torch_with_groups(backend, dtype, name, kw, torch_default_dtype
 
 def test_state_names_are_torchs(dtype):
     """Each state buffer we hold is the one torch names so (checked on a real step)."""
-    for name, kws in CASES.items():
-        kw = kws[-1]
+    for name, case in TORCH_CASES.items():
+        kw = case.peer_cases[-1]
         tp = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
-        topt = getattr(torch.optim, name)([tp], foreach=False, **kw)
+        topt = getattr(torch.optim, case.torch_name)([tp], foreach=False, **kw)
         tp.grad = torch.ones(3, dtype=torch.float64)
         topt.step()
         opt = getattr(adamfast, name)([np.zeros(3)], backend="numpy", **kw)

@@ -6,6 +6,7 @@ import pytest
 import adamfast
 from adamfast import _dispatch
 from conftest import BACKENDS, assert_close
+from optim_cases import CASES
 
 CLASSES = adamfast.optim.CLASSES
 SHAPES = [(4, 3), (17,), (2, 3, 2), (), (16385,)]  # the last one spans two chunks
@@ -28,12 +29,12 @@ def _grads(dtype, t, scale=1.0):
 
 # --- against torch's pipeline ---------------------------------------------------------
 
-TORCH_CLASSES = [n for n in CLASSES if CLASSES[n].spec.peer.startswith("torch.optim.")]
+TORCH_CLASSES = [n for n in CLASSES if CASES[n].torch_peer]
 
 
 @pytest.fixture
 def torch_default_dtype(dtype):
-    # torch keeps NAdam's mu_product in its default dtype: float64 for a float64 comparison.
+    # torch keeps a group scalar (NAdam's mu_product) in its default dtype: the params'.
     torch = pytest.importorskip("torch")
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
@@ -47,8 +48,8 @@ def test_scale_and_clip_match_torchs_pipeline(backend, dtype, name, torch_defaul
     S, c = 1024.0, 0.5
     init = _init(dtype)
     tparams = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
-    kw = {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
-    topt = getattr(torch.optim, name)(tparams, foreach=False, **kw)
+    kw = CASES[name].rich_kw
+    topt = getattr(torch.optim, CASES[name].torch_name)(tparams, foreach=False, **kw)
     opt = CLASSES[name](init, backend=backend, max_grad_norm=c, **kw)
     for t in range(1, 11):
         grads = _grads(dtype, t)

@@ -6,27 +6,30 @@ import pickle
 import numpy as np
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, rule,
+                                 run_state_machine_as_test)
 
 import adamfast
 from conftest import COMPILED
+from optim_cases import CASES
 
 SHAPES = [(3, 4), (17,), ()]
-NAMES = ["Adam", "AdamW", "RMSprop", "SGD", "Lion", "NAdam"]
+NAMES = list(adamfast.optim.CLASSES)
 
 
 class OptimizerMachine(RuleBasedStateMachine):
     """The system under test runs on a compiled backend; the model is the same
-    optimizer on the numpy backend.  After every rule both must agree bit for bit."""
+    optimizer on the numpy backend.  After every rule both must agree bit for bit.
+    One machine per algorithm (``NAME``), in its case's ``rich_kw`` configuration."""
 
-    @initialize(name=st.sampled_from(NAMES), backend=st.sampled_from(COMPILED or ("numpy",)),
-                ema=st.booleans())
-    def setup(self, name, backend, ema):
+    NAME = None
+
+    @initialize(backend=st.sampled_from(COMPILED or ("numpy",)), ema=st.booleans())
+    def setup(self, backend, ema):
+        name = self.NAME
         rng = np.random.default_rng(0)
         init = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-        kw = {"ema_decay": 0.9} if ema else {}
-        if name in ("SGD", "RMSprop"):
-            kw["momentum"] = 0.5
+        kw = dict(CASES[name].rich_kw, **({"ema_decay": 0.9} if ema else {}))
         cls = getattr(adamfast, name)
         self.sut = cls([{"params": init[:2]}, {"params": init[2:]}], backend=backend, **kw)
         self.model = cls([{"params": init[:2]}, {"params": init[2:]}], backend="numpy", **kw)
@@ -90,9 +93,11 @@ class OptimizerMachine(RuleBasedStateMachine):
             assert np.shares_memory(a, self.sut.flat_params) and a.shape == b.shape
 
 
-OptimizerMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=20,
-                                              deadline=None, derandomize=True)
-TestOptimizerMachine = OptimizerMachine.TestCase
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_machine(name):
+    machine = type(f"{name}Machine", (OptimizerMachine,), {"NAME": name})
+    run_state_machine_as_test(machine, settings=settings(max_examples=15, stateful_step_count=20,
+                                                         deadline=None, derandomize=True))
 
 
 def test_memory_error_midway_leaves_buffers_unchanged():

@@ -17,25 +17,10 @@ torch = pytest.importorskip("torch")
 import adamfast  # noqa: E402
 import adamfast.torch as aft  # noqa: E402
 from conftest import TOL  # noqa: E402
+from optim_cases import CASES, TORCH_CASES, peer_case_params  # noqa: E402
 
-CASES = {
-    "Adam": [{}, {"weight_decay": 0.1, "amsgrad": True}, {"maximize": True},
-             {"decoupled_weight_decay": True, "weight_decay": 0.1}],
-    "AdamW": [{}, {"amsgrad": True, "weight_decay": 0.05}],
-    "Adamax": [{}, {"weight_decay": 0.1, "maximize": True}],
-    "NAdam": [{}, {"weight_decay": 0.1, "decoupled_weight_decay": True, "momentum_decay": 0.01}],
-    "RAdam": [{}, {"weight_decay": 0.1, "decoupled_weight_decay": True}],
-    "Adagrad": [{}, {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.1}],
-    "RMSprop": [{}, {"centered": True, "momentum": 0.5, "weight_decay": 0.1}],
-    "SGD": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "maximize": True}],
-    "Adadelta": [{}, {"rho": 0.8, "weight_decay": 0.1}],
-}
-LR = {"Adadelta": 0.5, "Adagrad": 0.05, "RMSprop": 0.005, "SGD": 0.01}
 SHAPES = [(4, 3), (17,), (2, 3, 2), (), (5,)]
 TDT = {np.float32: torch.float32, np.float64: torch.float64}
-IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}"
-       for n, kws in CASES.items() for kw in kws]
-PARAMS = [(n, kw) for n, kws in CASES.items() for kw in kws]
 
 
 def close(a, b, dtype, what):
@@ -66,10 +51,10 @@ def grads_at(t, dtype):
 def build(name, kw, init, backend="auto", cls=None):
     """The same two-group optimizer, from torch.optim (cls=None) or adamfast.torch."""
     params = [torch.nn.Parameter(a.clone()) for a in init]
-    lr = LR.get(name, 3e-3)
+    lr = CASES[name].parity_lr
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": lr / 2}]
     if cls is None:
-        opt = getattr(torch.optim, name)(groups, lr=lr, foreach=False, **kw)
+        opt = getattr(torch.optim, CASES[name].torch_name)(groups, lr=lr, foreach=False, **kw)
     else:
         opt = cls(groups, lr=lr, backend=backend, **kw)
     return params, opt
@@ -96,7 +81,7 @@ def assert_same(tparams, topt, aparams, aopt, dtype, what):
             assert as_[k].dtype == ts[k].dtype, f"{what}: {k}[{i}] dtype"
 
 
-@pytest.mark.parametrize("name,kw", PARAMS, ids=IDS)
+@pytest.mark.parametrize("name,kw", peer_case_params())
 def test_matches_torch(name, kw, dtype):
     init = make_params(dtype)
     tparams, topt = build(name, kw, init)
@@ -185,11 +170,11 @@ def _roundtrip(sd):
     return torch.load(buf, weights_only=True)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(TORCH_CASES))
 @pytest.mark.parametrize("direction", ["torch->adamfast", "adamfast->torch"])
 def test_checkpoint_both_ways(name, direction):
     dtype = np.float32
-    kw = CASES[name][-1]
+    kw = CASES[name].peer_cases[-1]
     init = make_params(dtype)
     src_cls = None if direction == "torch->adamfast" else getattr(aft, name)
     dst_cls = getattr(aft, name) if direction == "torch->adamfast" else None
@@ -205,7 +190,7 @@ def test_checkpoint_both_ways(name, direction):
         # load_state_dict copies into the flat buffers' views: they share the flat storage.
         for p in dp:
             for k, v in do.state.get(p, {}).items():
-                if k not in ("step", "mu_product"):
+                if k not in aft.CLASSES[name].spec.torch_scalar_state:
                     assert v.untyped_storage().data_ptr() == \
                         do._pools[0].np[k].ctypes.data
     for t in range(5, 9):

@@ -20,7 +20,9 @@ torch = pytest.importorskip("torch")
 
 import adamfast  # noqa: E402
 import adamfast.torch as aft  # noqa: E402
+from adamfast.algorithms import ALGORITHMS  # noqa: E402
 from conftest import TOL  # noqa: E402
+from optim_cases import CASES, GROUP_SCALAR_DTYPE, TORCH_CASES  # noqa: E402
 
 BACKENDS = adamfast.available_backends()
 SHAPES = [(4, 3), (17,), (), (5,)]
@@ -75,9 +77,7 @@ def assert_unchanged(params, opt, snap, what):
             assert torch.equal(now[k], v0), f"{what}: {k}[{i}] changed"
 
 
-LR = {"Adadelta": 0.5, "Adagrad": 0.05, "RMSprop": 0.005, "SGD": 0.01}
-TORCH_CLASSES = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "SGD",
-                 "Adadelta"]
+TORCH_CLASSES = list(TORCH_CASES)
 
 
 # --- 1: hyperparameters changed in place ----------------------------------------------
@@ -85,12 +85,12 @@ TORCH_CLASSES = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSpro
 @pytest.mark.parametrize("name", TORCH_CLASSES)
 def test_tensor_lr_under_step_lr_matches_torch(name):
     """StepLR updates a Tensor lr in place (fill_): every step must use its current value."""
-    kw = {"momentum": 0.9} if name == "SGD" else {}
+    kw = CASES[name].rich_kw
     runs = []
-    for cls in (getattr(torch.optim, name), getattr(aft, name)):
+    for cls in (getattr(torch.optim, CASES[name].torch_name), getattr(aft, name)):
         params = make_params()
         extra = {"foreach": False} if cls.__module__.startswith("torch") else {}
-        opt = cls(params, lr=torch.tensor(LR.get(name, 0.01)), **kw, **extra)
+        opt = cls(params, lr=torch.tensor(CASES[name].parity_lr), **kw, **extra)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.3)
         for t in range(1, 8):
             give(params, grads_at(t, params))
@@ -102,7 +102,7 @@ def test_tensor_lr_under_step_lr_matches_torch(name):
     assert_same(tp, to, ap, ao, f"{name} with StepLR on a Tensor lr")
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "Adamax"])
+@pytest.mark.parametrize("name", [n for n in TORCH_CLASSES if "betas" in ALGORITHMS[n].defaults])
 @pytest.mark.parametrize("kind", ["tensor", "list"])
 def test_betas_changed_in_place_match_torch(name, kind):
     runs = []
@@ -217,8 +217,10 @@ def test_betas_mixing_float_and_tensor_refused_like_torch(name, betas):
 
 # --- 3: a step is atomic under KeyboardInterrupt -----------------------------------------
 
-ATOMIC = {"Adam": {"amsgrad": True}, "NAdam": {}, "SGD": {"momentum": 0.9}, "Adagrad": {},
-          "RMSprop": {"centered": True}}
+# Every kind of every torch peer (AMSGrad, momentum, centered: the counters that advance
+# with the buffers), each in its case's hyperparameters.
+ATOMIC = [pytest.param(n, kw, id=f"{n}-{kind}") for n in TORCH_CLASSES
+          for kind, kw in CASES[n].kinds.items()]
 
 
 def _interrupt_after_kernel(monkeypatch, opt, exc=KeyboardInterrupt, before=False):
@@ -252,24 +254,24 @@ def _interrupt_after_kernel(monkeypatch, opt, exc=KeyboardInterrupt, before=Fals
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", list(ATOMIC))
+@pytest.mark.parametrize("name,kw", ATOMIC)
 @pytest.mark.parametrize("path", ["uniform", "classes"])
 def test_keyboard_interrupt_after_the_kernel_keeps_counters_with_buffers(
-        monkeypatch, request, backend, name, path):
+        monkeypatch, request, backend, name, kw, path):
     """Ctrl-C pending when the kernel returns: the step's counters (step, mu_product,
     momentum started) advance with the buffers, every dtype's pool is stepped, and
     the next step is torch's next step."""
-    if name == "NAdam":
+    if GROUP_SCALAR_DTYPE in CASES[name].deviations:
         # torch keeps mu_product in its default dtype, adamfast in float64 (documented):
         # with float64 params in the run, torch must keep it in float64 too.
         request.addfinalizer(lambda dt=torch.get_default_dtype(): torch.set_default_dtype(dt))
         torch.set_default_dtype(torch.float64)
-    kw = ATOMIC[name]
     init = make_params() + make_params(seed=8, dtype=torch.float64, shapes=[(3, 2), (6,)])
     tparams = [torch.nn.Parameter(p.detach().clone()) for p in init]
     aparams = [torch.nn.Parameter(p.detach().clone()) for p in init]
-    topt = getattr(torch.optim, name)(tparams, lr=LR.get(name, 0.01), foreach=False, **kw)
-    aopt = getattr(aft, name)(aparams, lr=LR.get(name, 0.01), backend=backend, **kw)
+    lr = CASES[name].parity_lr
+    topt = getattr(torch.optim, CASES[name].torch_name)(tparams, lr=lr, foreach=False, **kw)
+    aopt = getattr(aft, name)(aparams, lr=lr, backend=backend, **kw)
     skip = (1,) if path == "classes" else ()
     for t in range(1, 3):
         give(tparams, grads_at(t, tparams))
@@ -293,14 +295,14 @@ def test_keyboard_interrupt_after_the_kernel_keeps_counters_with_buffers(
     assert_same(tparams, topt, aparams, aopt, f"{name} after the interrupted step")
 
 
-@pytest.mark.parametrize("name", list(ATOMIC))
-def test_kernel_error_before_writing_advances_nothing(monkeypatch, name):
+@pytest.mark.parametrize("name,kw", ATOMIC)
+def test_kernel_error_before_writing_advances_nothing(monkeypatch, name, kw):
     """An ordinary exception from the kernel (raised before it wrote) leaves every
     counter where it was: the step can be retried and is torch's."""
-    kw = ATOMIC[name]
     tparams, aparams = make_params(), make_params()
-    topt = getattr(torch.optim, name)(tparams, lr=LR.get(name, 0.01), foreach=False, **kw)
-    aopt = getattr(aft, name)(aparams, lr=LR.get(name, 0.01), **kw)
+    lr = CASES[name].parity_lr
+    topt = getattr(torch.optim, CASES[name].torch_name)(tparams, lr=lr, foreach=False, **kw)
+    aopt = getattr(aft, name)(aparams, lr=lr, **kw)
     give(tparams, grads_at(1, tparams))
     give(aparams, grads_at(1, aparams))
     topt.step()
@@ -535,14 +537,18 @@ def test_sparse_grads_refused_where_torch_refuses(name, kw):
     assert_unchanged(params, opt, snap, f"{name} {kw} refusing a sparse grad")
 
 
-@pytest.mark.parametrize("name", [n for n in aft.__all__ if n not in ("Optimizer", "SGD",
-                                                                     "Adagrad")])
+def test_sparse_tables_are_the_sparse_cases():
+    sparse = {n for n, c in CASES.items() if c.sparse_grads}
+    assert {n for n, _ in SPARSE_OK} == sparse == {n for n, _ in SPARSE_REFUSED}
+
+
+@pytest.mark.parametrize("name", [n for n in aft.CLASSES if not CASES[n].sparse_grads])
 def test_sparse_grads_refused_by_the_other_classes(name):
     m = _embedding_model()
     params = list(m.parameters())
-    if hasattr(torch.optim, name):
+    if CASES[name].torch_peer:
         with pytest.raises(RuntimeError, match="sparse"):
-            _sparse_loop(getattr(torch.optim, name), steps=1)
+            _sparse_loop(getattr(torch.optim, CASES[name].torch_name), steps=1)
     opt = getattr(aft, name)(params)
     m["emb"](torch.tensor([1, 2, 1])).sum().backward()
     snap = snapshot(params, opt)

@@ -20,12 +20,10 @@ torch = pytest.importorskip("torch")
 import adamfast  # noqa: E402
 import adamfast.torch as aft  # noqa: E402
 from conftest import BACKENDS, TOL  # noqa: E402
+from optim_cases import CASES  # noqa: E402
 
-TORCH_NAMES = [n for n in aft.CLASSES if aft.CLASSES[n].spec.peer.startswith("torch.optim.")]
+TORCH_NAMES = [n for n in aft.CLASSES if CASES[n].torch_peer]
 ALL_NAMES = list(aft.CLASSES)
-KW = {"Adam": {"weight_decay": 0.1}, "AdamW": {"amsgrad": True}, "SGD": {"momentum": 0.9},
-      "RMSprop": {"momentum": 0.5, "centered": True}, "Adagrad": {"lr_decay": 0.01}}
-LR = {"Adadelta": 0.5, "Adagrad": 0.05, "RMSprop": 0.005, "SGD": 0.01, "Lion": 1e-4}
 # The last tensor spans two chunks (CHUNK = 16384): its last element is in the last
 # chunk's tail.
 SHAPES = [(4, 3), (17,), (2, 3, 2), (), (16385,)]
@@ -63,11 +61,11 @@ def grads_at(t, dtype, shapes=SHAPES):
 def build(name, init, cls=None, backend="auto", **kw):
     """Two param groups, from torch.optim (cls=None) or adamfast.torch."""
     params = [torch.nn.Parameter(a.clone()) for a in init]
-    lr = LR.get(name, 3e-3)
+    lr = CASES[name].parity_lr
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": lr / 2}]
-    kw = dict(KW.get(name, {}), **kw)
+    kw = dict(CASES[name].rich_kw, **kw)
     if cls is None:
-        opt = getattr(torch.optim, name)(groups, lr=lr, foreach=False, **kw)
+        opt = getattr(torch.optim, CASES[name].torch_name)(groups, lr=lr, foreach=False, **kw)
     else:
         opt = cls(groups, lr=lr, backend=backend, **kw)
     return params, opt

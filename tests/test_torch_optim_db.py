@@ -50,6 +50,7 @@ from torch.nn import Parameter  # noqa: E402
 from torch.optim.lr_scheduler import ReduceLROnPlateau  # noqa: E402
 
 import adamfast.torch as aft  # noqa: E402
+from optim_cases import CASES, GROUP_SCALAR_DTYPE  # noqa: E402
 
 DEVICE = "cpu"
 DTYPES = (torch.float32, torch.float64)
@@ -162,16 +163,17 @@ for _name, _cls in PEERS.items():
 
 @contextlib.contextmanager
 def _scalar_dtype_for(name, dtype):
-    """NAdam with float64 params: run with torch's default dtype float64.
+    """A case with the GROUP_SCALAR_DTYPE deviation and float64 params: run with
+    torch's default dtype float64.
 
-    Documented deviation: adamfast computes NAdam's ``mu_product`` in float64,
+    Documented deviation (NAdam): adamfast computes ``mu_product`` in float64,
     whatever the params' dtype; torch keeps it in its default dtype, so with
     float64 params and the default float32 its bias correction carries float32
     rounding (~1e-7 relative), far outside float64 tolerances.  Under default
     dtype float64 torch computes it in float64 too, and both keep ``step`` and
     ``mu_product`` as float64 scalars, so the comparison stays exact-dtype.
     """
-    if name != "NAdam" or dtype != torch.float64:
+    if GROUP_SCALAR_DTYPE not in CASES[name].deviations or dtype != torch.float64:
         yield
         return
     before = torch.get_default_dtype()

@@ -15,9 +15,11 @@ import pytest
 
 import adamfast
 from adamfast.algorithms import KINDS
+from optim_cases import CASES
 
 # Kinds whose update has a square root or a division (the costly, vectorizable part).
-WITH_SQRT_OR_DIV = [k for k in KINDS if k not in ("sgd", "sgd_momentum", "lion")]
+_WITHOUT = {k for c in CASES.values() for k in c.no_sqrt_or_div}
+WITH_SQRT_OR_DIV = [k for k in KINDS if k not in _WITHOUT]
 
 
 def _objdump_ops(path, key, insn):

@@ -1,0 +1,78 @@
+"""The tests' registry of algorithm cases (optim_cases.py) against the package: one case
+per registry entry, every kind covered, and every flag saying what the package does."""
+
+import os
+import re
+
+import pytest
+
+import adamfast
+from adamfast.algorithms import ALGORITHMS
+from optim_cases import CASES, TORCH_CASES
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_one_case_per_algorithm_in_registry_order():
+    assert list(CASES) == list(ALGORITHMS)
+    assert list(CASES) == list(adamfast.optim.CLASSES)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_case_agrees_with_the_spec(name):
+    spec, case = ALGORITHMS[name], CASES[name]
+    assert case.name == spec.name
+    assert case.peer == spec.peer
+    assert case.c_fast_path == (spec.c_twin is not None)
+    assert case.step_in_group == spec.torch_step_in_group
+    assert case.generated_functional == (name in adamfast.functional.STEPS)
+    assert set(case.no_sqrt_or_div) <= set(spec.kinds)
+    assert set(case.extra_keywords) <= set(spec.defaults)
+    assert case.quadratic_lr > 0 and case.rosenbrock_lr > 0 and case.parity_lr > 0
+    for key, reason in case.deviations.items():
+        assert isinstance(reason, str) and reason, (name, key)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_every_kind_has_hyperparameters_selecting_it(name):
+    spec, case = ALGORITHMS[name], CASES[name]
+    assert set(case.kinds) == set(spec.kinds), "a kind without a case runs nowhere"
+    for kind, kw in case.kinds.items():
+        hp = spec.validate(dict(spec.defaults, **kw))
+        assert spec.kind_of([hp]) == kind, (name, kind, kw)
+    assert case.structural_switches == (len(spec.kinds) > 1)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_configurations_are_valid(name):
+    spec, case = ALGORITHMS[name], CASES[name]
+    for kw in (case.rich_kw, *case.peer_cases):
+        spec.validate(dict(spec.defaults, **kw))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_peer_is_tested_somewhere(name):
+    case = CASES[name]
+    if case.torch_peer:
+        # test_family_torch and test_torch_dropin run peer_cases, defaults first.
+        assert case.peer_cases and case.peer_cases[0] == {}
+        assert case.peer_keywords is None and case.peer_test is None
+        return
+    assert not case.peer_cases, "peer_cases are compared with torch.optim classes only"
+    assert case.peer_keywords, "another peer's signature must be written out"
+    assert case.peer_test, "another peer needs its own test"
+    path, _, test = case.peer_test.partition("::")
+    with open(os.path.join(HERE, os.pardir, path)) as f:
+        text = f.read()
+    if test:
+        assert re.search(rf"^def {re.escape(test)}\(", text, re.M), case.peer_test
+
+
+def test_torch_cases_are_adamfast_torchs_peers():
+    torch = pytest.importorskip("torch")
+    import adamfast.torch as aft
+
+    with_peer = {n for n, c in aft.CLASSES.items() if c._torch_class is not None}
+    assert with_peer == set(TORCH_CASES)
+    for name, case in TORCH_CASES.items():
+        assert aft.CLASSES[name]._torch_class is getattr(torch.optim, case.torch_name)
