@@ -47,7 +47,7 @@ COMPILER_DIRECTIVES = {
 # built here runs on any x86-64; the AVX2 module adds only -mavx2.
 #   -ffp-contract=off  GNU C defaults to fusing a*b+c into FMA where the
 #                      target has it; NumPy never does, and bit-identical
-#                      results to adamfast.reference need the same roundings.
+#                      results to adamfast._numpy_backend need the same roundings.
 #   -fno-math-errno    lets gcc vectorise sqrt/sqrtf (sqrtps/sqrtpd).  It only
 #                      drops the errno write for negative inputs; every value
 #                      is unchanged, unlike -ffast-math, which is not used.

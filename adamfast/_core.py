@@ -9,7 +9,7 @@ and commits each run's counters and group state, atomically under
 KeyboardInterrupt.  The front ends only translate their API into runs:
 adamfast.functional (one run per call), :class:`StepCore` (the NumPy classes:
 the per-dtype flat state of adamfast._core_flat, every group's scalars, and
-the C twin's short path) and adamfast.torch (a run per dtype pool).
+the C step's short path) and adamfast.torch (a run per dtype slab).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def _kernel_wrote(exc, module):
     never interrupted midway.  One raised inside the backend's own code is a
     refusal of bad input, made before writing (the compiled kernels are
     Cython functions, which add traceback entries), or an interrupt of its
-    Python code (numba's validation, the numpy reference): a backend that
+    Python code (numba's validation, the numpy backend): a backend that
     says ``MARKS_UNWRITTEN = True`` sets ``exc.adamfast_unwritten = True`` on
     whatever stops it before its first write, so that what it leaves
     unmarked came after; another's is taken to have come before its writes,
-    like a refusal (the numpy reference computes everything first).  From
+    like a refusal (the numpy backend computes everything first).  From
     elsewhere (a wrapper of the kernel), an interrupt came after the call.
     """
     if getattr(exc, "adamfast_unwritten", False):
@@ -279,17 +279,17 @@ class StepCore(FlatState):
                         same = False  # the general path says what is wrong
                     if same:
                         hp = cached[1]
-                        twin = d["_c_args"]
-                        if twin is None or twin[0] is not hp:
-                            c = self._c_twin(hp)
+                        c_call = d["_c_args"]
+                        if c_call is None or c_call[0] is not hp:
+                            c = self._c_step(hp)
                             # The call's arguments as one list, t and the thread
                             # count stored in place (under the lock) at each step:
                             # ~0.15 us less than unpacking the parts every time.
-                            twin = d["_c_args"] = (hp, c) if c is None else (
+                            c_call = d["_c_args"] = (hp, c) if c is None else (
                                 hp, c[0], [*c[1], 0, *c[2], 0, *c[3]], len(c[1]),
                                 len(c[1]) + 1 + len(c[2]))
-                        if twin[1] is not None:
-                            _, fast, args, at_t, at_threads = twin
+                        if c_call[1] is not None:
+                            _, fast, args, at_t, at_threads = c_call
                             args[at_t] = t
                             args[at_threads] = _dispatch.get_num_threads()
                             # Between the kernel's return and the count, no bytecode
@@ -365,15 +365,15 @@ class StepCore(FlatState):
                          _dispatch.get_num_threads(), clip=self.spec.clip)
 
     def _interrupted(self, exc, t, gstates):
-        """The C twin's call of step t raised ``exc``: count the step if it was written."""
+        """The C step's call of step t raised ``exc``: count the step if it was written."""
         if _kernel_wrote(exc, self._backend.module):
             d = self.__dict__
             if gstates is not None:
                 d["_gstate"] = gstates
             d["step_count"] = t
 
-    def _c_twin(self, hp):
-        """Hook: a backend's C twin of the whole step (scalars included), as
+    def _c_step(self, hp):
+        """Hook: a backend's C version of the whole step (scalars included), as
         ``(function, args before t, args between t and the thread count, args after)``,
         or None.  It may still decline a call (returns False), like any fast path."""
         return None
@@ -399,8 +399,8 @@ class StepCore(FlatState):
         self.__dict__["step_count"] = int(value)
 
 
-def _adam_c_twin(self, hp):
-    """Adam's whole step in C (adam_step_fast: its scalars are the C twin of
+def _adam_c_step(self, hp):
+    """Adam's whole step in C (adam_step_fast: its scalars are the C version of
     adamfast.algorithms.adam.scalars, bit for bit), called by step() as
     ``fast(*head, t, *mid, nthreads, *tail)``; it declines like any fast path."""
     fast = self._backend.adam_fast
@@ -415,4 +415,4 @@ def _adam_c_twin(self, hp):
             (hp["eps_hat"], hp["eps_root"], hp["bias_correction"], hp["nesterov"]))
 
 
-_C_TWINS = {"adam": _adam_c_twin}
+_C_STEPS = {"adam": _adam_c_step}

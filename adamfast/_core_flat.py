@@ -119,7 +119,7 @@ class FlatState:
         self._cache = [None] * len(counts)
         self._kind = kind
         self._plan = None  # (kind id, state slots): set at the first step (_replan)
-        self._c_args = None  # (hp, the C twin's call) for that hp: see step()
+        self._c_args = None  # (hp, the C step's call) for that hp: see step()
         self._run_obj = None  # the core's Run over these buffers (_core.take_step)
         self._lock = threading.Lock()  # serializes step() and the methods that re-lay out
         self.step_count = 0
@@ -253,7 +253,7 @@ class FlatState:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):
-        if name not in self._guarded:
+        if name not in self._rebind_checked:
             object.__setattr__(self, name, value)
             return
         spec = self.spec

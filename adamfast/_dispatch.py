@@ -2,7 +2,7 @@
 
 The kernel contract
 ===================
-Every backend module (``adamfast.reference``, ``adamfast._numba``, the cython
+Every backend module (``adamfast._numpy_backend``, ``adamfast._numba``, the cython
 extension) exports ``KINDS`` (the kind names in its id order) and one
 callable with this signature::
 
@@ -11,7 +11,7 @@ callable with this signature::
 
 * ``kind_id`` indexes the backend's ``KINDS``: a structural variant of an
   algorithm (``"adam"``, ``"adam_amsgrad"``, ``"rmsprop_centered"``, ...) or a
-  roofline twin.  :func:`get_backend` maps names to ids once.
+  roofline kind.  :func:`get_backend` maps names to ids once.
 * Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
   length; ``grads`` is only read; ``states`` is a tuple of exactly
   ``NSTATE[kind_id]`` arrays (each backend exports ``NSTATE``), the kind's
@@ -64,7 +64,7 @@ AUTO_ORDER = ("cython", "numba", "numpy")
 BACKENDS = ("numpy", "numba", "cython")
 
 _MODULES = {
-    "numpy": "adamfast.reference",
+    "numpy": "adamfast._numpy_backend",
     "numba": "adamfast._numba",  # a package: one module per algorithm
     "cython": "adamfast._cython",  # or adamfast._cython_avx2: see _cython_module_name
 }

@@ -5,7 +5,7 @@ A guarded step is at most two passes over memory:
 1. only when clipping or skipping is asked for, a read-only pass over the
    gradients (4 bytes per float32 param) computing the sum of squares in
    float64 per fixed chunk, plus a non-finite flag (``sumsq_kernel`` of
-   each backend; the order is defined once in ``adamfast.reference``);
+   each backend; the order is defined once in ``adamfast._numpy_backend``);
 2. the fused update, with the loss scale and the clip coefficient folded
    into the gradient multiplier that every kernel already applies (slot 0 of
    each scalar row), so the gradients are never rewritten in memory.  The

@@ -22,7 +22,7 @@ cdef inline void _span(kind_t* tag, floating* p, const floating* g, void** state
             _elem(tag, i, p, g, s, k)
     else:
         # The parameter EMA is one more stream of the same pass, for every
-        # kind: ema = d*ema + (1 - d)*p_new (reference: adamfast.reference).
+        # kind: ema = d*ema + (1 - d)*p_new (reference: adamfast._numpy_backend).
         for i in range(lo, hi):
             _elem(tag, i, p, g, s, k)
             ema[i] = k[EMA_D] * ema[i] + k[EMA_OMD] * p[i]
@@ -57,7 +57,7 @@ cdef void _drive(kind_t* tag, floating* p, const floating* g, void** states, flo
 
 # --- the norm pass of the guarded step ------------------------------------
 # The sum of squares of a buffer, in an order defined once (and followed by
-# adamfast.reference.sumsq_kernel): per chunk of _CHUNK elements from the
+# adamfast._numpy_backend.sumsq_kernel): per chunk of _CHUNK elements from the
 # buffer's start, element j of the chunk goes to lane j % _LANES, each lane
 # accumulates in float64 in element order, and the lanes are added left to
 # right.  Chunks are summed in chunk order by the Python layer.  The order

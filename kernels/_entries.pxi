@@ -354,7 +354,7 @@ def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     return True
 
 
-# --- adam_step's fast path: the C twin of adamfast.algorithms.adam.scalars ---
+# --- adam_step's fast path: the C version of adamfast.algorithms.adam.scalars ---
 
 cdef inline bint _fast_float(object x, double lo, double hi_excl, double* out) noexcept:
     # An exact Python float in [lo, hi_excl); NaN fails both comparisons.
@@ -538,7 +538,7 @@ def sumsq_kernel(cnp.ndarray grads not None,   # IN   any float32/float64 1-D C-
     """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in float64.
 
     The order inside a chunk is defined in _driver.pxi (LANES accumulators)
-    and followed by adamfast.reference.sumsq_kernel; the second column is 0
+    and followed by adamfast._numpy_backend.sumsq_kernel; the second column is 0
     iff the chunk is finite.  Only reads ``grads``.
     """
     cdef int typenum = cnp.PyArray_TYPE(grads)

@@ -8,7 +8,7 @@
 #   VARIANT   a Python str, "baseline" or "avx2", reported by simd_info().
 #
 # Layout: algorithms/*.pxi hold one element function per kind (the compiled
-# twin of the reference update in adamfast/algorithms/); _kinds.pxi, rendered
+# version of the reference update in adamfast/algorithms/); _kinds.pxi, rendered
 # by setup.py from the registry, includes them and builds the kind table;
 # _driver.pxi is the one chunked, threaded driver loop; this file holds the
 # entry points: family_kernel (the kernel contract of adamfast._dispatch),

@@ -36,7 +36,7 @@ fields a new entry must think about:
 * ``rich_kw``: the one configuration used by tests that run a class in a
   single configuration (the guarded step, interrupts, stateful tests):
   switch on the structural state the defaults leave off (momentum, ...);
-* the flags, when they hold: ``c_fast_path`` (``spec.c_twin``), ``step_in_group``
+* the flags, when they hold: ``c_fast_path`` (``spec.c_step``), ``step_in_group``
   (``spec.torch_step_in_group``), ``sparse_grads`` (adamfast.torch takes a
   sparse gradient as torch does), ``generated_functional`` (False when the
   functional step is hand-written, as ``adam_step``), ``no_sqrt_or_div`` (kinds

@@ -34,7 +34,7 @@ def test_matches_reference(backend, dtype, n, wd, dec, ams, mx):
                 assert a.dtype == dtype
                 assert_close(a, b, dtype, f"{backend} {name} after step {t}")
     if backend == "numpy" and n:
-        # The reference must actually move things: guard against a no-op.
+        # The reference must actually move things: catch a no-op.
         params0 = make_state(n, dtype)[0]
         assert not np.array_equal(got[-1][0], params0)
 
@@ -111,3 +111,12 @@ def test_parallel_path_matches_reference(compiled_backend, dtype, wd, dec, ams, 
     for a, b in zip(got[-1], want[-1]):
         if b is not None:
             assert_close(a, b, dtype, f"{compiled_backend} parallel path")
+
+
+def test_adamfast_reference_is_the_numpy_backend_module():
+    # Issue 2 named the module adamfast.reference; code written against that name
+    # must keep working and see the same objects, not a copy.
+    import adamfast._numpy_backend as backend
+    import adamfast.reference as by_old_name
+    assert by_old_name is backend
+    assert by_old_name.family_kernel is backend.family_kernel

@@ -2,7 +2,7 @@
 
 ``adam_step`` first offers a call to ``adam_step_fast``, which performs it in
 one C call or declines.  It must (1) compute the step scalars bit for bit as
-``adamfast.reference.step_scalars`` does, (2) produce bit for bit the full
+``adamfast._numpy_backend.step_scalars`` does, (2) produce bit for bit the full
 path's result, and (3) never perform a step that the full path would reject,
 writing nothing when it declines.
 """
@@ -345,7 +345,7 @@ def test_get_backend_fast_paths(monkeypatch):
 
 # --- soundness: random mixes of good and bad arguments ---------------------------
 
-def _pool():
+def _choices():
     """Per argument, values the full path accepts and values it rejects."""
     return dict(
         step=[1, 7, 10**9, 0, -3, True, np.int64(4), 2.0, 2**63, None],
@@ -406,13 +406,13 @@ def test_never_accepts_what_the_full_path_rejects(monkeypatch, mod):
     restored in between): fast True => the full path accepts and gives the
     same bits; full path raises => fast declined; declined => nothing written."""
     rng = random.Random(7)
-    pool = _pool()
+    choices = _choices()
     names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     taken = declined_valid = rejected = 0
     for _ in range(3000):
         dtype = rng.choice((np.float32, np.float64))
         n = rng.choice((0, 1, 5, 64))
-        hyper = {k: rng.choice(v) if rng.random() < 0.3 else v[0] for k, v in pool.items()}
+        hyper = {k: rng.choice(v) if rng.random() < 0.3 else v[0] for k, v in choices.items()}
         bufs = dict(zip(names, _buffers(rng, dtype, n)))
         snap = _snapshot(bufs)
 

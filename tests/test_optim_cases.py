@@ -23,7 +23,7 @@ def test_case_agrees_with_the_spec(name):
     spec, case = ALGORITHMS[name], CASES[name]
     assert case.name == spec.name
     assert case.peer == spec.peer
-    assert case.c_fast_path == (spec.c_twin is not None)
+    assert case.c_fast_path == (spec.c_step is not None)
     assert case.step_in_group == spec.torch_step_in_group
     assert case.generated_functional == (name in adamfast.functional.STEPS)
     assert set(case.no_sqrt_or_div) <= set(spec.kinds)

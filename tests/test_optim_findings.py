@@ -71,11 +71,11 @@ def _make(name, kw, two_groups, backend, seed=0):
 def test_interrupt_right_after_the_kernel_keeps_counters_with_the_buffers(backend, case,
                                                                           monkeypatch):
     name, kw, two, step_kw = INTERRUPT_CASES[case]
-    opt, twin = _make(name, kw, two, backend), _make(name, kw, two, backend)
+    opt, expected_opt = _make(name, kw, two, backend), _make(name, kw, two, backend)
     for t in range(1, 3):
         g = arrays(10 + t)
         opt.step(g, **step_kw)
-        twin.step(g, **step_kw)
+        expected_opt.step(g, **step_kw)
     b = opt._backend
     for attr in ("kernel", "step_fast", "adam_fast"):
         if getattr(b, attr) is not None:
@@ -86,15 +86,15 @@ def test_interrupt_right_after_the_kernel_keeps_counters_with_the_buffers(backen
     with pytest.raises(KeyboardInterrupt):
         opt.step(**step_kw)
     monkeypatch.undo()
-    twin.step(g, **step_kw)
+    expected_opt.step(g, **step_kw)
     # The kernel wrote step 3: the counters (step_count, NAdam's mu_product, SGD's
     # momentum flag) say so too.
-    assert snapshot(opt) == snapshot(twin)
+    assert snapshot(opt) == snapshot(expected_opt)
     for t in range(4, 6):
         g = arrays(10 + t)
         opt.step(g, **step_kw)
-        twin.step(g, **step_kw)
-    assert snapshot(opt) == snapshot(twin)
+        expected_opt.step(g, **step_kw)
+    assert snapshot(opt) == snapshot(expected_opt)
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="needs setitimer")
@@ -114,11 +114,11 @@ def test_real_interrupts_at_random_times_never_split_a_step(name, backend):
         o.grads[0][...] = 0.25
         return o
 
-    twin = fresh(2)
-    expected = [snapshot(twin)]
+    expected_opt = fresh(2)
+    expected = [snapshot(expected_opt)]
     for _ in range(3000):
-        twin.step()
-        expected.append(snapshot(twin))
+        expected_opt.step()
+        expected.append(snapshot(expected_opt))
 
     def alarm(signum, frame):
         raise KeyboardInterrupt
@@ -151,9 +151,9 @@ def test_real_interrupts_at_random_times_never_split_a_step(name, backend):
 @pytest.mark.parametrize("case", ["adam", "nadam-2groups", "nadam-ema"])
 def test_a_kernel_that_refuses_before_writing_advances_nothing(backend, case, monkeypatch):
     name, kw, two, step_kw = INTERRUPT_CASES[case]
-    opt, twin = _make(name, kw, two, backend), _make(name, kw, two, backend)
+    opt, expected_opt = _make(name, kw, two, backend), _make(name, kw, two, backend)
     opt.step(arrays(11))
-    twin.step(arrays(11))
+    expected_opt.step(arrays(11))
     before = snapshot(opt)
 
     def refusing(*args):
@@ -168,20 +168,20 @@ def test_a_kernel_that_refuses_before_writing_advances_nothing(backend, case, mo
     monkeypatch.undo()
     assert snapshot(opt) == before
     opt.step(arrays(12))
-    twin.step(arrays(12))
-    assert snapshot(opt) == snapshot(twin)
+    expected_opt.step(arrays(12))
+    assert snapshot(opt) == snapshot(expected_opt)
 
 
 @pytest.mark.parametrize("two_groups", [False, True])
-def test_an_interrupt_inside_the_numpy_reference_before_it_writes_advances_nothing(
+def test_an_interrupt_inside_the_numpy_backend_before_it_writes_advances_nothing(
         two_groups, monkeypatch):
     """The reference is Python: a KeyboardInterrupt can arrive while it computes, before
     any write.  Then neither the buffers nor the counters move."""
-    import adamfast.reference as R
+    import adamfast._numpy_backend as R
 
-    opt, twin = (_make("NAdam", {}, two_groups, "numpy") for _ in range(2))
+    opt, expected_opt = (_make("NAdam", {}, two_groups, "numpy") for _ in range(2))
     opt.step(arrays(11))
-    twin.step(arrays(11))
+    expected_opt.step(arrays(11))
     before = snapshot(opt)
     kid = opt._plan[0]
 
@@ -194,16 +194,16 @@ def test_an_interrupt_inside_the_numpy_reference_before_it_writes_advances_nothi
     monkeypatch.undo()
     assert snapshot(opt) == before
     opt.step(arrays(12))
-    twin.step(arrays(12))
-    assert snapshot(opt) == snapshot(twin)
+    expected_opt.step(arrays(12))
+    assert snapshot(opt) == snapshot(expected_opt)
 
 
 def test_a_python_kernel_stopped_before_its_writes_says_so(backend, monkeypatch):
     """A kernel written in Python (numba's validation runs in Python) can be interrupted
     before it writes: it marks the exception ``adamfast_unwritten``, and nothing advances."""
-    opt, twin = (_make("NAdam", {}, True, backend) for _ in range(2))
+    opt, expected_opt = (_make("NAdam", {}, True, backend) for _ in range(2))
     opt.step(arrays(11))
-    twin.step(arrays(11))
+    expected_opt.step(arrays(11))
     before = snapshot(opt)
 
     def stopped(*args):
@@ -217,8 +217,8 @@ def test_a_python_kernel_stopped_before_its_writes_says_so(backend, monkeypatch)
     monkeypatch.undo()
     assert snapshot(opt) == before
     opt.step(arrays(12))
-    twin.step(arrays(12))
-    assert snapshot(opt) == snapshot(twin)
+    expected_opt.step(arrays(12))
+    assert snapshot(opt) == snapshot(expected_opt)
 
 
 # --- 4: concurrent step() on one optimizer ----------------------------------------------------

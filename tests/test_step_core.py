@@ -30,7 +30,7 @@ def _copy(run):
 
 
 def test_one_norm_across_runs_and_each_run_committed(backend):
-    """Two runs (two dtypes, as adamfast.torch's pools): the guard's norm covers both,
+    """Two runs (two dtypes, as adamfast.torch's slabs): the guard's norm covers both,
     the clip multiplier is the same in both, and each run's commit ran once."""
     b = _dispatch.get_backend(backend)
     log = []
@@ -39,8 +39,8 @@ def test_one_norm_across_runs_and_each_run_committed(backend):
     norm = _guard.global_norm([r.grads for r in runs], backend)
     # Each run alone, with the multiplier of the joint norm given as its loss scale.
     coef = min(mgn / (norm + 1e-6), 1.0)
-    twins = [_run(np.float32, 40, 0, []), _run(np.float64, 30, 1, [])]
-    for t in twins:
+    expected_runs = [_run(np.float32, 40, 0, []), _run(np.float64, 30, 1, [])]
+    for t in expected_runs:
         t.kid = b.kind_id("adam")
         take_step(b, [t], (coef, None, False, None), 1)
     for r in runs:
@@ -48,7 +48,7 @@ def test_one_norm_across_runs_and_each_run_committed(backend):
     result = take_step(b, runs, (1.0, mgn, False, None), 1)
     assert result.grad_norm == pytest.approx(norm, rel=1e-12) and not result.skipped
     assert log == [np.float32, np.float64]
-    for r, t in zip(runs, twins):
+    for r, t in zip(runs, expected_runs):
         for a, e in zip(_copy(r), _copy(t)):
             np.testing.assert_array_equal(a, e)
 

@@ -192,7 +192,7 @@ def test_checkpoint_both_ways(name, direction):
             for k, v in do.state.get(p, {}).items():
                 if k not in aft.CLASSES[name].spec.torch_scalar_state:
                     assert v.untyped_storage().data_ptr() == \
-                        do._pools[0].np[k].ctypes.data
+                        do._slabs[0].np[k].ctypes.data
     for t in range(5, 9):
         grads = grads_at(t, dtype)
         feed(sp, grads, t, "assign")
@@ -239,7 +239,7 @@ def test_zero_grad_memset_and_in_place_backward():
     m = _model()
     opt = aft.AdamW(m.parameters(), lr=1e-2)
     x, y = torch.randn(32, 8), torch.randn(32, 3)
-    flat = opt._pools[0]
+    flat = opt._slabs[0]
     for p in m.parameters():  # p.data is a view of the flat buffer
         assert p.untyped_storage().data_ptr() == flat.np["param"].ctypes.data
     torch.nn.functional.mse_loss(m(x), y).backward()

@@ -259,7 +259,7 @@ def _interrupt_after_kernel(monkeypatch, opt, exc=KeyboardInterrupt, before=Fals
 def test_keyboard_interrupt_after_the_kernel_keeps_counters_with_buffers(
         monkeypatch, request, backend, name, kw, path):
     """Ctrl-C pending when the kernel returns: the step's counters (step, mu_product,
-    momentum started) advance with the buffers, every dtype's pool is stepped, and
+    momentum started) advance with the buffers, every dtype's slab is stepped, and
     the next step is torch's next step."""
     if GROUP_SCALAR_DTYPE in CASES[name].deviations:
         # torch keeps mu_product in its default dtype, adamfast in float64 (documented):

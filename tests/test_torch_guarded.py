@@ -142,7 +142,7 @@ def test_mixed_dtypes_clip_over_all_params():
     init = make_params(np.float32)[:3] + make_params(np.float64, seed=8)[3:]
     tp, topt = build("Adam", init)
     ap, aopt = build("Adam", init, aft.Adam, max_grad_norm=1.0)
-    assert len(aopt._pools) == 2
+    assert len(aopt._slabs) == 2
     for t in range(1, 7):
         grads = [g.to(p.dtype) * S for g, p in zip(grads_at(t, np.float64), init)]
         give(tp, grads)

@@ -2,7 +2,7 @@
 
 One chunked driver (:mod:`._driver`) and, per kind, one element function in
 the kind's module here (``adam.py`` holds ``elem_adam`` and
-``elem_adam_amsgrad``).  Each element function is the twin of
+``elem_adam_amsgrad``).  Each element function is the numba version of
 ``update_<kind>`` in ``adamfast/algorithms/<module>.py`` and of the Cython
 one in ``kernels/algorithms/<module>.pxi``: the same operations in the same
 order on the same dtype, so all three agree bit for bit.
@@ -335,7 +335,7 @@ def reduce_kernel(kind_id, params, grads, states, scalars, chunks, out, num_thre
 
 def sumsq_kernel(grads, out, num_threads):
     """The norm pass: per chunk of CHUNK elements, (sum of squares, sum of x - x) in
-    float64, in the order kernels/_driver.pxi defines (twin: its _sumsq)."""
+    float64, in the order kernels/_driver.pxi defines (as its _sumsq)."""
     _norm = _import(f"{__name__}._norm", slp=True)
 
     if not (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.dtype in _FLOATS

@@ -1,4 +1,4 @@
-"""Inline helpers shared by the element functions (twin of ``kernels/algorithms/_common.pxi``).
+"""Inline helpers shared by the element functions (the numba version of ``kernels/algorithms/_common.pxi``).
 
 Every element function has the signature ``elem_<kind>(i, p, g, s, k)`` and
 updates element i in place: p params, g grads (read only), s the tuple of
@@ -6,7 +6,7 @@ the kind's state buffers in spec order (``s[0][i]``: exactly as many as the
 spec declares), k the group's scalar row already rounded to the buffer dtype,
 read with the algorithm module's slot constants (``k[B1]``).
 
-Each one is the numba twin of ``update_<kind>`` in
+Each one is the numba version of ``update_<kind>`` in
 adamfast/algorithms/<module>.py: the same operations in the same order, in
 the buffer dtype (no fastmath, and numba never contracts a*b + c into an FMA
 without it), so every result agrees with the reference bit for bit.  Literal

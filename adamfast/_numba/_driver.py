@@ -1,6 +1,6 @@
 """The one chunked driver of the numba backend, shared by every kind.
 
-Twin of ``kernels/_driver.pxi``.  Every kind module defines, per kind, an
+The numba version of ``kernels/_driver.pxi``.  Every kind module defines, per kind, an
 element function ``elem_<kind>(i, p, g, s, k)`` (``s`` the tuple of the
 kind's state buffers, exactly as many as its spec declares) and the entry
 points that pass it to :func:`chunk`::
@@ -124,7 +124,7 @@ def chunk(elem, p, g, s, ema, scalars, chunks, c):
             elem(i, p_, g_, s_, k)
     else:
         # The parameter EMA: one more stream of the same pass, for every kind
-        # (twin of kernels/_driver.pxi's _span).
+        # (the numba version of kernels/_driver.pxi's _span).
         e_ = ema[lo:hi]
         for i in range(hi - lo):
             elem(i, p_, g_, s_, k)

@@ -53,7 +53,7 @@ def _distinct(arrays):
 
 
 def step_fast(kind_id, params, grads, states, row, num_threads, ema=None):
-    """One step of one group, or a refusal: the numba twin of the cython backend's
+    """One step of one group, or a refusal: the numba version of the cython backend's
     ``step_fast`` (see adamfast._dispatch), for the calls that family_kernel
     would take without objection.
 

@@ -1,4 +1,4 @@
-"""The norm pass of the guarded step; twin of kernels/_driver.pxi's _sumsq.
+"""The norm pass of the guarded step; the numba version of kernels/_driver.pxi's _sumsq.
 
 Per chunk of CHUNK elements: element j goes to lane j % LANES, each lane
 accumulates x*x (and x - x, which is 0 for finite x, NaN otherwise) in

@@ -1,4 +1,4 @@
-"""Pass 1 of a kind that reduces per tensor (adamfast/_reduce.py; Lamb); twin of
+"""Pass 1 of a kind that reduces per tensor (adamfast/_reduce.py; Lamb); the numba version of
 kernels/_reduce.pxi.
 
 Per chunk row ``(group, lo, hi)``, the kind's reduce element
@@ -151,7 +151,7 @@ def reduce_blocks(red, ctx, c0, c1):
 def reduce_kernel(kind_id, params, grads, states, scalars, chunks, out, num_threads):
     """Pass 1 of a reducing kind: the state written and, per chunk row c, the float64
     sums of squares of the kind's quantities in ``out[c]`` (order: _reduce.py, the
-    twin of kernels/_reduce.pxi).  Checked as family_kernel; nothing is written
+    the numba version of kernels/_reduce.pxi).  Checked as family_kernel; nothing is written
     before every check passed; results never depend on ``num_threads``."""
     try:
         try:

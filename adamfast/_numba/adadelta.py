@@ -1,4 +1,4 @@
-"""Adadelta element function; reference twin: adamfast/algorithms/adadelta.py.
+"""Adadelta element function; reference: adamfast/algorithms/adadelta.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr.
@@ -16,7 +16,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_adadelta(i, p, g, s, k):
-    # Twin of update_adadelta.
+    # The numba version of update_adadelta.
     gi, pi = grads_params(i, p, g, k)
     sq = k[RHO] * s[0][i] + k[OMR] * (gi * gi)
     delta = np.sqrt(s[1][i] + k[EPS]) / np.sqrt(sq + k[EPS]) * gi

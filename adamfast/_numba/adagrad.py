@@ -1,4 +1,4 @@
-"""Adagrad element function; reference twin: adamfast/algorithms/adagrad.py.
+"""Adagrad element function; reference: adamfast/algorithms/adagrad.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay).
@@ -16,7 +16,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_adagrad(i, p, g, s, k):
-    # Twin of update_adagrad.
+    # The numba version of update_adagrad.
     gi, pi = grads_params(i, p, g, k)
     acc = s[0][i] + gi * gi
     s[0][i] = acc

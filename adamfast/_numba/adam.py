@@ -1,4 +1,4 @@
-"""Adam / AdamW element functions; reference twin: adamfast/algorithms/adam.py.
+"""Adam / AdamW element functions; reference: adamfast/algorithms/adam.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 step_size, 8 a, 9 r,
@@ -19,7 +19,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_adam(i, p, g, s, k):
-    # Twin of update_adam.
+    # The numba version of update_adam.
     gi, pi = grads_params(i, p, g, k)
     m = k[B1] * s[0][i] + k[OMB1] * gi
     v = k[B2] * s[1][i] + k[OMB2] * (gi * gi)
@@ -31,7 +31,7 @@ def elem_adam(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_adam_amsgrad(i, p, g, s, k):
-    # Twin of update_adam_amsgrad.  The max is kept even when this group has
+    # The numba version of update_adam_amsgrad.  The max is kept even when this group has
     # amsgrad off (k[AMS] == 0): the kind's buffer stays the running maximum
     # for groups that share it, as in the reference.
     gi, pi = grads_params(i, p, g, k)

@@ -1,4 +1,4 @@
-"""Adamax element function; reference twin: adamfast/algorithms/adamax.py.
+"""Adamax element function; reference: adamfast/algorithms/adamax.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 eps, 7 lr/(1-b1^t).
@@ -16,7 +16,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_adamax(i, p, g, s, k):
-    # Twin of update_adamax; torch's eps sits inside the max.
+    # The numba version of update_adamax; torch's eps sits inside the max.
     gi, pi = grads_params(i, p, g, k)
     m = k[B1] * s[0][i] + k[OMB1] * gi
     u = nanmax(k[B2] * s[1][i], np.abs(gi) + k[EPS])

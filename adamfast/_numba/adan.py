@@ -1,4 +1,4 @@
-"""Adan element function; reference twin: adamfast/algorithms/adan.py.
+"""Adan element function; reference: adamfast/algorithms/adan.py.
 
 State, in spec order: exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad (the
 previous gradient, negated).  Slots: named by the reference module's SLOTS.
@@ -16,7 +16,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_adan(i, p, g, s, k):
-    # Twin of update_adan.  Both candidates for the previous gradient are
+    # The numba version of update_adan.  Both candidates for the previous gradient are
     # loaded and one is picked, so the step-1 select stays branch-free.
     gi, pi = grads_params(i, p, g, k)
     neg = p.dtype.type(0) - gi

@@ -1,4 +1,4 @@
-"""Lamb element functions; reference twin: adamfast/algorithms/lamb.py.
+"""Lamb element functions; reference: adamfast/algorithms/lamb.py.
 
 State, in spec order: exp_avg, exp_avg_sq.  Lamb's step is two passes
 (adamfast/_reduce.py): ``red_lamb`` is pass 1 (moments_lamb: writes the

@@ -1,4 +1,4 @@
-"""Lion element function; reference twin: adamfast/algorithms/lion.py.
+"""Lion element function; reference: adamfast/algorithms/lion.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 unused (Lion has no L2 form), 3 b1, 4 1-b1, 5 b2,
@@ -16,7 +16,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_lion(i, p, g, s, k):
-    # Twin of update_lion: the sign uses the old m, then m moves with beta2.
+    # The numba version of update_lion: the sign uses the old m, then m moves with beta2.
     gi = g[i] * k[GS]
     pi = p[i] * k[PS]
     c = k[B1] * s[0][i] + k[OMB1] * gi

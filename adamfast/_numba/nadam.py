@@ -1,4 +1,4 @@
-"""NAdam element function; reference twin: adamfast/algorithms/nadam.py.
+"""NAdam element function; reference: adamfast/algorithms/nadam.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 1/(1-b2^t), 8 eps,
@@ -18,7 +18,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_nadam(i, p, g, s, k):
-    # Twin of update_nadam: one division where torch does two addcdivs.
+    # The numba version of update_nadam: one division where torch does two addcdivs.
     gi, pi = grads_params(i, p, g, k)
     m = k[B1] * s[0][i] + k[OMB1] * gi
     v = k[B2] * s[1][i] + k[OMB2] * (gi * gi)

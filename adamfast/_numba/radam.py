@@ -1,4 +1,4 @@
-"""RAdam element function; reference twin: adamfast/algorithms/radam.py.
+"""RAdam element function; reference: adamfast/algorithms/radam.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 eps, 8 rectified?,
@@ -17,7 +17,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_radam(i, p, g, s, k):
-    # Twin of update_radam.  The regime is a per-group flag: both updates are
+    # The numba version of update_radam.  The regime is a per-group flag: both updates are
     # computed and one selected, so the loop has no data-dependent branch.
     gi, pi = grads_params(i, p, g, k)
     m = k[B1] * s[0][i] + k[OMB1] * gi

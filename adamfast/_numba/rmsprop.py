@@ -1,4 +1,4 @@
-"""RMSprop element functions; reference twin: adamfast/algorithms/rmsprop.py.
+"""RMSprop element functions; reference: adamfast/algorithms/rmsprop.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
@@ -19,7 +19,7 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_rmsprop(i, p, g, s, k):
-    # Twin of update_rmsprop.
+    # The numba version of update_rmsprop.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
     avg = np.sqrt(sq) + k[EPS]
@@ -29,7 +29,7 @@ def elem_rmsprop(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_rmsprop_centered(i, p, g, s, k):
-    # Twin of update_rmsprop_centered.  grad_avg is kept for every group of
+    # The numba version of update_rmsprop_centered.  grad_avg is kept for every group of
     # the kind; only the denominator depends on the group's flag.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
@@ -44,7 +44,7 @@ def elem_rmsprop_centered(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_rmsprop_momentum(i, p, g, s, k):
-    # Twin of update_rmsprop_momentum.  A group without momentum stores its
+    # The numba version of update_rmsprop_momentum.  A group without momentum stores its
     # buffer back unchanged, which equals the reference leaving it alone.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
@@ -59,7 +59,7 @@ def elem_rmsprop_momentum(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_rmsprop_centered_momentum(i, p, g, s, k):
-    # Twin of update_rmsprop_centered_momentum: both flags, as above.
+    # The numba version of update_rmsprop_centered_momentum: both flags, as above.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
     ga = k[ALPHA] * s[1][i] + k[OMA] * gi

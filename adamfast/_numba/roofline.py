@@ -1,4 +1,4 @@
-"""Bandwidth-only kinds for the benchmark's roofline (twin of kernels/_roofline.pxi).
+"""Bandwidth-only kinds for the benchmark's roofline (the numba version of kernels/_roofline.pxi).
 
 rooflineN reads params, grads and N state buffers, writes params and the N
 state buffers, one add each.  They run through the same driver as the

@@ -1,4 +1,4 @@
-"""SGD element functions; reference twin: adamfast/algorithms/sgd.py.
+"""SGD element functions; reference: adamfast/algorithms/sgd.py.
 
 Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 lr, 4 momentum, 5 1-dampening, 6 nesterov?,
@@ -16,14 +16,14 @@ from ._driver import BLOCK_SIGNATURE, blocks, chunk
 
 @njit(inline="always")
 def elem_sgd(i, p, g, s, k):
-    # Twin of update_sgd.
+    # The numba version of update_sgd.
     gi, pi = grads_params(i, p, g, k)
     p[i] = pi - k[LR] * gi
 
 
 @njit(inline="always")
 def elem_sgd_momentum(i, p, g, s, k):
-    # Twin of update_sgd_momentum.  A group without momentum (k[USEMOM] == 0) may
+    # The numba version of update_sgd_momentum.  A group without momentum (k[USEMOM] == 0) may
     # share the kind with one that has it: its buffer is stored back
     # unchanged, which equals the reference leaving it alone.
     gi, pi = grads_params(i, p, g, k)

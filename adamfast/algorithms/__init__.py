@@ -27,7 +27,7 @@ ALGORITHMS = {spec.name: spec for spec in (
 
 # Every kind, in one fixed order (the compiled backends are checked against it).
 KINDS = tuple(dict.fromkeys(k for spec in ALGORITHMS.values() for k in spec.kinds))
-# Bandwidth-only twins for the benchmark's roofline: same traffic as a kind
+# Bandwidth-only kinds for the benchmark's roofline: same traffic as a kind
 # with that many state buffers, trivial arithmetic (kernels/_roofline.pxi and
 # adamfast/_numba/roofline.py write one out per count).
 ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3", "roofline4")

@@ -252,7 +252,7 @@ class Spec:
                hyperparameter named ``max_grad_norm`` (Lamb) makes it the
                guard's clip: the constructor's value, as timm reads
                ``self.defaults`` (a group's own value is kept, not used)
-    c_twin     the name of a C twin of the whole step in the cython backend
+    c_step     the name of a C version of the whole step in the cython backend
                (``"adam"``: adam_step_fast), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
                the group state follows from the step alone (SGD's momentum
@@ -273,7 +273,7 @@ class Spec:
     peer: str = ""
     fixed: dict = field(default_factory=dict)
     gstate_from_step: Callable | None = None
-    c_twin: str | None = None
+    c_step: str | None = None
     torch_scalar_state: tuple = ("step",)
     torch_step_in_group: bool = False
     torch_only: tuple = ()

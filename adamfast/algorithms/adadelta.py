@@ -30,7 +30,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_adadelta(p, g, s, k):
-    """Reference twin of the compiled Adadelta element functions."""
+    """The reference for the compiled Adadelta element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:

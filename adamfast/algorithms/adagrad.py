@@ -38,7 +38,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_adagrad(p, g, s, k):
-    """Reference twin of the compiled Adagrad element functions."""
+    """The reference for the compiled Adagrad element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:

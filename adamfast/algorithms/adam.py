@@ -89,7 +89,7 @@ def scalars(t, hp, gstate=None):
 
 
 def _update(p, g, m, v, vmax, k, amsgrad_kind):
-    """The reference twin of every compiled Adam element function."""
+    """The reference for every compiled Adam element function."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:
@@ -143,10 +143,10 @@ _KINDS = {"adam": ("exp_avg", "exp_avg_sq"),
 _REFERENCE = {"adam": update_adam, "adam_amsgrad": update_adam_amsgrad}
 
 ADAM = Spec(name="Adam", kinds=_KINDS, hyper=_HYPER, scalars=scalars, kind_of=_kind_of,
-            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_twin="adam")
+            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_step="adam")
 
 _HYPER_W = tuple(HP(h.name, 1e-2, h.check, h.doc) if h.name == "weight_decay" else h
                  for h in _HYPER if h.name != "decoupled_weight_decay")
 ADAMW = Spec(name="AdamW", kinds=_KINDS, hyper=_HYPER_W, scalars=scalars, kind_of=_kind_of,
              reference=_REFERENCE, slots=SLOTS, peer="torch.optim.AdamW",
-             fixed={"decoupled_weight_decay": True}, c_twin="adam")
+             fixed={"decoupled_weight_decay": True}, c_step="adam")

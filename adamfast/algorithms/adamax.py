@@ -31,7 +31,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_adamax(p, g, s, k):
-    """Reference twin of the compiled Adamax element functions."""
+    """The reference for the compiled Adamax element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:

@@ -65,7 +65,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_adan(p, g, s, k):
-    """The reference twin of the compiled Adan element functions."""
+    """The reference for the compiled Adan element functions."""
     m, n, d, neg_prev = s
     g = g * k[GS]
     theta = p * k[PS]

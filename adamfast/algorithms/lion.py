@@ -31,7 +31,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_lion(p, g, s, k):
-    """Reference twin of the compiled Lion element functions."""
+    """The reference for the compiled Lion element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     c = k[B1] * s[0] + k[OMB1] * g

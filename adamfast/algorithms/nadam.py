@@ -50,7 +50,7 @@ def scalars(t, hp, gstate):
 
 
 def update_nadam(p, g, s, k):
-    """Reference twin of the compiled NAdam element functions."""
+    """The reference for the compiled NAdam element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:

@@ -56,7 +56,7 @@ def scalars(t, hp, gstate=None):
 
 
 def update_radam(p, g, s, k):
-    """Reference twin of the compiled RAdam element functions."""
+    """The reference for the compiled RAdam element functions."""
     g = g * k[GS]
     theta = p * k[PS]
     if k[L2] != 0:

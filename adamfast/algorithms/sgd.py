@@ -52,7 +52,7 @@ def _update(p, g, buf, k):
 
 
 def update_sgd(p, g, s, k):
-    """Reference twin of the compiled SGD element functions."""
+    """The reference for the compiled SGD element functions."""
     _update(p, g, None, k)
 
 

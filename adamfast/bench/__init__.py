@@ -63,7 +63,7 @@ What it measures, and why it is measured this way:
   each torch and timm row.  For Adam/AdamW the NumPy baseline is the textbook
   formula, and a second NumPy row uses in-place ufuncs with one scratch
   buffer, so the speed-up is not only measured against a strawman; other
-  algorithms compare with adamfast's own NumPy reference backend.
+  algorithms compare with adamfast's own NumPy backend.
 * By default p, g and the state come from ``adamfast.zeros_buffers``, as in
   the adamfast optimizers: separate equal-sized NumPy arrays start at the
   same offset modulo the huge page and their streams collide in cache

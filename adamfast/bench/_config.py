@@ -26,7 +26,7 @@ AFTER_TORCH_SIZE = 1 << 20
 # Below this torch runs an element-wise op on one thread: no OpenMP region.
 AFTER_TORCH_MIN = 1 << 16
 # The NumPy textbook/in-place rows spell out Adam's formula; other algorithms
-# compare with adamfast's own NumPy reference backend instead.
+# compare with adamfast's own NumPy backend instead.
 NUMPY_FORMULA = ("Adam", "AdamW")
 # Settings that differ from the class defaults, and why they are needed.
 # torch's SGD default (momentum=0) keeps no state, which would make it a

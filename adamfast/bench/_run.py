@@ -305,7 +305,7 @@ def run_family(cfg, flush, progress, notes, after=None) -> dict:
         for note in s.notes:
             notes.add(note)
     notes.add("each algorithm is timed in its own interleaved rounds: its roofline{N}, the "
-              "numba and cython backends (the numpy reference is not timed here), torch's "
+              "numba and cython backends (the numpy backend is not timed here), torch's "
               "fastest CPU implementation (fused where it exists, else foreach) and timm's "
               "(foreach where it exists, else its per-tensor loop)")
     results, raw = {}, {}

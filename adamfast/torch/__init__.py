@@ -148,7 +148,7 @@ of both dtypes a step is two kernel calls; only a bug could make the second
 refuse arguments the first accepted.)
 
 Under ``torch.compile``, the step runs eagerly: dynamo does not trace it
-(tracing would guard on the step's float scalars and recompile at every
+(tracing would specialise on the step's float scalars and recompile at every
 step), so a compiled training step graph-breaks at ``opt.step()`` and never
 recompiles because of it.
 

@@ -82,34 +82,34 @@ def load_state_dict(self, state_dict):
     self._hp_cache = {}
     hps = [hp for _, hp in new_groups]
     need_layout = False
-    for pool in self._pools:
-        need = self._needed_names([hps[g] for g in set(pool.groups)])
-        if not need <= set(pool.names):
+    for slab in self._slabs:
+        need = self._needed_names([hps[g] for g in set(slab.groups)])
+        if not need <= set(slab.names):
             need_layout = True
     if need_layout:
         self._layout()
     for i, p in enumerate(self._plist):
-        pool, k = self._pool_of(i)
+        slab, k = self._slab_of(i)
         hp = hps[self._gidx[i]]
         entry = loaded.get(i)
         extra = {}
         if entry is None:
-            for name in pool.names:
-                pool.views[k][name].fill_(self._init_value(name, hp))
+            for name in slab.names:
+                slab.views[k][name].fill_(self._init_value(name, hp))
             self._steps_np[i] = 0
             self._gs.reset(i, self.spec)
             self.state.pop(p, None)
             self._has_state[i] = self._filled[i] = False
             continue
         st, keys = entry
-        for name in pool.names:
+        for name in slab.names:
             if name in keys:
                 src = st[name]
                 if src.layout != torch.strided:  # torch's sparse momentum_buffer
                     src = src.to_dense()
-                pool.views[k][name].copy_(src.reshape(pool.views[k][name].shape))
+                slab.views[k][name].copy_(src.reshape(slab.views[k][name].shape))
             else:
-                pool.views[k][name].fill_(self._init_value(name, hp))
+                slab.views[k][name].fill_(self._init_value(name, hp))
         if "step" in keys:
             self._steps_np[i] = float(st["step"])
         elif self.spec.torch_step_in_group:  # timm's Adan: the group counts the steps
@@ -129,8 +129,8 @@ def load_state_dict(self, state_dict):
             for i, (p, e) in enumerate(zip(self._plist, self._ema_list)):
                 src = p.detach() if ema_in is None else ema_in[i]
                 e.copy_(src.reshape(e.shape))
-    for pool in self._pools:
-        self._refresh(pool)
+    for slab in self._slabs:
+        self._refresh(slab)
     for hook in self._optimizer_load_state_dict_post_hooks.values():
         hook(self)
 

@@ -1,4 +1,4 @@
-"""The flat per-dtype layout: one pool of flat buffers per dtype (params, grads,
+"""The flat per-dtype layout: one slab of flat buffers per dtype (params, grads,
 state, EMA), each param's ``.data``, ``.grad`` and torch state a view of them.
 
 Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
@@ -59,7 +59,7 @@ def new_gstate(spec, n, sdt):
     return _GroupState(spec, n, sdt)
 
 
-class _Pool:
+class _Slab:
     """The flat buffers of one dtype: params, grads, state; views per param; chunk tables."""
 
     def __init__(self, dtype):
@@ -72,12 +72,12 @@ class _Pool:
         self.gviews = []      # the bound gradient views, per param
         self.ptrs = []        # expected data_ptr per param
         self.np = {}          # "param", "grad", state names -> flat numpy buffers
-        self.names = ()       # state buffer names of this pool's kind
+        self.names = ()       # state buffer names of this slab's kind
         self.kind = None
         self.kind_id = None
         self.uniform = True   # every group's params at one step count and group state
         self.full = None      # (group rows, chunk table) when every param steps
-        self.everyone = False  # the pool holds every param (step counts: one numpy op)
+        self.everyone = False  # the slab holds every param (step counts: one numpy op)
         self.check_at = 0     # where the rotating data-pointer check resumes
         self.ema = None       # the flat parameter EMA (numpy) when ema_decay is set
         self.ema_views = []   # its views, per param
@@ -118,7 +118,7 @@ def init_value(self, name, hp):
     return 0.0 if init is None else init(name, hp)
 
 def layout(self):
-    """(Re)build every pool from the params of param_groups, keeping values and state."""
+    """(Re)build every slab from the params of param_groups, keeping values and state."""
     hps = [self._validate(g, f"param_groups[{gi}]: ") for gi, g in enumerate(self.param_groups)]
     plist, gidx = [], []
     for gi, g in enumerate(self.param_groups):
@@ -144,37 +144,37 @@ def layout(self):
                 arr[i] = self._gs.arrays[name][j]
             has[i] = self._has_state[j]
     gs.mirror()
-    pools = []
+    slabs = []
     for dtype in (torch.float32, torch.float64):
         members = [i for i in range(n) if plist[i].dtype == dtype]
         if not members:
             continue
-        pool = _Pool(dtype)
-        pool.params = [plist[i] for i in members]
-        pool.index = np.array(members, dtype=np.intp)
-        pool.groups = [gidx[i] for i in members]
-        pool.everyone = len(members) == n
-        gset = sorted(set(pool.groups))
+        slab = _Slab(dtype)
+        slab.params = [plist[i] for i in members]
+        slab.index = np.array(members, dtype=np.intp)
+        slab.groups = [gidx[i] for i in members]
+        slab.everyone = len(members) == n
+        gset = sorted(set(slab.groups))
         names = self._needed_names([hps[g] for g in gset])
-        for p in pool.params:  # keep the buffers a param already has state in
+        for p in slab.params:  # keep the buffers a param already has state in
             st = self.state.get(p)
             if st:
                 names |= {k for k in self.spec.all_state_names() if k in st}
-        pool.kind = self._kind_covering(names)
-        pool.names = tuple(self.spec.state_names(pool.kind))
-        pool.kind_id = self._backend.kind_id(pool.kind)
-        total = sum(p.numel() for p in pool.params)
+        slab.kind = self._kind_covering(names)
+        slab.names = tuple(self.spec.state_names(slab.kind))
+        slab.kind_id = self._backend.kind_id(slab.kind)
+        total = sum(p.numel() for p in slab.params)
         # The EMA is one more stream of the same pass: one more staggered buffer.
-        bufs = zeros_buffers(total, _NP[dtype], 2 + len(pool.names) + ema_on)
-        pool.np = dict(zip(("param", "grad") + pool.names + ("ema",) * ema_on, bufs))
-        pool.ema = pool.np.get("ema")
-        flat = {k: torch.from_numpy(v) for k, v in pool.np.items()}
-        pool.empty = np.zeros(0, _NP[dtype])
+        bufs = zeros_buffers(total, _NP[dtype], 2 + len(slab.names) + ema_on)
+        slab.np = dict(zip(("param", "grad") + slab.names + ("ema",) * ema_on, bufs))
+        slab.ema = slab.np.get("ema")
+        flat = {k: torch.from_numpy(v) for k, v in slab.np.items()}
+        slab.empty = np.zeros(0, _NP[dtype])
         lo = 0
         new_state = []
-        for k, (i, p) in enumerate(zip(members, pool.params)):
+        for k, (i, p) in enumerate(zip(members, slab.params)):
             hi = lo + p.numel()
-            pool.ranges.append((lo, hi))
+            slab.ranges.append((lo, hi))
             shape = p.shape
             pv = flat["param"][lo:hi].view(shape)
             pv.copy_(p.data)
@@ -184,7 +184,7 @@ def layout(self):
                 gv.copy_(grad)
             old = self.state.get(p) or {}
             views = {}
-            for name in pool.names:
+            for name in slab.names:
                 v = flat[name][lo:hi].view(shape)
                 if isinstance(old.get(name), torch.Tensor):
                     v.copy_(old[name])
@@ -194,7 +194,7 @@ def layout(self):
             if ema_on:
                 ev = flat["ema"][lo:hi].view(shape)
                 ev.copy_(old_ema.get(id(p), p.data))
-                pool.ema_views.append(ev)
+                slab.ema_views.append(ev)
             new_state.append((p, pv, gv, grad is not None, views))
             lo = hi
         # Everything is allocated and copied: now rebind.
@@ -202,14 +202,14 @@ def layout(self):
             p.data = pv
             if had_grad:
                 p.grad = gv
-            pool.gviews.append(gv)
-            pool.ptrs.append(pv.data_ptr())
-        pool.views = [v for *_, v in new_state]
-        pool.bounds = np.array([0, *(hi for _, hi in pool.ranges)], dtype=np.intp)
-        pool.run = Run(pool.kind_id, pool.np["param"], pool.np["grad"],
-                       tuple(pool.np[n] for n in pool.names), None, pool.ema,
-                       tensors=pool.bounds)
-        pools.append(pool)
+            slab.gviews.append(gv)
+            slab.ptrs.append(pv.data_ptr())
+        slab.views = [v for *_, v in new_state]
+        slab.bounds = np.array([0, *(hi for _, hi in slab.ranges)], dtype=np.intp)
+        slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],
+                       tuple(slab.np[n] for n in slab.names), None, slab.ema,
+                       tensors=slab.bounds)
+        slabs.append(slab)
     self._plist = plist
     self._gidx = gidx
     self._steps = steps
@@ -221,26 +221,26 @@ def layout(self):
     self._has_state = has
     self._filled = np.zeros(n, bool)
     self._stale = False
-    self._pools = pools
+    self._slabs = slabs
     self._hp_cache = {}
     if ema_on:  # in the order of param_groups, as opt.param_groups lists the params
         where = {}
-        for pool in pools:
-            for k, i in enumerate(pool.index):
-                where[int(i)] = pool.ema_views[k]
+        for slab in slabs:
+            for k, i in enumerate(slab.index):
+                where[int(i)] = slab.ema_views[k]
         self._ema_list = [where[i] for i in range(n)]
     # torch's per-param state dicts: views of the new buffers.
     for i, p in enumerate(plist):
         if has[i]:
             self._fill_state(i, hps[gidx[i]])
-    for pool in pools:
-        self._refresh(pool)
+    for slab in slabs:
+        self._refresh(slab)
 
-def pool_of(self, i):
-    for pool in self._pools:
-        pos = np.searchsorted(pool.index, i)
-        if pos < len(pool.index) and pool.index[pos] == i:
-            return pool, int(pos)
+def slab_of(self, i):
+    for slab in self._slabs:
+        pos = np.searchsorted(slab.index, i)
+        if pos < len(slab.index) and slab.index[pos] == i:
+            return slab, int(pos)
     raise KeyError(i)
 
 def fill_state(self, i, hp):
@@ -251,7 +251,7 @@ def fill_state(self, i, hp):
     self._filled[i] = True
     if not keys:  # a kind without state buffers (SGD without momentum) keeps none, as torch
         return
-    pool, k = self._pool_of(i)
+    slab, k = self._slab_of(i)
     st = self._torch_state[p]
     views = self._gs.views
     for key in keys:
@@ -260,7 +260,7 @@ def fill_state(self, i, hp):
         elif key in views:
             st[key] = views[key][i]
         else:
-            st[key] = pool.views[k][key]
+            st[key] = slab.views[k][key]
 
 
 def sync_state(self):
@@ -277,23 +277,23 @@ def sync_state(self):
             self.param_groups[gi], f"param_groups[{gi}]: ")
         self._fill_state(i, hp)
 
-def refresh(self, pool):
-    """Recompute a pool's uniformity and its all-params chunk table."""
-    rows = sorted(set(pool.groups))
+def refresh(self, slab):
+    """Recompute a slab's uniformity and its all-params chunk table."""
+    rows = sorted(set(slab.groups))
     pos = {g: r for r, g in enumerate(rows)}
     spans = {}
-    for g, (lo, hi) in zip(pool.groups, pool.ranges):
+    for g, (lo, hi) in zip(slab.groups, slab.ranges):
         a, b = spans.get(g, (lo, hi))
         spans[g] = (min(a, lo), max(b, hi))
-    pool.full = (rows, _chunks([(pos[g], a, b) for g, (a, b) in spans.items()]))
+    slab.full = (rows, _chunks([(pos[g], a, b) for g, (a, b) in spans.items()]))
     uniform = True
-    groups = np.array(pool.groups)
-    pool.members = {g: pool.index[groups == g] for g in rows}
-    pool.first = {g: int(idx[0]) for g, idx in pool.members.items()}
+    groups = np.array(slab.groups)
+    slab.members = {g: slab.index[groups == g] for g in rows}
+    slab.first = {g: int(idx[0]) for g, idx in slab.members.items()}
     for g in rows:
-        idx = pool.members[g]
+        idx = slab.members[g]
         for arr in (self._steps_np, *self._gs.arrays.values()):
             if idx.size and not (arr[idx] == arr[idx[0]]).all():
                 uniform = False
-    pool.uniform = uniform
-    pool.all_state = bool(self._has_state[pool.index].all())
+    slab.uniform = uniform
+    slab.all_state = bool(self._has_state[slab.index].all())

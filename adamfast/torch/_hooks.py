@@ -55,7 +55,7 @@ def _hook_step(func):
         return func(self, *args, **kwargs)
 
     # Under torch.compile the step runs eagerly, nothing of it traced: tracing into it
-    # would guard on every step's float scalars and recompile each step.  dynamo does
+    # would specialise on every step's float scalars and recompile each step.  dynamo does
     # not trace this wrapper (skip: free per call) but calls it for real, its frame
     # callback still installed, so the step then runs under torch.compiler.disable
     # (``run``), which costs ~0.5 us a call and is paid only there.  Importing

@@ -58,7 +58,7 @@ class Optimizer(torch.optim.Optimizer):
         self._backend = _dispatch.get_backend(backend)
         self.defaults = defaults
         self._validate(defaults, "")
-        self._pools = []
+        self._slabs = []
         self._plist = []
         self._stale = False
         self._ema_list = None
@@ -75,8 +75,8 @@ class Optimizer(torch.optim.Optimizer):
             # has no state for, gets its state at its first step, as in torch.
             for i, g in enumerate(self._gidx):
                 self._fill_state(i, self._group_hp(g, self.param_groups[g]))
-            for pool in self._pools:
-                self._refresh(pool)
+            for slab in self._slabs:
+                self._refresh(slab)
         self._warn_threads()
 
     # --- hyperparameters (adamfast/torch/_hyper.py) ---------------------------
@@ -129,7 +129,7 @@ class Optimizer(torch.optim.Optimizer):
     _state_keys = _flat.state_keys
     _init_value = _flat.init_value
     _layout = _flat.layout
-    _pool_of = _flat.pool_of
+    _slab_of = _flat.slab_of
     _fill_state = _flat.fill_state
     _sync_state = _flat.sync_state
 
@@ -161,10 +161,10 @@ class Optimizer(torch.optim.Optimizer):
     @backend.setter
     def backend(self, value):
         b = _dispatch.get_backend(value)
-        ids = [b.kind_id(pool.kind) for pool in self._pools]
+        ids = [b.kind_id(slab.kind) for slab in self._slabs]
         self._backend = b
-        for pool, kid in zip(self._pools, ids):
-            pool.kind_id = pool.run.kid = kid
+        for slab, kid in zip(self._slabs, ids):
+            slab.kind_id = slab.run.kid = kid
 
     # --- the guarded step's options and the EMA -------------------------------
 
@@ -207,13 +207,13 @@ class Optimizer(torch.optim.Optimizer):
         to None; ``set_to_none=False`` zeroes the flat gradient buffer with one
         memset per dtype (grads the optimizer has not bound are zeroed one by one)."""
         if set_to_none:
-            for pool in self._pools:
-                for p in pool.params:
+            for slab in self._slabs:
+                for p in slab.params:
                     p.grad = None
             return
-        for pool in self._pools:
-            pool.np["grad"].fill(0)
-            for p, v in zip(pool.params, pool.gviews):
+        for slab in self._slabs:
+            slab.np["grad"].fill(0)
+            for p, v in zip(slab.params, slab.gviews):
                 g = p.grad
                 if g is not None and g is not v:
                     if g.grad_fn is not None:

@@ -1,4 +1,4 @@
-"""The step: gradients checked and bound, then one run per dtype pool handed to the
+"""The step: gradients checked and bound, then one run per dtype slab handed to the
 step core (adamfast._core.take_step: the guard's pass, the kernel calls, the commits).
 
 Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
@@ -18,8 +18,8 @@ from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
 from ._flat import _chunks
 
-def collect(self, pool, hps):
-    """Which params of a pool step (their grads checked), before anything is written.
+def collect(self, slab, hps):
+    """Which params of a slab step (their grads checked), before anything is written.
 
     Returns (inactive positions, foreign positions): params whose grad is
     None, and params whose grad is not the bound view (to copy and rebind,
@@ -27,7 +27,7 @@ def collect(self, pool, hps):
     """
     inactive = foreign = None
     k = 0
-    for p, v in zip(pool.params, pool.gviews):
+    for p, v in zip(slab.params, slab.gviews):
         g = p.grad
         if g is not v:
             if g is None:
@@ -41,33 +41,33 @@ def collect(self, pool, hps):
         k += 1
     # The data pointers: _CHECK params per step, in rotation (all of them when
     # there are few): p.data_ptr() costs as much as the rest of the per-param work.
-    n = len(pool.params)
-    lo = pool.check_at if n > _CHECK else 0
-    pool.check_at = (lo + _CHECK) % n if n > _CHECK else 0
+    n = len(slab.params)
+    lo = slab.check_at if n > _CHECK else 0
+    slab.check_at = (lo + _CHECK) % n if n > _CHECK else 0
     for k in range(lo, min(n, lo + _CHECK)):
-        p = pool.params[k]
-        if p.data_ptr() != pool.ptrs[k]:
+        p = slab.params[k]
+        if p.data_ptr() != slab.ptrs[k]:
             raise RuntimeError(
-                f"param {int(pool.index[k])} ({_describe(p)}) no longer shares memory with "
+                f"param {int(slab.index[k])} ({_describe(p)}) no longer shares memory with "
                 f"the optimizer's flat buffer: its .data was rebound after the optimizer was "
                 f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
                 f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
                 f"optimizer after such changes")
     for k in foreign or ():
-        self._check_grad(pool, k, hps)
+        self._check_grad(slab, k, hps)
     return inactive, foreign
 
-def check_grad(self, pool, k, hps):
+def check_grad(self, slab, k, hps):
     """A grad the optimizer has not bound: refused, naming what is wrong, unless the
     flat gradient buffer can take it (a dense grad like the param, or a sparse COO
     grad where torch's class takes one)."""
-    p = pool.params[k]
+    p = slab.params[k]
     g = p.grad
-    where = f"the grad of param {int(pool.index[k])} ({_describe(p)})"
+    where = f"the grad of param {int(slab.index[k])} ({_describe(p)})"
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"{where} must be a tensor, got {type(g).__name__}")
     if g.layout != torch.strided:
-        self._check_sparse(g, where, pool.groups[k], hps[pool.groups[k]])
+        self._check_sparse(g, where, slab.groups[k], hps[slab.groups[k]])
     if g.device.type != "cpu":
         raise ValueError(f"{where} is on {g.device}; expected cpu, the param's device")
     if g.dtype != p.dtype:
@@ -150,35 +150,35 @@ def step(self, closure=None, *, grad_scale=None):
         else:
             scale = None if amp_scale is None else _guard.check_scale(float(amp_scale))
         amp_skip = found_inf is not None and float(found_inf) != 0.0
-        inv = 1.0 if scale is None else _guard.unscale(scale, [_NP[p.dtype] for p in self._pools])
+        inv = 1.0 if scale is None else _guard.unscale(scale, [_NP[p.dtype] for p in self._slabs])
         groups = self.param_groups
         self._hp_changed = False
         hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
         if self._hp_changed:
-            for pool in self._pools:
-                need = self._needed_names([hps[g] for g in set(pool.groups)])
-                if not need <= set(pool.names):  # a structural switch was turned on: grow
+            for slab in self._slabs:
+                need = self._needed_names([hps[g] for g in set(slab.groups)])
+                if not need <= set(slab.names):  # a structural switch was turned on: grow
                     self._layout()
                     hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
                     break
-        plans = [(pool, *self._collect(pool, hps)) for pool in self._pools]
+        plans = [(slab, *self._collect(slab, hps)) for slab in self._slabs]
         spec = self.spec
         nthreads = _dispatch.get_num_threads()
         # Everything is valid: from here on, write (the gradients first: the guard reads them).
-        for pool, inactive, foreign in plans:
+        for slab, inactive, foreign in plans:
             if foreign:
                 with torch.no_grad():
                     for k in foreign:
-                        g = pool.params[k].grad
+                        g = slab.params[k].grad
                         if g.layout == torch.strided:
-                            pool.gviews[k].copy_(g)
-                            pool.params[k].grad = pool.gviews[k]
+                            slab.gviews[k].copy_(g)
+                            slab.params[k].grad = slab.gviews[k]
                         else:  # sparse: densified (duplicates summed), p.grad left as is
-                            pool.gviews[k].copy_(g.to_dense())
+                            slab.gviews[k].copy_(g.to_dense())
         runs = []
-        for pool, inactive, foreign in plans:
-            run = (self._uniform_run(pool, hps) if inactive is None and pool.uniform else
-                   self._classes_run(pool, set(inactive or ()), hps))
+        for slab, inactive, foreign in plans:
+            run = (self._uniform_run(slab, hps) if inactive is None and slab.uniform else
+                   self._classes_run(slab, set(inactive or ()), hps))
             if run is not None:
                 runs.append(run)
         guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
@@ -188,20 +188,20 @@ def step(self, closure=None, *, grad_scale=None):
                                               skip=amp_skip, clip=spec.clip)
         return loss if closure is not None else result
 
-def uniform_run(self, pool, hps):
-    """The run of a pool whose params all step, each group's at one step count and
-    group state: one scalar row per group (the rows of ``pool.full``)."""
+def uniform_run(self, slab, hps):
+    """The run of a slab whose params all step, each group's at one step count and
+    group state: one scalar row per group (the rows of ``slab.full``)."""
     spec = self.spec
-    rows_g, chunks = pool.full
+    rows_g, chunks = slab.full
     rows, news = [], []
     steps = self._steps_np
-    first = pool.first
+    first = slab.first
     for g in rows_g:
         i = first[g]
         row, new = spec.scalars(int(steps[i]) + 1, hps[g], self._gs.get(i))
         rows.append(row)
         news.append((g, new))
-    run = pool.run
+    run = slab.run
     # (The spec's checks make every hyperparameter a float, so the rows are tuples of
     # floats, as the fast path takes them; another row would only make it decline.)
     run.rows, run.chunks, run.single, run.spans = rows, chunks, len(rows) == 1, None
@@ -210,31 +210,31 @@ def uniform_run(self, pool, hps):
         # Stores that may be made twice (see adamfast._core.Run), the count last.
         if spec.gstate is not None:
             for g, new in news:
-                self._gs.set(pool.members[g], new)
-        if not pool.all_state:
+                self._gs.set(slab.members[g], new)
+        if not slab.all_state:
             # torch's state dicts are filled when read (_flat.sync_state), not here
-            self._has_state[pool.index] = True
-            self._stale = pool.all_state = True
-        if pool.everyone:
+            self._has_state[slab.index] = True
+            self._stale = slab.all_state = True
+        if slab.everyone:
             self._steps_np += 1
         else:
-            steps[pool.index] += 1
+            steps[slab.index] += 1
 
     run.commit = commit
     return run
 
-def classes_run(self, pool, inactive, hps):
+def classes_run(self, slab, inactive, hps):
     """The general case: params at different step counts or group states, or some
     without a gradient (``inactive``: their positions).  Each (group, step, group
     state) is one row of the scalar table; one kernel call still does every param
-    that steps.  None when no param of the pool steps."""
+    that steps.  None when no param of the slab steps."""
     spec = self.spec
     classes = {}
     ranges = []
     members = []
     spans = []
     steps = self._steps_np
-    for k, (i, g, (lo, hi)) in enumerate(zip(pool.index, pool.groups, pool.ranges)):
+    for k, (i, g, (lo, hi)) in enumerate(zip(slab.index, slab.groups, slab.ranges)):
         if k in inactive:
             continue
         gs = self._gs.get(i)
@@ -262,7 +262,7 @@ def classes_run(self, pool, inactive, hps):
     members = [np.asarray(idx, dtype=np.intp) for idx in members]
     everyone = np.concatenate(members)
     after = steps[everyone] + 1
-    run = pool.run
+    run = slab.run
     run.rows, run.chunks, run.single = rows, _chunks(ranges), False
     run.spans = None if not inactive else spans
 
@@ -273,7 +273,7 @@ def classes_run(self, pool, inactive, hps):
         self._has_state[everyone] = True
         self._stale = True
         steps[everyone] = after
-        self._refresh(pool)
+        self._refresh(slab)
 
     run.commit = commit
     return run

@@ -10,7 +10,7 @@
 # a local copy, not through a pointer into the table.  k is read with the
 # slot names of _kinds.pxi (GS, PS, L2, then <MODULE>_<NAME>, e.g. ADAM_B1).
 #
-# Each function is the compiled twin of ``update_<kind>`` in
+# Each function is the compiled version of ``update_<kind>`` in
 # adamfast/algorithms/<module>.py: the same operations in the same order, in
 # the buffer dtype (the build has -ffp-contract=off and no fast-math), so
 # every result agrees with the reference bit for bit.  Selects on a scalar

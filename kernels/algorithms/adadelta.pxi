@@ -1,4 +1,4 @@
-# Adadelta element function; reference twin: adamfast/algorithms/adadelta.py
+# Adadelta element function; reference: adamfast/algorithms/adadelta.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 rho, 4 1-rho, 5 eps, 6 lr).
 

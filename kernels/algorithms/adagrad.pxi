@@ -1,4 +1,4 @@
-# Adagrad element function; reference twin: adamfast/algorithms/adagrad.py
+# Adagrad element function; reference: adamfast/algorithms/adagrad.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 eps, 4 lr/(1+(t-1)*lr_decay)).
 

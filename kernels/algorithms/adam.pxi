@@ -1,4 +1,4 @@
-# Adam / AdamW element functions; reference twin: adamfast/algorithms/adam.py
+# Adam / AdamW element functions; reference: adamfast/algorithms/adam.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 step_size, 8 a, 9 r,
 #  10 b, 11 eps, 12 nesterov (unused here), 13 c1, 14 c2, 15 amsgrad).

@@ -1,4 +1,4 @@
-# Adamax element function; reference twin: adamfast/algorithms/adamax.py
+# Adamax element function; reference: adamfast/algorithms/adamax.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 eps, 7 lr/(1-b1^t)).
 

@@ -1,4 +1,4 @@
-# Adan element function; reference twin: adamfast/algorithms/adan.py
+# Adan element function; reference: adamfast/algorithms/adan.py
 # (state: exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad; slots named by the
 # reference module's SLOTS, here ADAN_<NAME>).  Both candidates for the
 # previous gradient are loaded and one is picked, so the step-1 select stays

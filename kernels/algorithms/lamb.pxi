@@ -1,4 +1,4 @@
-# Lamb element functions; reference twin: adamfast/algorithms/lamb.py (state:
+# Lamb element functions; reference: adamfast/algorithms/lamb.py (state:
 # exp_avg, exp_avg_sq; slots LAMB_<NAME>).  Lamb's step is two passes
 # (adamfast/_reduce.py): _r_lamb is pass 1 (moments_lamb: writes the state and
 # stores theta and u at q[0][j], q[1][j] for the reduce driver of _reduce.pxi,

@@ -1,4 +1,4 @@
-# Lion element function; reference twin: adamfast/algorithms/lion.py
+# Lion element function; reference: adamfast/algorithms/lion.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 unused, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 lr, 8 weight_decay).
 

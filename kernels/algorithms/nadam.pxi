@@ -1,4 +1,4 @@
-# NAdam element function; reference twin: adamfast/algorithms/nadam.py
+# NAdam element function; reference: adamfast/algorithms/nadam.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 1/(1-b2^t), 8 eps,
 #  9 coefficient of g, 10 coefficient of m).

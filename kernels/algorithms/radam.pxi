@@ -1,4 +1,4 @@
-# RAdam element function; reference twin: adamfast/algorithms/radam.py
+# RAdam element function; reference: adamfast/algorithms/radam.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 b1, 4 1-b1, 5 b2, 6 1-b2, 7 eps, 8 rectified?,
 #  9 rectified step size, 10 plain step size).

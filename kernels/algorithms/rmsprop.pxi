@@ -1,4 +1,4 @@
-# RMSprop element functions; reference twin: adamfast/algorithms/rmsprop.py
+# RMSprop element functions; reference: adamfast/algorithms/rmsprop.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
 #  8 centered?, 9 momentum > 0?).  State: square_avg [, grad_avg] [, momentum_buffer].

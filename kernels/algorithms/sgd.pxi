@@ -1,4 +1,4 @@
-# SGD element functions; reference twin: adamfast/algorithms/sgd.py
+# SGD element functions; reference: adamfast/algorithms/sgd.py
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 lr, 4 momentum, 5 1-dampening, 6 nesterov?,
 #  7 first momentum step?, 8 momentum != 0?).
