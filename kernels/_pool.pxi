@@ -22,7 +22,7 @@ cdef extern from "af_pool.h":
     int af_pool_awake() nogil
     void af_pool_set_policy(int policy) nogil
     int af_pool_policy() nogil
-    double af_pool_estimate(int bucket, int team) nogil
+    double af_pool_estimate(int bucket, int path) nogil
     enum:
         AF_COLD_MIN_CHUNKS
         AF_OMP_MIN_CHUNKS
@@ -99,7 +99,22 @@ def _pool_policy():
     name = {v: k for k, v in _POLICIES.items()}[af_pool_policy()]
     est = {}
     for b in range(AF_OMP_BUCKETS):
+        if (1 << b) < AF_OMP_MIN_CHUNKS:
+            continue
         pool, team = af_pool_estimate(b, 0), af_pool_estimate(b, 1)
         if pool != 0.0 or team != 0.0:
             est[1 << b] = (pool, team)
     return name, est
+
+
+def _small_call_policy():
+    """Each small size class's recent ns per chunk ((pool, caller alone), 0.0 where
+    not yet measured), below AF_OMP_MIN_CHUNKS chunks, under the measured policy."""
+    est = {}
+    for b in range(AF_OMP_BUCKETS):
+        if (1 << b) >= AF_OMP_MIN_CHUNKS:
+            break
+        pool, caller = af_pool_estimate(b, 0), af_pool_estimate(b, 2)
+        if pool != 0.0 or caller != 0.0:
+            est[1 << b] = (pool, caller)
+    return est

@@ -172,7 +172,14 @@ void af_pool_wake(int nthreads) {
     pthread_mutex_unlock(&af_pool.run_mu);
 }
 
-static double af_est[AF_OMP_BUCKETS][2];   /* ns per chunk: [pool, team]; 0 unknown */
+static double af_est[AF_OMP_BUCKETS][3];   /* ns per chunk: [pool, team, caller]; 0 unknown */
+static unsigned af_calls[AF_OMP_BUCKETS];   /* calls per class, for AF_EXPLORE */
+
+static int af_bucket(ptrdiff_t nchunks) {
+    int b = 0;
+    while (nchunks > 1 && b < AF_OMP_BUCKETS - 1) { nchunks >>= 1; b++; }
+    return b;
+}
 static int af_policy = AF_POLICY_MEASURED;
 
 void af_pool_set_policy(int policy) {
@@ -184,9 +191,9 @@ int af_pool_policy(void) {
     return af_policy;
 }
 
-double af_pool_estimate(int bucket, int team) {
-    if (bucket < 0 || bucket >= AF_OMP_BUCKETS || team < 0 || team > 1) return 0.0;
-    return af_est[bucket][team];
+double af_pool_estimate(int bucket, int path) {
+    if (bucket < 0 || bucket >= AF_OMP_BUCKETS || path < 0 || path > 2) return 0.0;
+    return af_est[bucket][path];
 }
 
 static long af_ns_since(const struct timespec *t0) {
@@ -211,14 +218,6 @@ static void af_team_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthrea
     }
 }
 
-static unsigned af_calls[AF_OMP_BUCKETS];   /* calls per class, for AF_EXPLORE */
-
-static int af_bucket(ptrdiff_t nchunks) {
-    int b = 0;
-    while (nchunks > 1 && b < AF_OMP_BUCKETS - 1) { nchunks >>= 1; b++; }
-    return b;
-}
-
 /* 1 to run this call on the team, 0 on the pool. */
 static int af_choose(int b) {
     if (af_policy) return af_policy == AF_POLICY_TEAM;
@@ -230,9 +229,22 @@ static int af_choose(int b) {
 }
 #endif
 
-static void af_record(int b, int team, long ns, ptrdiff_t nchunks) {
-    double x = (double)ns / (double)nchunks, *e = &af_est[b][team];
+static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
+    double x = (double)ns / (double)nchunks, *e = &af_est[b][path];
     *e = (*e == 0.0) ? x : *e + 0.25 * (x - *e);
+}
+
+/* 1 to run this small call on the caller alone, 0 on the pool.  On an idle
+   machine the pool wins from 4 chunks (the callers' serial cut-off); with a core
+   busy a worker that claims a block and is then descheduled makes the caller
+   wait for a time slice, and the caller alone wins: the recent times decide,
+   so 2 threads are not slower than 1 in either case. */
+static int af_choose_caller(int b) {
+    double pool = af_est[b][0], caller = af_est[b][2];
+    if (pool == 0.0) return 0;
+    if (caller == 0.0) return 1;
+    int best = caller < pool;
+    return (++af_calls[b] % AF_EXPLORE == 0) ? !best : best;
 }
 
 int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
@@ -273,6 +285,16 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
         fn(ctx, 0, nchunks);
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         return 1;
+    }
+    if (nchunks < AF_OMP_MIN_CHUNKS && af_policy == AF_POLICY_MEASURED) {
+        bucket = af_bucket(nchunks);
+        if (af_choose_caller(bucket)) {
+            pthread_mutex_unlock(&af_pool.run_mu);
+            fn(ctx, 0, nchunks);
+            af_record(bucket, 2, af_ns_since(&now), nchunks);
+            clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
+            return 1;
+        }
     }
     af_start_workers(workers);
     if (workers > af_pool.started) workers = af_pool.started;

@@ -47,6 +47,13 @@
  * choice changes speed only.  Without OpenMP (ADAMFAST_OPENMP 0) every job
  * runs on the pool.  af_pool_set_policy forces one path (benchmarks, tests).
  *
+ * Small calls under the measured policy.  Below AF_OMP_MIN_CHUNKS chunks the
+ * choice is between the pool and the caller alone, made the same way per
+ * size class: with a core busy, a worker that claims a block and is then
+ * descheduled makes the caller wait out a time slice, and 2 threads were
+ * slower than 1 at 64K (median 1.13x); on an idle machine the pool wins.
+ * The forced "pool" policy keeps every such call on the pool.
+ *
  * Concurrency and fork.  One job runs at a time: a second thread calling
  * af_pool_run meanwhile runs its job serially on itself instead of waiting.
  * After fork() the child forgets the parent's workers (pthread_atfork) and
@@ -116,8 +123,8 @@ AF_POOL_API void af_pool_set_policy(int policy);
 AF_POOL_API int af_pool_policy(void);
 
 /* The recent time per chunk, in ns, of size class `bucket` on the pool
-   (team 0) or an OpenMP team (team 1); 0.0 where not measured yet or out of
-   range. */
-AF_POOL_API double af_pool_estimate(int bucket, int team);
+   (path 0), an OpenMP team (path 1) or the caller alone (path 2, small calls
+   only); 0.0 where not measured yet or out of range. */
+AF_POOL_API double af_pool_estimate(int bucket, int path);
 
 #endif /* ADAMFAST_AF_POOL_H */

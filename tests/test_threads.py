@@ -180,6 +180,27 @@ def test_measured_policy_keeps_both_paths_recent_times(pool_policy, threads):
     assert pool_ns > 0 and team_ns > 0  # both tried: the slower one one call in 16
 
 
+def test_measured_policy_times_small_calls_on_the_pool_and_on_the_caller(pool_policy, threads):
+    """Below AF_OMP_MIN_CHUNKS the measured policy chooses between the pool and the
+    caller alone by their recent times (a busy core makes the pool the slower): both
+    are tried, and either gives the same bits as the forced pool."""
+    mod = pool_policy
+    adamfast.set_num_threads(2)
+    n = 1 << 16  # 4 chunks: the smallest call that may use the pool
+    results = []
+    for policy in ("pool", "measured"):
+        mod._set_pool_policy(policy)
+        p, g, m, v = (np.full(n, 0.5, np.float32) for _ in range(4))
+        g[::3] = -1.25
+        for t in range(1, 40):
+            adamfast.adam_step(p, g, m, v, step=t, backend="cython")
+        results.append((p, m, v))
+    pool_ns, caller_ns = mod._small_call_policy()[4]
+    assert pool_ns > 0 and caller_ns > 0
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("bad", ["fast", "", None])
 def test_bad_pool_policy_is_refused(pool_policy, bad):
     with pytest.raises(ValueError, match="policy must be one of"):
