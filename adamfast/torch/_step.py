@@ -16,7 +16,7 @@ from .. import _dispatch, _guard
 from .._core import take_step
 from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
-from ._flat import _chunks
+from .._engine import chunk_table
 
 def collect(self, slab, hps):
     """Which params of a slab step (their grads checked), before anything is written.
@@ -259,7 +259,8 @@ def classes_run(self, slab, inactive, hps):
     everyone = np.concatenate(members)
     after = steps[everyone] + 1
     run = slab.run
-    run.rows, run.chunks, run.single = rows, _chunks(ranges), False
+    run.rows, run.chunks, run.single = rows, chunk_table(
+        [r[1:] for r in ranges], [r[0] for r in ranges]), False
     run.spans = None if not inactive else spans
 
     def commit():
