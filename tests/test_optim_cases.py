@@ -122,3 +122,29 @@ def test_no_algorithm_name_outside_its_own_files():
             found += [f"{relpath}:{i}: {line}" for i, line in hits
                       if (relpath, line) not in _NAME_ALLOWED_LINES]
     assert not found, "algorithm names outside their own files:\n" + "\n".join(found)
+
+
+# The hand-written kernels naming a kind: Adam's whole step in C (spec.c_step).
+_KIND_ALLOWED_LINES = {("_entries.pxi", '_ADAM = KINDS.index("adam")'),
+                       ("_entries.pxi", '_ADAM_AMSGRAD = KINDS.index("adam_amsgrad")')}
+
+
+def test_no_kind_named_in_the_shared_kernels():
+    """kernels/ outside algorithms/ names no kind (setup.py renders every per-kind line,
+    the reduce dispatch included, into _kinds.pxi): a new kind edits no shared file."""
+    kernels = os.path.join(HERE, os.pardir, "kernels")
+    if not os.path.isdir(kernels):
+        pytest.skip("not a source checkout")
+    from adamfast.algorithms import KINDS
+
+    names = "|".join(map(re.escape, sorted(KINDS, key=len, reverse=True)))
+    pattern = re.compile(rf"""\b_[Ker]_({names})\b|(["'])({names})\2""")
+    found = []
+    for fn in sorted(os.listdir(kernels)):
+        if not fn.endswith((".pxi", ".pyx", ".in", ".h")) or fn == "_kinds.pxi":
+            continue
+        with open(os.path.join(kernels, fn), encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if pattern.search(line) and (fn, line.strip()) not in _KIND_ALLOWED_LINES:
+                    found.append(f"kernels/{fn}:{i}: {line.strip()}")
+    assert not found, "kinds named in shared kernel files:\n" + "\n".join(found)
