@@ -209,13 +209,14 @@ def _load_registry():
 def render_kinds():
     """Render kernels/_kinds.pxi from the registry: the engine's constants and the
     slot names (their one source is adamfast/algorithms), which algorithm files to
-    include and the table of kinds.  Adding an algorithm adds its .pxi and its
-    registry line; nothing here changes."""
+    include, the table of kinds and the dispatch of the kinds that reduce per
+    tensor (pass 1, kernels/_reduce.pxi).  Adding an algorithm adds its .pxi and
+    its registry line; nothing here changes."""
     from Cython import Tempita
 
     registry = _load_registry()
     spec_module = registry._spec
-    kinds, nstate, modules, slots = [], {}, [], {}
+    kinds, nstate, modules, slots, nsum = [], {}, [], {}, {}
     for spec in registry.ALGORITHMS.values():
         for kind, names in spec.kinds.items():
             module = spec.reference[kind].__module__.rsplit(".", 1)[1]
@@ -227,6 +228,8 @@ def render_kinds():
             if kind not in nstate:
                 kinds.append(kind)
                 nstate[kind] = len(names)
+            if kind in spec.reduce:
+                nsum[kind] = len(spec.reduce[kind].sums)
     for i, kind in enumerate(registry.ROOFLINE_KINDS):
         kinds.append(kind)
         nstate[kind] = i
@@ -238,7 +241,9 @@ def render_kinds():
         kinds=kinds, nstate=nstate, modules=modules, chunk=spec_module.CHUNK,
         nslot=spec_module.NSLOT, maxstate=spec_module.MAXSTATE, lanes=spec_module.LANES,
         shared=shared, nprologue=len(spec_module.SHARED_SLOTS),
-        slots=[(m, slots[m]) for m in modules])
+        slots=[(m, slots[m]) for m in modules],
+        rkinds=[kind for kind in kinds if kind in nsum], nsum=nsum,
+        rmax=max(nsum.values(), default=1))
     out = os.path.join(HERE, "kernels", "_kinds.pxi")
     old = open(out).read() if os.path.exists(out) else None
     if text != old:  # keep the timestamp, so an unchanged build is not redone

@@ -18,10 +18,15 @@ __all__ = ["CHUNK", "chunk_table", "single_chunks", "scalar_table", "run_kernel"
 _single = {}
 
 
-def chunk_table(bounds):
-    """The ``(group, lo, hi)`` rows for groups covering ``bounds`` = [(lo, hi), ...]."""
+def chunk_table(bounds, groups=None):
+    """The ``(group, lo, hi)`` rows for ranges ``bounds`` = [(lo, hi), ...], each
+    split by CHUNK from its own start; range ``i`` is group ``groups[i]`` (its row
+    of the scalar table; several ranges may share one, as adamfast.torch's
+    per-step classes do), or group ``i`` when ``groups`` is None."""
+    if groups is None:
+        groups = range(len(bounds))
     rows = []
-    for group, (lo, hi) in enumerate(bounds):
+    for group, (lo, hi) in zip(groups, bounds, strict=True):
         for start in range(lo, hi, CHUNK):
             rows.append((group, start, min(start + CHUNK, hi)))
     table = np.array(rows, dtype=np.intp).reshape(-1, 3)

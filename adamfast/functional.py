@@ -274,9 +274,9 @@ def _make_step(spec):
     return wrapper
 
 
-# One functional step per registry entry but Adam's (adam_step, above; AdamW is
-# adam_step(decoupled=True)): adamax_step, nadam_step, ..., lion_step.
+# One functional step per registry entry but those a hand-written one serves
+# (spec.functional_step: adam_step, above, for Adam and AdamW): adamax_step, ..., lion_step.
 STEPS = {name: _make_step(spec) for name, spec in ALGORITHMS.items()
-         if name not in ("Adam", "AdamW")}
+         if spec.functional_step is None}
 globals().update({fn.__name__: fn for fn in STEPS.values()})
 __all__ = ["adam_step", *(fn.__name__ for fn in STEPS.values())]

@@ -10,12 +10,12 @@
 # then the lanes' loop over that buffer (in C, `omp simd`, as _sumsq's).
 # Which thread runs a chunk never changes a result.
 #
-# A new reducing kind adds its tag to rkind_t and its line to _relem,
-# _reduce_nsum and _rrun below.
+# Nothing here names a kind: setup.py renders, from the registry's reducing
+# kinds, the fused tag rkind_t, the element dispatch _relem, _reduce_nsum,
+# _RMAX and the run of chunk rows _rrun into _kinds.pxi (_kinds.pxi.in).
 
 cdef enum:
     _RBLOCK = 512  # elements per sub-block: the quantities stay in L1
-    _RMAX = 4      # quantities a kind may reduce
 
 
 cdef extern from *:
@@ -45,27 +45,6 @@ cdef extern from *:
     """
     void af_lanes_sq_f32(const float* x, Py_ssize_t n, double* acc) nogil
     void af_lanes_sq_f64(const double* x, Py_ssize_t n, double* acc) nogil
-
-
-ctypedef fused rkind_t:
-    _K_lamb
-
-
-cdef inline void _relem(rkind_t* tag, Py_ssize_t i, floating* p, const floating* g,
-                        floating** s, const floating* k, floating** q,
-                        Py_ssize_t j) noexcept nogil:
-    if rkind_t is _K_lamb:
-        _r_lamb(i, p, g, s, k, q, j)
-
-
-cdef int _LAMB_ID = KINDS.index("lamb")
-
-
-cdef inline int _reduce_nsum(int kind) noexcept nogil:
-    # How many quantities kind reduces; 0 for a kind that does not reduce.
-    if kind == _LAMB_ID:
-        return 2
-    return 0
 
 
 cdef inline void _lanes_sq(const floating* x, Py_ssize_t n, double* acc) noexcept nogil:
@@ -107,22 +86,6 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
         out[r] = acc[r * _LANES]
         for j in range(1, _LANES):
             out[r] = out[r] + acc[r * _LANES + j]
-
-
-cdef void _rrun(int kind, int typenum, void* p, const void* g, void** s, const double* table,
-                const Py_ssize_t* chunks, double* out, int nsum, Py_ssize_t c0,
-                Py_ssize_t c1) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(c0, c1):
-        if kind == _LAMB_ID:
-            if typenum == cnp.NPY_FLOAT32:
-                _rspan(<_K_lamb*>NULL, <float*>p, <const float*>g, s,
-                       table + chunks[3 * c] * _NSLOT, chunks[3 * c + 1], chunks[3 * c + 2],
-                       nsum, out + c * nsum)
-            else:
-                _rspan(<_K_lamb*>NULL, <double*>p, <const double*>g, s,
-                       table + chunks[3 * c] * _NSLOT, chunks[3 * c + 1], chunks[3 * c + 2],
-                       nsum, out + c * nsum)
 
 
 cdef struct _Reduce:

@@ -244,6 +244,20 @@ class Spec:
                state_dict and load_state_dict do the same
     torch_only the peer's constructor keywords that adamfast.torch accepts and
                ignores, as ``(name, default)`` pairs (timm's ``foreach``)
+    torch_extra_keywords  hyperparameters of the spec that the torch peer's
+               signature lacks (Adam's ``eps_hat``): adamfast.torch appends
+               them as keyword-only arguments, with the spec's defaults; any
+               other hyperparameter missing from torch's signature is an error
+    torch_sparse_grads  the torch peer takes a sparse COO gradient (SGD,
+               Adagrad); adamfast.torch then does too, the others refuse one
+               with torch's RuntimeError
+    torch_sparse_check  ``(hp, where) -> None``: a check of a group's hp when
+               a sparse gradient arrives (Adagrad refuses eps=0); raises
+               ValueError naming ``where``
+    torch_state_at_construction  the torch peer's constructor creates the
+               per-param state (Adagrad's step and sum), so adamfast.torch's does
+    torch_betas_alike  the torch peer refuses ``betas`` that mix a float and a
+               Tensor (Adam, AdamW), and so does adamfast.torch
     reduce     kind -> :class:`Reduction`, for a kind whose update needs
                per-tensor sums (two passes; see Reduction)
     clip       the formula of the guard's ``max_grad_norm`` (adamfast._guard):
@@ -257,6 +271,9 @@ class Spec:
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
                the group state follows from the step alone (SGD's momentum
                starts at step 1); otherwise the caller carries it
+    functional_step  the name of the hand-written functional step serving
+               this algorithm (Adam's and AdamW's: ``adam_step``); None (the
+               default) makes adamfast.functional generate ``<name>_step``
     """
 
     name: str
@@ -277,6 +294,12 @@ class Spec:
     torch_scalar_state: tuple = ("step",)
     torch_step_in_group: bool = False
     torch_only: tuple = ()
+    torch_extra_keywords: tuple = ()
+    torch_sparse_grads: bool = False
+    torch_sparse_check: Callable | None = None
+    torch_state_at_construction: bool = False
+    torch_betas_alike: bool = False
+    functional_step: str | None = None
     reduce: dict = field(default_factory=dict)
     clip: str = "torch"
     doc: str = ""
@@ -304,6 +327,12 @@ class Spec:
             if kind not in self.kinds or red.slot not in slots:
                 raise ValueError(f"{self.name}: reduce declares kind {kind!r} and slot "
                                  f"{red.slot!r}; both must be the spec's")
+        if not set(self.torch_extra_keywords) <= set(self.defaults):
+            raise ValueError(f"{self.name}: torch_extra_keywords must name hyperparameters of "
+                             f"the spec, got {self.torch_extra_keywords}")
+        if self.torch_sparse_check is not None and not self.torch_sparse_grads:
+            raise ValueError(f"{self.name}: torch_sparse_check is set but torch_sparse_grads "
+                             f"is False")
         if self.clip not in ("torch", "timm"):
             raise ValueError(f"{self.name}: clip must be 'torch' or 'timm', got {self.clip!r}")
         seen = []

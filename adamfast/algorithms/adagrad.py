@@ -49,6 +49,16 @@ def update_adagrad(p, g, s, k):
     p[...] = p_new
 
 
+def _check_sparse(hp, where):
+    """eps=0 with a sparse gradient: the dense kernel would give 0/0 where the sum is
+    still 0 and the gradient has no entry, where torch's sparse path leaves the
+    param alone."""
+    if hp["eps"] == 0:
+        raise ValueError(f"Adagrad with eps=0 cannot take a sparse gradient ({where} is "
+                         f"sparse): an entry it does not touch would become NaN; use "
+                         f"eps > 0 (the default is 1e-10)")
+
+
 ADAGRAD = Spec(
     name="Adagrad",
     kinds={"adagrad": ("sum",)},
@@ -58,4 +68,7 @@ ADAGRAD = Spec(
     scalars=scalars, kind_of=lambda groups: "adagrad",
     reference={"adagrad": update_adagrad}, slots=SLOTS,
     state_init=lambda name, hp: hp["initial_accumulator_value"],
-    peer="torch.optim.Adagrad")
+    peer="torch.optim.Adagrad",
+    # torch's Adagrad takes sparse gradients and creates its state in __init__.
+    torch_sparse_grads=True, torch_sparse_check=_check_sparse,
+    torch_state_at_construction=True)

@@ -142,11 +142,17 @@ _KINDS = {"adam": ("exp_avg", "exp_avg_sq"),
           "adam_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
 _REFERENCE = {"adam": update_adam, "adam_amsgrad": update_adam_amsgrad}
 
+# What the peers' classes do and adamfast.torch reproduces, and what adamfast adds
+# (the extra keywords; the hand-written adam_step of adamfast.functional).
+_TORCH = dict(torch_extra_keywords=("eps_hat", "eps_root", "bias_correction", "nesterov"),
+              torch_betas_alike=True, functional_step="adam_step")
+
 ADAM = Spec(name="Adam", kinds=_KINDS, hyper=_HYPER, scalars=scalars, kind_of=_kind_of,
-            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_step="adam")
+            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_step="adam",
+            **_TORCH)
 
 _HYPER_W = tuple(HP(h.name, 1e-2, h.check, h.doc) if h.name == "weight_decay" else h
                  for h in _HYPER if h.name != "decoupled_weight_decay")
 ADAMW = Spec(name="AdamW", kinds=_KINDS, hyper=_HYPER_W, scalars=scalars, kind_of=_kind_of,
              reference=_REFERENCE, slots=SLOTS, peer="torch.optim.AdamW",
-             fixed={"decoupled_weight_decay": True}, c_step="adam")
+             fixed={"decoupled_weight_decay": True}, c_step="adam", **_TORCH)

@@ -77,4 +77,4 @@ SGD = Spec(
     kind_of=lambda groups: "sgd_momentum" if any(g["momentum"] != 0 for g in groups) else "sgd",
     reference={"sgd": update_sgd, "sgd_momentum": update_sgd_momentum}, slots=SLOTS,
     check=_check, gstate={"momentum_started": False}, peer="torch.optim.SGD",
-    gstate_from_step=lambda name, t: t > 1, torch_scalar_state=())
+    gstate_from_step=lambda name, t: t > 1, torch_scalar_state=(), torch_sparse_grads=True)

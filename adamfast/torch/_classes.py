@@ -7,7 +7,7 @@ import inspect
 import torch
 
 from ..algorithms import ALGORITHMS
-from ._common import _ADAM_EXTRAS, _GUARDED
+from ._common import _GUARDED
 from ._optimizer import Optimizer
 
 def _signature(spec, torch_cls):
@@ -18,16 +18,15 @@ def _signature(spec, torch_cls):
                   if n != "self"]
         names = {p.name for p in params}
         for h in spec.hyper:
-            if h.name not in names and (spec.name not in ("Adam", "AdamW")
-                                        or h.name not in _ADAM_EXTRAS):
+            if h.name not in names and h.name not in spec.torch_extra_keywords:
                 raise RuntimeError(f"{spec.name}: torch's signature has no {h.name!r}")
     else:
         params = [P("params", P.POSITIONAL_OR_KEYWORD)] + [
             P(h.name, P.POSITIONAL_OR_KEYWORD, default=h.default) for h in spec.hyper] + [
             P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in spec.torch_only]
     extra = []
-    if spec.name in ("Adam", "AdamW"):
-        extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _ADAM_EXTRAS.items()]
+    defaults = spec.defaults
+    extra += [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in spec.torch_extra_keywords]
     # Lamb's max_grad_norm is its hyperparameter (timm's place), the guard's clip too.
     extra += [P(n, P.KEYWORD_ONLY, default=d) for n, d in _GUARDED.items()
               if n not in spec.defaults]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..algorithms import ALGORITHMS
+
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
-_ADAM_EXTRAS = {"eps_hat": False, "eps_root": 0.0, "bias_correction": True, "nesterov": False}
 _GUARDED = {"max_grad_norm": None, "skip_nonfinite": False, "ema_decay": None}
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PARAM_ARGS = ("params", "param_names")
 _CHECK = 32  # params whose data pointer each step checks, in rotation (see _step.collect)
-_SPARSE = ("SGD", "Adagrad")  # torch's classes that take sparse gradients
-_STATE_AT_CONSTRUCTION = ("Adagrad",)  # torch's classes whose constructor creates the state
-_BETAS_ALIKE = ("Adam", "AdamW")  # torch's classes refusing betas that mix float and Tensor
+# The registry's names of torch classes with these behaviours, each declared by its
+# algorithm's spec (adamfast/algorithms/_spec.py says what each one means).
+_SPARSE = tuple(n for n, s in ALGORITHMS.items() if s.torch_sparse_grads)
+_STATE_AT_CONSTRUCTION = tuple(n for n, s in ALGORITHMS.items() if s.torch_state_at_construction)
+_BETAS_ALIKE = tuple(n for n, s in ALGORITHMS.items() if s.torch_betas_alike)
 
 
 def _scalar_dtype():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._core import Run
-from .._engine import CHUNK
+from .._engine import chunk_table
 from .._memory import zeros_buffers
 from ._common import _NP, _scalar_dtype
 
@@ -84,17 +84,6 @@ class _Slab:
         self.run = None       # the step core's Run over these buffers (adamfast._core)
         self.members = {}     # group -> the global indices of its params here
         self.first = {}       # group -> the first of them (its step count, group state)
-
-
-def _chunks(ranges):
-    """The (row, lo, hi) chunk table for ranges [(row, lo, hi), ...], each split by CHUNK."""
-    rows = []
-    for r, lo, hi in ranges:
-        for s in range(lo, hi, CHUNK):
-            rows.append((r, s, min(s + CHUNK, hi)))
-    table = np.array(rows, dtype=np.intp).reshape(-1, 3)
-    table.setflags(write=False)
-    return table
 
 
 def needed_names(self, hps):
@@ -285,7 +274,7 @@ def refresh(self, slab):
     for g, (lo, hi) in zip(slab.groups, slab.ranges):
         a, b = spans.get(g, (lo, hi))
         spans[g] = (min(a, lo), max(b, hi))
-    slab.full = (rows, _chunks([(pos[g], a, b) for g, (a, b) in spans.items()]))
+    slab.full = (rows, chunk_table(list(spans.values()), [pos[g] for g in spans]))
     uniform = True
     groups = np.array(slab.groups)
     slab.members = {g: slab.index[groups == g] for g in rows}

@@ -16,7 +16,7 @@ from .. import _dispatch, _guard
 from .._core import take_step
 from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
-from ._flat import _chunks
+from .._engine import chunk_table
 
 def collect(self, slab, hps):
     """Which params of a slab step (their grads checked), before anything is written.
@@ -92,12 +92,8 @@ def check_sparse(self, g, where, gi, hp):
     if hp["weight_decay"] != 0:
         raise RuntimeError(f"{name}: the weight_decay option is not compatible with sparse "
                            f"gradients, as in torch.optim.{name} ({where} is sparse)")
-    if name == "Adagrad" and hp["eps"] == 0:
-        # The dense kernel would give 0/0 where the accumulator is still 0 and the
-        # sparse grad has no entry; torch's sparse path leaves those entries alone.
-        raise ValueError(f"Adagrad with eps=0 cannot take a sparse gradient ({where} is "
-                         f"sparse): an entry it does not touch would become NaN; use "
-                         f"eps > 0 (the default is 1e-10)")
+    if self.spec.torch_sparse_check is not None:
+        self.spec.torch_sparse_check(hp, where)
 
 def step(self, closure=None, *, grad_scale=None):
     """One step over every param with a gradient: one kernel call per dtype.
@@ -263,7 +259,8 @@ def classes_run(self, slab, inactive, hps):
     everyone = np.concatenate(members)
     after = steps[everyone] + 1
     run = slab.run
-    run.rows, run.chunks, run.single = rows, _chunks(ranges), False
+    run.rows, run.chunks, run.single = rows, chunk_table(
+        [r[1:] for r in ranges], [r[0] for r in ranges]), False
     run.spans = None if not inactive else spans
 
     def commit():
