@@ -437,6 +437,7 @@ class Optimizer(StepCore):
         for own, hp in zip(self.param_groups, new_hps):
             own.update(hp)
         self._cache = [None] * len(self.param_groups)
+        self._c_args = None  # made from the groups as they were
         if spec.gstate is not None:
             self._gstate = gstate
         self.__dict__.update(step_count=int(step), _joined=joined)

@@ -8,6 +8,7 @@ them as its methods.
 from __future__ import annotations
 
 import threading
+from operator import is_ as _is
 
 import numpy as np
 import torch
@@ -149,7 +150,17 @@ def step(self, closure=None, *, grad_scale=None):
         inv = 1.0 if scale is None else _guard.unscale(scale, [_NP[p.dtype] for p in self._slabs])
         groups = self.param_groups
         self._hp_changed = False
-        hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+        # group_hp's identity test inlined for a group whose values cannot change in
+        # place (the common case): the method call costs as much as the test.
+        cache = self._hp_cache
+        hps = []
+        for gi, g in enumerate(groups):
+            c = cache.get(gi)
+            if c is not None and c[2] is None and len(g) == len(c[0]) and \
+                    all(map(_is, g.values(), c[0])):
+                hps.append(c[1])
+            else:
+                hps.append(self._group_hp(gi, g))
         if self._hp_changed:
             for slab in self._slabs:
                 need = self._needed_names([hps[g] for g in set(slab.groups)])
