@@ -155,6 +155,16 @@ def _procedure(b, runs, guard, nthreads, skip, clip):
     return _guard.PLAIN if norm is None else _guard.StepResult(norm, False)
 
 
+
+def _snapshot(value):
+    """``value`` with every list in it copied (tuples rebuilt around them): a
+    hyperparameter list edited in place must compare unequal to its cached copy."""
+    if type(value) is list:
+        return [_snapshot(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_snapshot(v) for v in value)
+    return value
+
 class StepCore(FlatState):
     """:class:`FlatState` and the step over it."""
 
@@ -219,7 +229,9 @@ class StepCore(FlatState):
                 hp = spec.validate(self._numeric_lr(dict(zip(names, raw[1:]))),
                                    f"param_groups[{gi}]: ")
                 hp["lr"] = lr if callable(lr) else hp["lr"]
-                cached = (raw, hp, callable(lr))
+                # A copy of each list (betas): the group's own list may be edited in
+                # place, and the cached one must then compare unequal.
+                cached = ((raw[0], *_snapshot(raw[1:])), hp, callable(lr))
                 changed = True
             hp = cached[1]
             if callable(hp["lr"]):
@@ -313,7 +325,8 @@ class StepCore(FlatState):
                                 len(c[1]) + 1 + len(c[2]), None]
                         if c_call[1] is not None:
                             # (Re)taken copy of the group for the short test above.
-                            c_call[5] = dict(group)
+                            c_call[5] = {k: v if k == "params" else _snapshot(v)
+                                         for k, v in group.items()}
                             _, fast, args, at_t, at_threads, _ = c_call
                             args[at_t] = t
                             args[at_threads] = _dispatch.get_num_threads()

@@ -580,3 +580,28 @@ def test_every_group_state_is_declared_with_a_check():
     for spec in ALGORITHMS.values():
         if spec.gstate is not None:
             assert spec.validate_gstate(dict(spec.gstate)) == spec.gstate
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adan"])
+def test_betas_list_changed_in_place_is_seen_like_a_new_list(backend, name):
+    # A user who edits a group's betas list in place (a schedule on beta1) must get
+    # the step those betas give, as with torch.optim, not the cached old values.
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(100).astype(np.float32)
+    grads = [rng.standard_normal(100).astype(np.float32) for _ in range(4)]
+    first = [0.9, 0.999] if name != "Adan" else [0.98, 0.92, 0.99]
+    later = [0.5] + first[1:]
+    runs = []
+    for in_place in (True, False):
+        opt = getattr(adamfast, name)([p0.copy()], betas=list(first), backend=backend)
+        for k, g in enumerate(grads):
+            if k == 2:
+                if in_place:
+                    opt.param_groups[0]["betas"][0] = later[0]
+                else:
+                    opt.param_groups[0]["betas"] = list(later)
+            opt.step([g])
+        runs.append((opt.params[0].copy(), {k: v.copy() for k, v in opt.state.items()}))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for key in runs[1][1]:
+        np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key], err_msg=key)
