@@ -252,6 +252,23 @@ class StepCore(FlatState):
         self._c_args = None
         self._run_obj = None
 
+    def _c_run(self, c_call, t):
+        """Step t through the C step's prepared call; True once it has written and
+        been counted, False when it declined (nothing written)."""
+        _, fast, args, at_t, at_threads, _ = c_call
+        args[at_t] = t
+        args[at_threads] = _dispatch.get_num_threads()
+        # Between the kernel's return and the count, no bytecode that runs a
+        # signal handler: see _kernel_wrote.
+        try:
+            done = fast(*args)
+        except BaseException as exc:
+            self._interrupted(exc, t, None)
+            raise
+        if done:
+            self.__dict__["step_count"] = t
+        return done
+
     def step(self, grads=None, *, grad_scale=None):
         """Take one step; return a :class:`~adamfast.StepResult`.
 
@@ -286,25 +303,14 @@ class StepCore(FlatState):
                     # last): a group still equal to it, its params the same list, has
                     # the same validated hyperparameters.  One dict comparison is
                     # ~0.1 us less than reading and comparing the hyperparameters.
-                    _, fast, args, at_t, at_threads, snap = c_call
+                    snap = c_call[5]
                     try:
                         group, = self.param_groups
                         same = group == snap and group["params"] is snap["params"]
                     except (KeyError, TypeError, ValueError):
                         same = False  # the general path says what is wrong
-                    if same:
-                        args[at_t] = t
-                        args[at_threads] = _dispatch.get_num_threads()
-                        # Between the kernel's return and the count, no bytecode
-                        # that runs a signal handler: see _kernel_wrote.
-                        try:
-                            done = fast(*args)
-                        except BaseException as exc:
-                            self._interrupted(exc, t, None)
-                            raise
-                        if done:
-                            d["step_count"] = t
-                            return _guard.PLAIN
+                    if same and self._c_run(c_call, t):
+                        return _guard.PLAIN
                 cached = d["_cache"][0]
                 if cached is not None and not cached[2]:
                     try:
@@ -327,16 +333,7 @@ class StepCore(FlatState):
                             # (Re)taken copy of the group for the short test above.
                             c_call[5] = {k: v if k == "params" else _snapshot(v)
                                          for k, v in group.items()}
-                            _, fast, args, at_t, at_threads, _ = c_call
-                            args[at_t] = t
-                            args[at_threads] = _dispatch.get_num_threads()
-                            try:
-                                done = fast(*args)
-                            except BaseException as exc:
-                                self._interrupted(exc, t, None)
-                                raise
-                            if done:
-                                d["step_count"] = t
+                            if self._c_run(c_call, t):
                                 return _guard.PLAIN
                         row, new = self.spec.scalars(t, hp, d["_gstate"][0])
                         fast = self._backend.step_fast
