@@ -83,9 +83,10 @@ _POLICIES = {"measured": AF_POLICY_MEASURED, "pool": AF_POLICY_POOL, "team": AF_
 
 
 def _set_pool_policy(str policy):
-    """How large calls pick their threads: "measured" (the default: the faster of the
-    pool and an OpenMP team, as recently timed), "pool" or "team" (forced; for the
-    benchmark and tests).  Results are the same bits on every path."""
+    """How calls pick their threads: "measured" (the default: the fastest, as recently
+    timed, of the pool, the caller alone and, from AF_OMP_MIN_CHUNKS chunks, an OpenMP
+    team), "pool" or "team" (forced, for the benchmark and tests; "team" applies from
+    AF_OMP_MIN_CHUNKS chunks).  Results are the same bits on every path."""
     if policy not in _POLICIES:
         raise ValueError("policy must be one of %s, got %r" % (tuple(_POLICIES), policy))
     if policy == "team" and not ADAMFAST_OPENMP:
@@ -94,16 +95,17 @@ def _set_pool_policy(str policy):
 
 
 def _pool_policy():
-    """The policy in use, and each size class's recent ns per chunk ((pool, team),
-    0.0 where not yet measured), from AF_OMP_MIN_CHUNKS chunks up."""
+    """The policy in use, and each size class's recent ns per chunk ((pool, team,
+    caller alone), 0.0 where not yet measured or not a choice), from
+    AF_OMP_MIN_CHUNKS chunks up."""
     name = {v: k for k, v in _POLICIES.items()}[af_pool_policy()]
     est = {}
     for b in range(AF_OMP_BUCKETS):
         if (1 << b) < AF_OMP_MIN_CHUNKS:
             continue
-        pool, team = af_pool_estimate(b, 0), af_pool_estimate(b, 1)
-        if pool != 0.0 or team != 0.0:
-            est[1 << b] = (pool, team)
+        times = tuple(af_pool_estimate(b, path) for path in range(3))
+        if any(times):
+            est[1 << b] = times
     return name, est
 
 

@@ -217,16 +217,6 @@ static void af_team_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthrea
         }
     }
 }
-
-/* 1 to run this call on the team, 0 on the pool. */
-static int af_choose(int b) {
-    if (af_policy) return af_policy == AF_POLICY_TEAM;
-    double pool = af_est[b][0], team = af_est[b][1];
-    if (pool == 0.0) return 0;
-    if (team == 0.0) return 1;
-    int best = team < pool;
-    return (++af_calls[b] % AF_EXPLORE == 0) ? !best : best;
-}
 #endif
 
 static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
@@ -234,17 +224,37 @@ static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
     *e = (*e == 0.0) ? x : *e + 0.25 * (x - *e);
 }
 
-/* 1 to run this small call on the caller alone, 0 on the pool.  On an idle
-   machine the pool wins from 4 chunks (the callers' serial cut-off); with a core
-   busy a worker that claims a block and is then descheduled makes the caller
-   wait for a time slice, and the caller alone wins: the recent times decide,
-   so 2 threads are not slower than 1 in either case. */
-static int af_choose_caller(int b) {
-    double pool = af_est[b][0], caller = af_est[b][2];
-    if (pool == 0.0) return 0;
-    if (caller == 0.0) return 1;
-    int best = caller < pool;
-    return (++af_calls[b] % AF_EXPLORE == 0) ? !best : best;
+/* The paths a call can take; they index af_est. */
+enum { AF_PATH_POOL = 0, AF_PATH_TEAM = 1, AF_PATH_CALLER = 2 };
+
+/* The path of a call of nchunks chunks in size class b.  Under the measured
+   policy every path allowed is timed: an untried one runs first, then the
+   fastest recent one, and one call in AF_EXPLORE one of the others, in turn.
+   Which wins depends on what else runs: on an idle machine the pool; beside
+   torch's spinning OpenMP workers an OpenMP team (see af_pool.h); with a core
+   busy the caller alone, since a worker that claims a block and is then
+   descheduled makes the caller wait out a time slice (2 threads were slower
+   than 1 at 64K, 1M and 16M before the caller was a choice). */
+static int af_path(int b, ptrdiff_t nchunks) {
+    unsigned allowed = 1u << AF_PATH_POOL;
+#if ADAMFAST_OPENMP
+    if (nchunks >= AF_OMP_MIN_CHUNKS) allowed |= 1u << AF_PATH_TEAM;
+#endif
+    if (af_policy == AF_POLICY_POOL) return AF_PATH_POOL;
+    if (af_policy == AF_POLICY_TEAM)
+        return (allowed & (1u << AF_PATH_TEAM)) ? AF_PATH_TEAM : AF_PATH_POOL;
+    allowed |= 1u << AF_PATH_CALLER;
+    int best = -1, others[3], n_others = 0;
+    for (int path = 0; path < 3; path++) {
+        if (!(allowed & (1u << path))) continue;
+        if (af_est[b][path] == 0.0) return path;
+        if (best < 0 || af_est[b][path] < af_est[b][best]) best = path;
+    }
+    unsigned calls = ++af_calls[b];
+    if (calls % AF_EXPLORE != 0) return best;
+    for (int path = 0; path < 3; path++)
+        if ((allowed & (1u << path)) && path != best) others[n_others++] = path;
+    return others[(calls / AF_EXPLORE) % (unsigned)n_others];
 }
 
 int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
@@ -262,21 +272,6 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
     clock_gettime(CLOCK_MONOTONIC, &now);
     long since = (now.tv_sec - af_pool.last_end.tv_sec) * 1000000000L
                  + (now.tv_nsec - af_pool.last_end.tv_nsec);
-    int bucket = -1;
-#if ADAMFAST_OPENMP
-    int team = 0;
-    if (nchunks >= AF_OMP_MIN_CHUNKS) {
-        bucket = af_bucket(nchunks);
-        team = af_choose(bucket);
-    }
-    if (team) {
-        af_team_run(fn, ctx, nchunks, nthreads);
-        af_record(bucket, 1, af_ns_since(&now), nchunks);
-        clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
-        pthread_mutex_unlock(&af_pool.run_mu);
-        return nthreads;
-    }
-#endif
     if (nchunks < AF_COLD_MIN_CHUNKS && since > AF_TIGHT_NS
             && __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) >= af_pool.started) {
         /* A small call, every worker asleep, not in a loop of calls: the
@@ -286,16 +281,24 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         return 1;
     }
-    if (nchunks < AF_OMP_MIN_CHUNKS && af_policy == AF_POLICY_MEASURED) {
-        bucket = af_bucket(nchunks);
-        if (af_choose_caller(bucket)) {
-            pthread_mutex_unlock(&af_pool.run_mu);
-            fn(ctx, 0, nchunks);
-            af_record(bucket, 2, af_ns_since(&now), nchunks);
-            clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
-            return 1;
-        }
+    int bucket = af_bucket(nchunks);
+    int path = af_path(bucket, nchunks);
+    if (path == AF_PATH_CALLER) {
+        pthread_mutex_unlock(&af_pool.run_mu);
+        fn(ctx, 0, nchunks);
+        af_record(bucket, AF_PATH_CALLER, af_ns_since(&now), nchunks);
+        clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
+        return 1;
     }
+#if ADAMFAST_OPENMP
+    if (path == AF_PATH_TEAM) {
+        af_team_run(fn, ctx, nchunks, nthreads);
+        af_record(bucket, AF_PATH_TEAM, af_ns_since(&now), nchunks);
+        clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
+        pthread_mutex_unlock(&af_pool.run_mu);
+        return nthreads;
+    }
+#endif
     af_start_workers(workers);
     if (workers > af_pool.started) workers = af_pool.started;
     ptrdiff_t nblocks = (ptrdiff_t)(workers + 1) * AF_BLOCKS_PER_THREAD;
@@ -342,7 +345,7 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
             pthread_cond_wait(&af_pool.done_cv, &af_pool.mu);
         pthread_mutex_unlock(&af_pool.mu);
     }
-    if (bucket >= 0) af_record(bucket, 0, af_ns_since(&now), nchunks);
+    af_record(bucket, AF_PATH_POOL, af_ns_since(&now), nchunks);
     clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
     pthread_mutex_unlock(&af_pool.run_mu);
     return workers + 1;

@@ -40,19 +40,16 @@
  * runtime the extension shares with torch (one libgomp.so.1 per process); a
  * pool worker then gets half a core, while a team of that runtime reuses the
  * spinning threads.  Neither is best everywhere and a process cannot see the
- * runtime's spinners, so calls of AF_OMP_MIN_CHUNKS chunks and up keep, per
- * size class (a power of two of chunks, AF_OMP_BUCKETS of them), the recent
- * time per chunk of both paths, run the faster one and try the other one
- * call in AF_EXPLORE.  The team claims the same blocks dynamically, so the
- * choice changes speed only.  Without OpenMP (ADAMFAST_OPENMP 0) every job
- * runs on the pool.  af_pool_set_policy forces one path (benchmarks, tests).
- *
- * Small calls under the measured policy.  Below AF_OMP_MIN_CHUNKS chunks the
- * choice is between the pool and the caller alone, made the same way per
- * size class: with a core busy, a worker that claims a block and is then
- * descheduled makes the caller wait out a time slice, and 2 threads were
- * slower than 1 at 64K (median 1.13x); on an idle machine the pool wins.
- * The forced "pool" policy keeps every such call on the pool.
+ * runtime's spinners.  So, under the measured policy, every call that may
+ * use threads keeps, per size class (a power of two of chunks,
+ * AF_OMP_BUCKETS of them), the recent time per chunk of each path it can take: the pool, the caller alone and, from
+ * AF_OMP_MIN_CHUNKS chunks, an OpenMP team; it runs the fastest and tries
+ * another one call in AF_EXPLORE, in turn.  With a core busy the caller alone
+ * can win: a worker that claims a block and is then descheduled makes the
+ * caller wait out a time slice.  The team claims the same blocks
+ * dynamically, so the choice changes speed only.  Without OpenMP
+ * (ADAMFAST_OPENMP 0) there is no team.  af_pool_set_policy forces the pool
+ * or the team (benchmarks, tests).
  *
  * Concurrency and fork.  One job runs at a time: a second thread calling
  * af_pool_run meanwhile runs its job serially on itself instead of waiting.
