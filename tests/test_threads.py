@@ -163,14 +163,10 @@ def _has_openmp(mod):
     return True
 
 
-def test_measured_policy_times_large_calls_on_every_path(pool_policy, threads):
-    """From AF_OMP_MIN_CHUNKS up the measured policy keeps the recent time per chunk of
-    the pool, an OpenMP team (where the build has OpenMP) and the caller alone: with a
-    core busy the caller alone wins, beside torch's spinners the team, on an idle
-    machine the pool; every path is tried and gives the same bits as the forced pool."""
-    mod = pool_policy
+def _pool_then_measured(mod, n):
+    """(p, m, v) after 39 adam_steps of n params under the forced pool, then under the
+    measured policy."""
     adamfast.set_num_threads(2)
-    n = 1 << 21  # 128 chunks: its own size class
     results = []
     for policy in ("pool", "measured"):
         mod._set_pool_policy(policy)
@@ -179,12 +175,21 @@ def test_measured_policy_times_large_calls_on_every_path(pool_policy, threads):
         for t in range(1, 40):
             adamfast.adam_step(p, g, m, v, step=t, backend="cython")
         results.append((p, m, v))
-    name, est = mod._pool_policy()
+    return results
+
+
+def test_measured_policy_times_large_calls_on_every_path(pool_policy, threads):
+    """From AF_OMP_MIN_CHUNKS up the measured policy keeps the recent time per chunk of
+    the pool, an OpenMP team (where the build has OpenMP) and the caller alone: with a
+    core busy the caller alone wins, beside torch's spinners the team, on an idle
+    machine the pool; every path is tried and gives the same bits as the forced pool."""
+    forced, measured = _pool_then_measured(pool_policy, 1 << 21)  # 128 chunks
+    name, est = pool_policy._pool_policy()
     assert name == "measured"
     pool_ns, team_ns, caller_ns = est[128]
     assert pool_ns > 0 and caller_ns > 0
-    assert (team_ns > 0) == _has_openmp(mod)
-    for a, b in zip(*results):
+    assert (team_ns > 0) == _has_openmp(pool_policy)
+    for a, b in zip(forced, measured):
         np.testing.assert_array_equal(a, b)
 
 
@@ -192,20 +197,11 @@ def test_measured_policy_times_small_calls_on_the_pool_and_on_the_caller(pool_po
     """Below AF_OMP_MIN_CHUNKS the measured policy chooses between the pool and the
     caller alone by their recent times (a busy core makes the pool the slower): both
     are tried, and either gives the same bits as the forced pool."""
-    mod = pool_policy
-    adamfast.set_num_threads(2)
-    n = 1 << 16  # 4 chunks: the smallest call that may use the pool
-    results = []
-    for policy in ("pool", "measured"):
-        mod._set_pool_policy(policy)
-        p, g, m, v = (np.full(n, 0.5, np.float32) for _ in range(4))
-        g[::3] = -1.25
-        for t in range(1, 40):
-            adamfast.adam_step(p, g, m, v, step=t, backend="cython")
-        results.append((p, m, v))
-    pool_ns, caller_ns = mod._small_call_policy()[4]
+    # 4 chunks: the smallest call that may use the pool
+    forced, measured = _pool_then_measured(pool_policy, 1 << 16)
+    pool_ns, caller_ns = pool_policy._small_call_policy()[4]
     assert pool_ns > 0 and caller_ns > 0
-    for a, b in zip(*results):
+    for a, b in zip(forced, measured):
         np.testing.assert_array_equal(a, b)
 
 
