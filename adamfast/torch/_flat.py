@@ -72,6 +72,7 @@ class _Slab:
         self.gviews = []      # the bound gradient views, per param
         self.ptrs = []        # expected data_ptr per param
         self.np = {}          # "param", "grad", state names -> flat numpy buffers
+        self.grad = None      # the flat gradient buffer as a torch tensor (zero_grad)
         self.names = ()       # state buffer names of this slab's kind
         self.kind = None
         self.kind_id = None
@@ -158,6 +159,7 @@ def layout(self):
         slab.np = dict(zip(("param", "grad") + slab.names + ("ema",) * ema_on, bufs))
         slab.ema = slab.np.get("ema")
         flat = {k: torch.from_numpy(v) for k, v in slab.np.items()}
+        slab.grad = flat["grad"]
         slab.empty = np.zeros(0, _NP[dtype])
         lo = 0
         new_state = []

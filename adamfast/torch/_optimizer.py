@@ -204,15 +204,18 @@ class Optimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True):
         """torch's zero_grad.  ``set_to_none=True`` (torch's default) sets every grad
-        to None; ``set_to_none=False`` zeroes the flat gradient buffer with one
-        memset per dtype (grads the optimizer has not bound are zeroed one by one)."""
+        to None; ``set_to_none=False`` zeroes the flat gradient buffer of each dtype
+        with one torch ``zero_()`` (grads the optimizer has not bound are zeroed one by
+        one)."""
         if set_to_none:
             for slab in self._slabs:
                 for p in slab.params:
                     p.grad = None
             return
         for slab in self._slabs:
-            slab.np["grad"].fill(0)
+            # torch's fill runs on its intra-op threads, as torch.optim's zero_grad
+            # does; NumPy's fill is one thread (a 17M-param model: ~7 ms).
+            slab.grad.zero_()
             for p, v in zip(slab.params, slab.gviews):
                 g = p.grad
                 if g is not None and g is not v:
