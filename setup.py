@@ -251,7 +251,7 @@ def render_kinds():
             f.write(text)
     return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_driver.pxi",
                                              "_reduce.pxi", "_kinds.pxi", "_kinds.pxi.in",
-                                             "_roofline.pxi", "_pool.pxi",
+                                             "_roofline.pxi", "_pool.pxi", "af_lanes.h",
                                              "algorithms/_common.pxi")] + \
         ["kernels/algorithms/%s.pxi" % m for m in modules]
 

@@ -68,27 +68,16 @@ cdef void _drive(kind_t* tag, floating* p, const floating* g, void** states, flo
 
 cdef extern from *:
     """
-    /* The lanes' loop in C, where `omp simd` (with -fopenmp or -fopenmp-simd;
-       ignored otherwise) tells gcc the AF_LANES accumulators are independent:
-       it left this loop scalar in Cython's form.  The pragma adds no
-       reassociation: each lane still adds in element order.  AF_LANES is
+    /* The lanes' loop in C: GNU vectors kept in registers (af_lanes.h), else
+       `omp simd` (with -fopenmp or -fopenmp-simd; ignored otherwise), which
+       tells gcc the AF_LANES accumulators are independent: it left this loop
+       scalar in Cython's form.  Neither reassociates: each lane still adds in
+       element order.  AF_LANES is
        adamfast.algorithms._spec.LANES, which setup.py renders into _kinds.pxi. */
-    #ifndef AF_LANES
-    #  error "AF_LANES must be defined (_kinds.pxi, rendered by setup.py, defines it)"
-    #endif
-    #define AF_SUMSQ_SPAN(NAME, T, CHECK)                                       \
-    static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
-        double acc[AF_LANES] = {0}, bad[AF_LANES] = {0};                        \
-        Py_ssize_t rows = (hi - lo) / AF_LANES, r, j;                           \
-        const T *x = g + lo;                                                    \
-        for (r = 0; r < rows; r++, x += AF_LANES) {                             \
-            _Pragma("omp simd")                                                 \
-            for (j = 0; j < AF_LANES; j++) {                                    \
-                double v = (double)x[j];                                        \
-                acc[j] = acc[j] + v * v;                                        \
-                if (CHECK) bad[j] = bad[j] + (v - v);                           \
-            }                                                                   \
-        }                                                                       \
+    #include "af_lanes.h"
+    /* The tail of a chunk (fewer than AF_LANES elements) into the first lanes,
+       then the lanes added left to right into out[0] (squares) and out[1]. */
+    #define AF_SUMSQ_FINISH(CHECK)                                              \
         for (j = 0; j < hi - lo - rows * AF_LANES; j++) {                       \
             double v = (double)x[j];                                            \
             acc[j] = acc[j] + v * v;                                            \
@@ -102,8 +91,43 @@ cdef extern from *:
         }                                                                       \
         /* float32: a square is at most ~1.2e77, so a chunk's float64 sum    \
            is finite exactly when every element is: no second sum needed. */ \
-        if (!(CHECK)) out[1] = out[0] - out[0];                                 \
+        if (!(CHECK)) out[1] = out[0] - out[0];
+    #if AF_VECTOR_LANES
+    #define AF_SUMSQ_SPAN(NAME, T, CHECK)                                       \
+    static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
+        double acc[AF_LANES], bad[AF_LANES];                                    \
+        af_vd va[AF_NV], vb[AF_NV], zero = {0};                                 \
+        Py_ssize_t rows = (hi - lo) / AF_LANES, r, j;                           \
+        const T *x = g + lo;                                                    \
+        int q;                                                                  \
+        for (q = 0; q < AF_NV; q++) va[q] = vb[q] = zero;                       \
+        for (r = 0; r < rows; r++, x += AF_LANES)                               \
+            for (q = 0; q < AF_NV; q++) {                                       \
+                af_vd v = af_vd_##T(x + AF_VW * q);                             \
+                va[q] = va[q] + v * v;                                          \
+                if (CHECK) vb[q] = vb[q] + (v - v);                             \
+            }                                                                   \
+        __builtin_memcpy(acc, va, sizeof acc);                                  \
+        __builtin_memcpy(bad, vb, sizeof bad);                                  \
+        AF_SUMSQ_FINISH(CHECK)                                                  \
     }
+    #else
+    #define AF_SUMSQ_SPAN(NAME, T, CHECK)                                       \
+    static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
+        double acc[AF_LANES] = {0}, bad[AF_LANES] = {0};                        \
+        Py_ssize_t rows = (hi - lo) / AF_LANES, r, j;                           \
+        const T *x = g + lo;                                                    \
+        for (r = 0; r < rows; r++, x += AF_LANES) {                             \
+            _Pragma("omp simd")                                                 \
+            for (j = 0; j < AF_LANES; j++) {                                    \
+                double v = (double)x[j];                                        \
+                acc[j] = acc[j] + v * v;                                        \
+                if (CHECK) bad[j] = bad[j] + (v - v);                           \
+            }                                                                   \
+        }                                                                       \
+        AF_SUMSQ_FINISH(CHECK)                                                  \
+    }
+    #endif
     AF_SUMSQ_SPAN(af_sumsq_span_f32, float, 0)
     AF_SUMSQ_SPAN(af_sumsq_span_f64, double, 1)
     """

@@ -21,7 +21,27 @@ cdef enum:
 cdef extern from *:
     """
     /* acc[j] += x[j]^2 in float64, j over AF_LANES lanes, row after row; n is a
-       multiple of AF_LANES but at a chunk's end. */
+       multiple of AF_LANES but at a chunk's end.  af_lanes.h: why vectors. */
+    #include "af_lanes.h"
+    #if AF_VECTOR_LANES
+    #define AF_LANES_SQ(NAME, T)                                                \
+    static void NAME(const T *x, Py_ssize_t n, double *out) {                   \
+        af_vd acc[AF_NV];                                                       \
+        Py_ssize_t rows = n / AF_LANES, r, j;                                   \
+        int q;                                                                  \
+        for (q = 0; q < AF_NV; q++) acc[q] = af_vd_double(out + AF_VW * q);     \
+        for (r = 0; r < rows; r++, x += AF_LANES)                               \
+            for (q = 0; q < AF_NV; q++) {                                       \
+                af_vd v = af_vd_##T(x + AF_VW * q);                             \
+                acc[q] = acc[q] + v * v;                                        \
+            }                                                                   \
+        __builtin_memcpy(out, acc, sizeof acc);                                 \
+        for (j = 0; j < n - rows * AF_LANES; j++) {                             \
+            double v = (double)x[j];                                            \
+            out[j] = out[j] + v * v;                                            \
+        }                                                                       \
+    }
+    #else
     #define AF_LANES_SQ(NAME, T)                                                \
     static void NAME(const T *x, Py_ssize_t n, double *out) {                   \
         double acc[AF_LANES];                                                   \
@@ -40,6 +60,7 @@ cdef extern from *:
         }                                                                       \
         for (j = 0; j < AF_LANES; j++) out[j] = acc[j];                         \
     }
+    #endif
     AF_LANES_SQ(af_lanes_sq_f32, float)
     AF_LANES_SQ(af_lanes_sq_f64, double)
     """
