@@ -495,3 +495,19 @@ def test_a_several_pass_step_is_judged_against_its_own_bytes():
     assert rows[1]["pct_roofline"] == pytest.approx(row["pct_roofline"])
     assert rows[0]["pct_roofline"] == pytest.approx(100)
     assert (info["bytes_per_param"], info["roofline_bytes_per_param"]) == (44, 28)
+
+
+def test_roofline_buffers_are_staggered_in_every_layout():
+    """The roofline is the machine's ceiling for the step's bytes: its buffers are laid
+    out as zeros_buffers lays them (in distinct cache lines modulo a 4 KiB page) even with
+    --layout separate, whose user arrays start at one offset and collide; a roofline
+    slowed by that collision was beaten by the rows it judges."""
+    n = 1 << 20  # 4 MiB per buffer: above zeros_buffers' separate-allocation size
+    for layout in ("staggered", "separate"):
+        wl, _, setup = _workload(n, layout)
+        bufs = wl.roofline_buffers
+        assert len(bufs) == 2 + setup.nstate
+        offsets = {b.ctypes.data % 4096 // 64 for b in bufs}
+        assert len(offsets) == len(bufs), layout
+        np.testing.assert_array_equal(bufs[0], wl.p)
+        np.testing.assert_array_equal(bufs[1], wl.g)

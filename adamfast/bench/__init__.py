@@ -72,6 +72,8 @@ What it measures, and why it is measured this way:
   and rows ``adam_step-<backend> (user arrays)`` (the algorithm's functional
   step for the others) call the functional step directly on the separately
   allocated arrays, with state allocated beside them, as a NumPy user does.
+  The rooflines stay on staggered buffers in either layout: they are the
+  machine's ceiling for the step's bytes, not the layout's.
 * ``--groups G`` spreads ``--arrays`` tensors over G param groups and adds
   1-group rows over the same arrays, so the cost of groups is a paired ratio
   from the same run; ``--family`` times every registered algorithm, each in

@@ -38,9 +38,9 @@ def print_header(info: dict, cfg, setup):
         print(f"layout: staggered (p, g and state from one adamfast.zeros_buffers call, as "
               f"{cls} allocates its own; --layout separate for one np array each)")
     else:
-        print(f"layout: separate (one np allocation per array for the roofline, NumPy and torch "
+        print(f"layout: separate (one np allocation per array for the NumPy, torch and user-array "
               f"rows, as a user's own arrays; {cls} copies them into its own staggered "
-              f"buffers, so its rows may beat this roofline)")
+              f"buffers; the rooflines stay on staggered buffers: the machine's ceiling)")
     where = f"{cfg.arrays} array(s)" + (f" in {cfg.groups} param groups" if cfg.groups > 1 else "")
     if setup is None:
         print(f"family: every algorithm with its class defaults (changes noted below), "

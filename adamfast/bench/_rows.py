@@ -52,8 +52,11 @@ class Workload:
     matters, and every algorithm keeps its state finite under fixed
     gradients, so sharing costs nothing in realism and keeps 16M float64 runs
     within memory.  The roofline gets its own set (its ``s += g`` would make
-    Adam's v negative), laid out like the others so it is their ceiling in
-    the same layout.
+    Adam's v negative), always from ``adamfast.zeros_buffers``: it is the
+    machine's ceiling for the step's bytes, so with ``--layout separate`` the
+    user arrays' collision shows as a share below it (on such arrays the
+    bandwidth-only kind slowed more than Adam did, and was beaten by the rows
+    it judged).
 
     ``cfg.layout`` decides the placement: "staggered" takes each set from one
     ``adamfast.zeros_buffers`` call (buffers under 1 MiB fall back to
@@ -119,9 +122,12 @@ class Workload:
 
     @property
     def roofline_buffers(self):
-        """(p, g, s0, ...) for the roofline kernels, with the algorithm's number of states."""
+        """(p, g, s0, ...) for the roofline kernels, with the algorithm's number of states,
+        staggered in every layout (see the class)."""
         if self._roof is None:
-            bufs = self._alloc(self.n, 2 + self.setup.nstate)
+            import adamfast
+
+            bufs = adamfast.zeros_buffers(self.n, self.cfg.dtype, 2 + self.setup.nstate)
             bufs[0][...] = self.p
             bufs[1][...] = self.g
             for s in bufs[2:]:
