@@ -263,6 +263,22 @@ def test_missing_matplotlib_is_a_clear_message(monkeypatch, capsys, tmp_path):
     assert "grid search" not in out
 
 
+@pytest.mark.parametrize("args, flag", [b for b in BAD if b[1] == "--out"])
+def test_bad_out_is_named_even_without_matplotlib(monkeypatch, capsys, args, flag):
+    # A usage error (exit 2) is reported before a missing package (exit 1).
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_missing_matplotlib_creates_no_directory(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "new" / "figures"
+    assert cli.main(["--experiments", "sparse", "--out", str(out)]) == 1
+    assert not (tmp_path / "new").exists()
+
+
 def test_runs_without_any_optional_package(monkeypatch, capsys, tmp_path):
     for name in ("matplotlib", "sklearn", "sklearn.datasets", "threadpoolctl"):
         monkeypatch.setitem(sys.modules, name, None)

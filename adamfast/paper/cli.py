@@ -63,15 +63,30 @@ def build_parser():
 
 
 def _check_out(parser, path):
-    if os.path.exists(path) and not os.path.isdir(path):
-        parser.error(f"argument --out: {path!r} exists and is not a directory")
+    """Refuse an --out that cannot become a writable directory, creating nothing."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            parser.error(f"argument --out: {path!r} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            parser.error(f"argument --out: the directory {path!r} is not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        parser.error(f"argument --out: cannot create the directory {path!r}: "
+                     f"{parent!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: cannot create the directory {path!r}: "
+                     f"{parent!r} is not writable")
+
+
+def _make_out(parser, path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         parser.error(f"argument --out: cannot create the directory {path!r}: "
                      f"{exc.strerror or exc}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        parser.error(f"argument --out: the directory {path!r} is not writable")
 
 
 def _versions(plots):
@@ -125,6 +140,9 @@ def main(argv=None):
             adamfast.set_num_threads(args.threads)
         except ValueError as exc:
             parser.error(f"argument --threads: {exc}")
+    # Usage errors (exit 2) come before missing packages (exit 1), and nothing is
+    # created until both have passed.
+    _check_out(parser, args.out)
     try:
         try:
             if DIGITS.intersection(keys):
@@ -135,7 +153,7 @@ def main(argv=None):
         except MissingDependency as exc:
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 1
-        _check_out(parser, args.out)  # last: it creates the directory
+        _make_out(parser, args.out)
         limit, blas = _blas_threads(args.blas_threads)
         with limit:
             return _run(args, keys, plots, blas)
