@@ -8,6 +8,7 @@ them as its methods.
 from __future__ import annotations
 
 import threading
+from operator import attrgetter
 from operator import is_ as _is
 
 import numpy as np
@@ -19,6 +20,9 @@ from ._common import _CHECK, _NP, _SPARSE, _describe
 from ._hyper import _plain
 from .._engine import chunk_table
 
+_grad_of = attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+
 def collect(self, slab, hps):
     """Which params of a slab step (their grads checked), before anything is written.
 
@@ -27,33 +31,40 @@ def collect(self, slab, hps):
     or, when sparse, to densify into the flat gradient buffer).
     """
     inactive = foreign = None
-    k = 0
-    for p, v in zip(slab.params, slab.gviews):
-        g = p.grad
-        if g is not v:
-            if g is None:
-                if inactive is None:
-                    inactive = []
-                inactive.append(k)
-            else:
-                if foreign is None:
-                    foreign = []
-                foreign.append(k)
-        k += 1
+    params = slab.params
+    # Every grad the bound view (the common case) is one test run in C, without a
+    # Python loop over the params; only otherwise are they sorted one by one.
+    if not all(map(_is, map(_grad_of, params), slab.gviews)):
+        for k, (p, v) in enumerate(zip(params, slab.gviews)):
+            g = p.grad
+            if g is not v:
+                if g is None:
+                    if inactive is None:
+                        inactive = []
+                    inactive.append(k)
+                else:
+                    if foreign is None:
+                        foreign = []
+                    foreign.append(k)
     # The data pointers: _CHECK params per step, in rotation (all of them when
     # there are few): p.data_ptr() costs as much as the rest of the per-param work.
-    n = len(slab.params)
-    lo = slab.check_at if n > _CHECK else 0
-    slab.check_at = (lo + _CHECK) % n if n > _CHECK else 0
-    for k in range(lo, min(n, lo + _CHECK)):
-        p = slab.params[k]
-        if p.data_ptr() != slab.ptrs[k]:
-            raise RuntimeError(
-                f"param {int(slab.index[k])} ({_describe(p)}) no longer shares memory with "
-                f"the optimizer's flat buffer: its .data was rebound after the optimizer was "
-                f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
-                f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
-                f"optimizer after such changes")
+    n = len(params)
+    lo = 0
+    if n > _CHECK:
+        lo = slab.check_at
+        slab.check_at = (lo + _CHECK) % n
+        params = params[lo:lo + _CHECK]
+        ptrs = slab.ptrs[lo:lo + _CHECK]
+    else:
+        ptrs = slab.ptrs
+    if list(map(_data_ptr, params)) != ptrs:
+        k = lo + next(j for j, (p, ptr) in enumerate(zip(params, ptrs)) if p.data_ptr() != ptr)
+        raise RuntimeError(
+            f"param {int(slab.index[k])} ({_describe(slab.params[k])}) no longer shares memory "
+            f"with the optimizer's flat buffer: its .data was rebound after the optimizer was "
+            f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
+            f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
+            f"optimizer after such changes")
     for k in foreign or ():
         self._check_grad(slab, k, hps)
     return inactive, foreign
