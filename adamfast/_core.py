@@ -248,23 +248,6 @@ class StepCore(FlatState):
         self._c_args = None
         self._run_obj = None
 
-    def _c_run(self, c_call, t):
-        """Step t through the C step's prepared call; True once it has written and
-        been counted, False when it declined (nothing written)."""
-        _, fast, args, at_t, at_threads, _ = c_call
-        args[at_t] = t
-        args[at_threads] = _dispatch.get_num_threads()
-        # Between the kernel's return and the count, no bytecode that runs a
-        # signal handler: see _kernel_wrote.
-        try:
-            done = fast(*args)
-        except BaseException as exc:
-            self._interrupted(exc, t, None)
-            raise
-        if done:
-            self.__dict__["step_count"] = t
-        return done
-
     def step(self, grads=None, *, grad_scale=None):
         """Take one step; return a :class:`~adamfast.StepResult`.
 
@@ -294,6 +277,7 @@ class StepCore(FlatState):
             t = d["step_count"] + 1
             if grads is None and grad_scale is None and d["_fast"]:
                 c_call = d["_c_args"]
+                same = False
                 if c_call is not None and c_call[1] is not None:
                     # The C step's call was made from group 0 as it was then (its copy,
                     # last): a group still equal to it, its params the same list, has
@@ -304,33 +288,23 @@ class StepCore(FlatState):
                         group, = self.param_groups
                         same = group == snap and group["params"] is snap["params"]
                     except (KeyError, TypeError, ValueError):
-                        same = False  # the general path says what is wrong
-                    if same and self._c_run(c_call, t):
-                        return _guard.PLAIN
-                cached = d["_cache"][0]
-                if cached is not None and not cached[2]:
+                        pass  # the general path says what is wrong
+                if not same:
+                    cached = d["_cache"][0]
+                    if cached is None or cached[2]:
+                        return self._step_general(grads, t, grad_scale)
                     try:
                         group, = self.param_groups
                         raw = self._getter(group)
                         same = raw[0] is d["_plists"][0] and raw == cached[0]
                     except (KeyError, TypeError, ValueError):
-                        same = False  # the general path says what is wrong
-                    if same:
-                        hp = cached[1]
-                        if c_call is None or c_call[0] is not hp:
-                            c = self._c_step(hp)
-                            # The call's arguments as one list, t and the thread
-                            # count stored in place (under the lock) at each step:
-                            # ~0.15 us less than unpacking the parts every time.
-                            c_call = d["_c_args"] = [hp, c] if c is None else [
-                                hp, c[0], [*c[1], 0, *c[2], 0, *c[3]], len(c[1]),
-                                len(c[1]) + 1 + len(c[2]), None]
-                        if c_call[1] is not None:
-                            # (Re)taken copy of the group for the short test above.
-                            c_call[5] = {k: v if k == "params" else _snapshot(v)
-                                         for k, v in group.items()}
-                            if self._c_run(c_call, t):
-                                return _guard.PLAIN
+                        pass  # the general path says what is wrong
+                    if not same:
+                        return self._step_general(grads, t, grad_scale)
+                    hp = cached[1]
+                    if c_call is None or c_call[0] is not hp:
+                        c_call = d["_c_args"] = self._c_call(hp)
+                    if c_call[1] is None:
                         row, new = self.spec.scalars(t, hp, d["_gstate"][0])
                         fast = self._backend.step_fast
                         if fast is not None:
@@ -350,7 +324,39 @@ class StepCore(FlatState):
                                 return _guard.PLAIN
                         self._run((row,), t, [new])
                         return _guard.PLAIN
+                    # (Re)taken copy of the group for the short test above.
+                    c_call[5] = {k: v if k == "params" else _snapshot(v)
+                                 for k, v in group.items()}
+                # The C step's call, written once and inline (a method call costs ~0.1
+                # us): t and the thread count stored in place.
+                args = c_call[2]
+                args[c_call[3]] = t
+                args[c_call[4]] = _dispatch.get_num_threads()
+                # Between the kernel's return and the count, no bytecode that runs a
+                # signal handler: see _kernel_wrote.
+                try:
+                    done = c_call[1](*args)
+                except BaseException as exc:
+                    self._interrupted(exc, t, None)
+                    raise
+                if done:
+                    d["step_count"] = t
+                    return _guard.PLAIN
+                return self._step_general(grads, t, grad_scale)  # declined: nothing written
             return self._step_general(grads, t, grad_scale)
+
+    def _c_call(self, hp):
+        """The C step's call for group 0 with hyperparameters ``hp``: ``[hp, function,
+        args, where t goes, where the thread count goes, a copy of group 0]``, or
+        ``[hp, None]`` when the backend has none for this algorithm."""
+        c = self._c_step(hp)
+        if c is None:
+            return [hp, None]
+        # The call's arguments as one list, t and the thread count stored in place
+        # (under the lock) at each step: ~0.15 us less than unpacking the parts
+        # every time.
+        head, mid, tail = c[1:]
+        return [hp, c[0], [*head, 0, *mid, 0, *tail], len(head), len(head) + 1 + len(mid), None]
 
     def _step_general(self, grads, t, grad_scale):
         spec = self.spec
