@@ -46,8 +46,16 @@ def collect(self, slab, hps):
                     if foreign is None:
                         foreign = []
                     foreign.append(k)
-    # The data pointers: _CHECK params per step, in rotation (all of them when
-    # there are few): p.data_ptr() costs as much as the rest of the per-param work.
+    check_ptrs(slab)
+    for k in foreign or ():
+        self._check_grad(slab, k, hps)
+    return inactive, foreign
+
+def check_ptrs(slab):
+    """Refuse a slab whose params' .data was rebound: _CHECK params per step, in
+    rotation (all of them when there are few): p.data_ptr() costs as much as the
+    rest of the per-param work."""
+    params = slab.params
     n = len(params)
     lo = 0
     if n > _CHECK:
@@ -65,9 +73,6 @@ def collect(self, slab, hps):
             f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
             f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
             f"optimizer after such changes")
-    for k in foreign or ():
-        self._check_grad(slab, k, hps)
-    return inactive, foreign
 
 def check_grad(self, slab, k, hps):
     """A grad the optimizer has not bound: refused, naming what is wrong, unless the
@@ -160,6 +165,24 @@ def step(self, closure=None, *, grad_scale=None):
         amp_skip = found_inf is not None and float(found_inf) != 0.0
         inv = 1.0 if scale is None else _guard.unscale(scale, [_NP[p.dtype] for p in self._slabs])
         groups = self.param_groups
+        slabs = self._slabs
+        if len(groups) == 1 and len(slabs) == 1:
+            # The common case in short (one group, its values the cached objects, and
+            # one slab, every grad its bound view, every param at one count): what
+            # the loops below would find, ~0.4 us sooner.
+            c = self._hp_cache.get(0)
+            g = groups[0]
+            slab = slabs[0]
+            if c is not None and c[2] is None and slab.uniform and len(g) == len(c[0]) and \
+                    all(map(_is, g.values(), c[0])) and \
+                    all(map(_is, map(_grad_of, slab.params), slab.gviews)):
+                check_ptrs(slab)
+                run = self._uniform_run(slab, (c[1],))
+                guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
+                result = self.last_result = take_step(self._backend, (run,), guard,
+                                                      _dispatch.get_num_threads(),
+                                                      skip=amp_skip, clip=self.spec.clip)
+                return loss if closure is not None else result
         self._hp_changed = False
         # group_hp's identity test inlined for a group whose values cannot change in
         # place (the common case): the method call costs as much as the test.
