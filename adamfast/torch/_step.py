@@ -234,20 +234,24 @@ def uniform_run(self, slab, hps):
     group state: one scalar row per group (the rows of ``slab.full``)."""
     spec = self.spec
     rows_g, chunks = slab.full
-    rows, news = [], []
     steps = self._steps_np
     first = slab.first
-    ts = set()
-    for g in rows_g:
-        i = first[g]
-        t = int(steps[i]) + 1
-        ts.add(t)
-        row, new = spec.scalars(t, hps[g], self._gs.get(i))
-        rows.append(row)
-        news.append((g, new))
+    if len(rows_g) == 1 and not spec.gstate:  # one row, no group state: no loop (~0.15 us)
+        g, = rows_g
+        t = int(steps.item(first[g])) + 1
+        rows, news, ts = (spec.scalars(t, hps[g], None)[0],), (), (t,)
+    else:
+        rows, news, ts = [], [], set()
+        for g in rows_g:
+            i = first[g]
+            t = int(steps.item(i)) + 1
+            ts.add(t)
+            row, new = spec.scalars(t, hps[g], self._gs.get(i))
+            rows.append(row)
+            news.append((g, new))
     # Every param of the optimizer at step t - 1 (one slab, every group at one count):
     # the counts become t with one fill, ~1 us less than adding 1 to each.
-    fill = ts.pop() if slab.everyone and len(ts) == 1 else None
+    fill = t if slab.everyone and len(ts) == 1 else None
     run = slab.run
     # (The spec's checks make every hyperparameter a float, so the rows are tuples of
     # floats, as the fast path takes them; another row would only make it decline.)
