@@ -283,7 +283,7 @@ class StepCore(FlatState):
                     # last): a group still equal to it, its params the same list, has
                     # the same validated hyperparameters.  One dict comparison is
                     # ~0.1 us less than reading and comparing the hyperparameters.
-                    snap = c_call[5]
+                    snap = c_call[2]
                     try:
                         group, = self.param_groups
                         same = group == snap and group["params"] is snap["params"]
@@ -303,7 +303,7 @@ class StepCore(FlatState):
                         return self._step_general(grads, t, grad_scale)
                     hp = cached[1]
                     if c_call is None or c_call[0] is not hp:
-                        c_call = d["_c_args"] = self._c_call(hp)
+                        c_call = d["_c_args"] = [hp, self._c_step(hp), None]
                     if c_call[1] is None:
                         row, new = self.spec.scalars(t, hp, d["_gstate"][0])
                         fast = self._backend.step_fast
@@ -325,17 +325,13 @@ class StepCore(FlatState):
                         self._run((row,), t, [new])
                         return _guard.PLAIN
                     # (Re)taken copy of the group for the short test above.
-                    c_call[5] = {k: v if k == "params" else _snapshot(v)
+                    c_call[2] = {k: v if k == "params" else _snapshot(v)
                                  for k, v in group.items()}
                 # The C step's call, written once and inline (a method call costs ~0.1
-                # us): t and the thread count stored in place.
-                args = c_call[2]
-                args[c_call[3]] = t
-                args[c_call[4]] = _dispatch.get_num_threads()
-                # Between the kernel's return and the count, no bytecode that runs a
-                # signal handler: see _kernel_wrote.
+                # us).  Between the kernel's return and the count, no bytecode that
+                # runs a signal handler: see _kernel_wrote.
                 try:
-                    done = c_call[1](*args)
+                    done = c_call[1](t, _dispatch.get_num_threads())
                 except BaseException as exc:
                     self._interrupted(exc, t, None)
                     raise
@@ -344,19 +340,6 @@ class StepCore(FlatState):
                     return _guard.PLAIN
                 return self._step_general(grads, t, grad_scale)  # declined: nothing written
             return self._step_general(grads, t, grad_scale)
-
-    def _c_call(self, hp):
-        """The C step's call for group 0 with hyperparameters ``hp``: ``[hp, function,
-        args, where t goes, where the thread count goes, a copy of group 0]``, or
-        ``[hp, None]`` when the backend has none for this algorithm."""
-        c = self._c_step(hp)
-        if c is None:
-            return [hp, None]
-        # The call's arguments as one list, t and the thread count stored in place
-        # (under the lock) at each step: ~0.15 us less than unpacking the parts
-        # every time.
-        head, mid, tail = c[1:]
-        return [hp, c[0], [*head, 0, *mid, 0, *tail], len(head), len(head) + 1 + len(mid), None]
 
     def _step_general(self, grads, t, grad_scale):
         spec = self.spec
@@ -408,9 +391,9 @@ class StepCore(FlatState):
             d["step_count"] = t
 
     def _c_step(self, hp):
-        """Hook: a backend's C version of the whole step (scalars included), as
-        ``(function, args before t, args between t and the thread count, args after)``,
-        or None.  It may still decline a call (returns False), like any fast path."""
+        """Hook: a backend's C version of the whole step (scalars included), as a
+        function ``f(t, nthreads)`` returning True once it has written step t, or
+        None.  It may still decline a call (returns False), like any fast path."""
         return None
 
     def zero_grad(self):
@@ -435,19 +418,19 @@ class StepCore(FlatState):
 
 
 def _adam_c_step(self, hp):
-    """Adam's whole step in C (adam_step_fast: its scalars are the C version of
-    adamfast.algorithms.adam.scalars, bit for bit), called by step() as
-    ``fast(*head, t, *mid, nthreads, *tail)``; it declines like any fast path."""
-    fast = self._backend.adam_fast
-    if fast is None:
+    """Adam's whole step in C (adam_step_call: adam_step_fast's step, whose scalars are
+    the C version of adamfast.algorithms.adam.scalars, bit for bit), as a function
+    ``f(t, nthreads)``; it declines like any fast path."""
+    make = self._backend.adam_call
+    if make is None:
         return None
     _, states = self._plan
     max_sq = states[2] if len(states) == 3 else None  # adam_amsgrad's third buffer
     beta1, beta2 = hp["betas"]
-    return (fast, (self.flat_params, self.flat_grads, states[0], states[1]),
-            (hp["lr"], beta1, beta2, hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"],
-             hp["amsgrad"], max_sq, hp["maximize"]),
-            (hp["eps_hat"], hp["eps_root"], hp["bias_correction"], hp["nesterov"]))
+    return make(self.flat_params, self.flat_grads, states[0], states[1], hp["lr"], beta1, beta2,
+                hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"], hp["amsgrad"],
+                max_sq, hp["maximize"], hp["eps_hat"], hp["eps_root"], hp["bias_correction"],
+                hp["nesterov"])
 
 
 _C_STEPS = {"adam": _adam_c_step}
