@@ -101,59 +101,55 @@ def take_step(b, runs, guard, nthreads, skip=False, clip="torch"):
     that run, lets the other runs step too, and then propagates: the counters never
     lag the buffers.
     """
+    # One function, not a wrapper around the procedure: a Python call less per step.
     try:
-        return _procedure(b, runs, guard, nthreads, skip, clip)
+        inv, max_grad_norm, skip_nonfinite, ema_decay = guard
+        norm = None
+        mult = inv
+        if max_grad_norm is not None or skip_nonfinite:
+            nthreads = _guard.pass_threads(b, sum(r.grads.size for r in runs), nthreads)
+            total, finite = 0.0, True
+            for r in runs:
+                spans = r.spans
+                for flat in ((r.grads,) if spans is None else
+                             [r.grads[lo:hi] for lo, hi in spans]):
+                    ss, ok = _guard.sumsq(b, flat, nthreads, inv)
+                    total += ss
+                    finite = finite and ok
+            mult, norm, skipped = _guard.decide(total, finite, inv, max_grad_norm,
+                                                skip_nonfinite, clip)
+            if skipped:
+                return _guard.StepResult(norm, True)
+        if skip:
+            return _guard.StepResult(norm, True)
+        fold = mult != 1.0 or ema_decay is not None
+        pending = None
+        for r in runs:
+            rows = [_guard.fold(row, mult, ema_decay) for row in r.rows] if fold else r.rows
+            # Inside the try, only the kernel's call may run a signal handler (see
+            # _kernel_wrote): an interrupt raised later is after the writes.
+            try:
+                _engine.run_kernel(b, r.kid, r.params, r.grads, r.states, rows, r.chunks,
+                                   nthreads, r.ema, r.single, r.tensors)
+            except BaseException as exc:
+                if not _kernel_wrote(exc, b.module):
+                    raise
+                pending = exc
+            commit = r.commit
+            if commit is not None:
+                try:
+                    commit()
+                except BaseException as exc:  # an interrupt as the stores began: make them
+                    commit()
+                    pending = pending or exc
+        if pending is not None:
+            raise pending
+        return _guard.PLAIN if norm is None else _guard.StepResult(norm, False)
     finally:
         # A commit refers to its front end, which holds the run: drop the cycle now,
         # or each optimizer dropped would wait for the cyclic GC.
         for r in runs:
             r.commit = None
-
-
-def _procedure(b, runs, guard, nthreads, skip, clip):
-    inv, max_grad_norm, skip_nonfinite, ema_decay = guard
-    norm = None
-    mult = inv
-    if max_grad_norm is not None or skip_nonfinite:
-        nthreads = _guard.pass_threads(b, sum(r.grads.size for r in runs), nthreads)
-        total, finite = 0.0, True
-        for r in runs:
-            spans = r.spans
-            for flat in ((r.grads,) if spans is None else
-                         [r.grads[lo:hi] for lo, hi in spans]):
-                ss, ok = _guard.sumsq(b, flat, nthreads, inv)
-                total += ss
-                finite = finite and ok
-        mult, norm, skipped = _guard.decide(total, finite, inv, max_grad_norm, skip_nonfinite,
-                                            clip)
-        if skipped:
-            return _guard.StepResult(norm, True)
-    if skip:
-        return _guard.StepResult(norm, True)
-    fold = mult != 1.0 or ema_decay is not None
-    pending = None
-    for r in runs:
-        rows = [_guard.fold(row, mult, ema_decay) for row in r.rows] if fold else r.rows
-        # Inside the try, only the kernel's call may run a signal handler (see
-        # _kernel_wrote): an interrupt raised later is after the writes.
-        try:
-            _engine.run_kernel(b, r.kid, r.params, r.grads, r.states, rows, r.chunks, nthreads,
-                               r.ema, single=r.single, tensors=r.tensors)
-        except BaseException as exc:
-            if not _kernel_wrote(exc, b.module):
-                raise
-            pending = exc
-        commit = r.commit
-        if commit is not None:
-            try:
-                commit()
-            except BaseException as exc:  # an interrupt as the stores began: make them
-                commit()
-                pending = pending or exc
-    if pending is not None:
-        raise pending
-    return _guard.PLAIN if norm is None else _guard.StepResult(norm, False)
-
 
 
 def _snapshot(value):
@@ -252,23 +248,6 @@ class StepCore(FlatState):
         self._c_args = None
         self._run_obj = None
 
-    def _c_run(self, c_call, t):
-        """Step t through the C step's prepared call; True once it has written and
-        been counted, False when it declined (nothing written)."""
-        _, fast, args, at_t, at_threads, _ = c_call
-        args[at_t] = t
-        args[at_threads] = _dispatch.get_num_threads()
-        # Between the kernel's return and the count, no bytecode that runs a
-        # signal handler: see _kernel_wrote.
-        try:
-            done = fast(*args)
-        except BaseException as exc:
-            self._interrupted(exc, t, None)
-            raise
-        if done:
-            self.__dict__["step_count"] = t
-        return done
-
     def step(self, grads=None, *, grad_scale=None):
         """Take one step; return a :class:`~adamfast.StepResult`.
 
@@ -298,43 +277,34 @@ class StepCore(FlatState):
             t = d["step_count"] + 1
             if grads is None and grad_scale is None and d["_fast"]:
                 c_call = d["_c_args"]
+                same = False
                 if c_call is not None and c_call[1] is not None:
                     # The C step's call was made from group 0 as it was then (its copy,
                     # last): a group still equal to it, its params the same list, has
                     # the same validated hyperparameters.  One dict comparison is
                     # ~0.1 us less than reading and comparing the hyperparameters.
-                    snap = c_call[5]
+                    snap = c_call[2]
                     try:
                         group, = self.param_groups
                         same = group == snap and group["params"] is snap["params"]
                     except (KeyError, TypeError, ValueError):
-                        same = False  # the general path says what is wrong
-                    if same and self._c_run(c_call, t):
-                        return _guard.PLAIN
-                cached = d["_cache"][0]
-                if cached is not None and not cached[2]:
+                        pass  # the general path says what is wrong
+                if not same:
+                    cached = d["_cache"][0]
+                    if cached is None or cached[2]:
+                        return self._step_general(grads, t, grad_scale)
                     try:
                         group, = self.param_groups
                         raw = self._getter(group)
                         same = raw[0] is d["_plists"][0] and raw == cached[0]
                     except (KeyError, TypeError, ValueError):
-                        same = False  # the general path says what is wrong
-                    if same:
-                        hp = cached[1]
-                        if c_call is None or c_call[0] is not hp:
-                            c = self._c_step(hp)
-                            # The call's arguments as one list, t and the thread
-                            # count stored in place (under the lock) at each step:
-                            # ~0.15 us less than unpacking the parts every time.
-                            c_call = d["_c_args"] = [hp, c] if c is None else [
-                                hp, c[0], [*c[1], 0, *c[2], 0, *c[3]], len(c[1]),
-                                len(c[1]) + 1 + len(c[2]), None]
-                        if c_call[1] is not None:
-                            # (Re)taken copy of the group for the short test above.
-                            c_call[5] = {k: v if k == "params" else _snapshot(v)
-                                         for k, v in group.items()}
-                            if self._c_run(c_call, t):
-                                return _guard.PLAIN
+                        pass  # the general path says what is wrong
+                    if not same:
+                        return self._step_general(grads, t, grad_scale)
+                    hp = cached[1]
+                    if c_call is None or c_call[0] is not hp:
+                        c_call = d["_c_args"] = [hp, self._c_step(hp), None]
+                    if c_call[1] is None:
                         row, new = self.spec.scalars(t, hp, d["_gstate"][0])
                         fast = self._backend.step_fast
                         if fast is not None:
@@ -354,6 +324,21 @@ class StepCore(FlatState):
                                 return _guard.PLAIN
                         self._run((row,), t, [new])
                         return _guard.PLAIN
+                    # (Re)taken copy of the group for the short test above.
+                    c_call[2] = {k: v if k == "params" else _snapshot(v)
+                                 for k, v in group.items()}
+                # The C step's call, written once and inline (a method call costs ~0.1
+                # us).  Between the kernel's return and the count, no bytecode that
+                # runs a signal handler: see _kernel_wrote.
+                try:
+                    done = c_call[1](t, _dispatch.get_num_threads())
+                except BaseException as exc:
+                    self._interrupted(exc, t, None)
+                    raise
+                if done:
+                    d["step_count"] = t
+                    return _guard.PLAIN
+                return self._step_general(grads, t, grad_scale)  # declined: nothing written
             return self._step_general(grads, t, grad_scale)
 
     def _step_general(self, grads, t, grad_scale):
@@ -406,9 +391,9 @@ class StepCore(FlatState):
             d["step_count"] = t
 
     def _c_step(self, hp):
-        """Hook: a backend's C version of the whole step (scalars included), as
-        ``(function, args before t, args between t and the thread count, args after)``,
-        or None.  It may still decline a call (returns False), like any fast path."""
+        """Hook: a backend's C version of the whole step (scalars included), as a
+        function ``f(t, nthreads)`` returning True once it has written step t, or
+        None.  It may still decline a call (returns False), like any fast path."""
         return None
 
     def zero_grad(self):
@@ -433,19 +418,19 @@ class StepCore(FlatState):
 
 
 def _adam_c_step(self, hp):
-    """Adam's whole step in C (adam_step_fast: its scalars are the C version of
-    adamfast.algorithms.adam.scalars, bit for bit), called by step() as
-    ``fast(*head, t, *mid, nthreads, *tail)``; it declines like any fast path."""
-    fast = self._backend.adam_fast
-    if fast is None:
+    """Adam's whole step in C (adam_step_call: adam_step_fast's step, whose scalars are
+    the C version of adamfast.algorithms.adam.scalars, bit for bit), as a function
+    ``f(t, nthreads)``; it declines like any fast path."""
+    make = self._backend.adam_call
+    if make is None:
         return None
     _, states = self._plan
     max_sq = states[2] if len(states) == 3 else None  # adam_amsgrad's third buffer
     beta1, beta2 = hp["betas"]
-    return (fast, (self.flat_params, self.flat_grads, states[0], states[1]),
-            (hp["lr"], beta1, beta2, hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"],
-             hp["amsgrad"], max_sq, hp["maximize"]),
-            (hp["eps_hat"], hp["eps_root"], hp["bias_correction"], hp["nesterov"]))
+    return make(self.flat_params, self.flat_grads, states[0], states[1], hp["lr"], beta1, beta2,
+                hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"], hp["amsgrad"],
+                max_sq, hp["maximize"], hp["eps_hat"], hp["eps_root"], hp["bias_correction"],
+                hp["nesterov"])
 
 
 _C_STEPS = {"adam": _adam_c_step}

@@ -119,7 +119,7 @@ class FlatState:
         self._cache = [None] * len(counts)
         self._kind = kind
         self._plan = None  # (kind id, state slots): set at the first step (_replan)
-        self._c_args = None  # (hp, the C step's call) for that hp: see step()
+        self._c_args = None  # [hp, the C step's call for it, group 0's copy]: see step()
         self._run_obj = None  # the core's Run over these buffers (_core.take_step)
         self._lock = threading.Lock()  # serializes step() and the methods that re-lay out
         self.step_count = 0

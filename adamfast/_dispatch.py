@@ -41,7 +41,8 @@ callable with this signature::
 The cython module also provides the fast paths ``step_fast(kind, params,
 grads, states, row, num_threads, ema=None)`` (any kind, one group, buffers
 checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
-C); they perform a call only when it is trivially valid and otherwise
+C, also as ``adam_step_call``: its arguments but the step and the thread
+count given once, for adamfast.Adam's step); they perform a call only when it is trivially valid and otherwise
 decline, so Python validation stays the one authority.  The numba backend
 has a ``step_fast`` too, the same contract in Python (one cheap pass over the
 buffers instead of family_kernel's detailed checks and tables).
@@ -303,9 +304,10 @@ def backend_status():
 
 class Backend:
     """A loaded backend: its name, kernel, kind ids and fast paths (None where the
-    backend has none: ``step_fast`` on cython and numba, ``adam_fast`` on cython)."""
+    backend has none: ``step_fast`` on cython and numba, ``adam_fast`` and
+    ``adam_call`` on cython)."""
 
-    __slots__ = ("name", "kernel", "kind_ids", "step_fast", "adam_fast", "module")
+    __slots__ = ("name", "kernel", "kind_ids", "step_fast", "adam_fast", "adam_call", "module")
 
     def __init__(self, name, module):
         self.name = name
@@ -314,6 +316,7 @@ class Backend:
         self.kind_ids = {kind: i for i, kind in enumerate(module.KINDS)}
         self.step_fast = getattr(module, "step_fast", None)
         self.adam_fast = getattr(module, "adam_step_fast", None)
+        self.adam_call = getattr(module, "adam_step_call", None)
 
     def sumsq(self, flat, out, num_threads):
         """The guarded step's norm pass (see :mod:`adamfast._guard`)."""

@@ -52,7 +52,7 @@ def scalar_table(rows):
     return table
 
 
-def run_kernel(b, kid, params, grads, states, rows, chunks, nthreads, ema=None, *,
+def run_kernel(b, kid, params, grads, states, rows, chunks, nthreads, ema=None,
                single=False, tensors=None):
     """The writes of one step, for every front end: backend ``b``'s fast path
     when ``single`` (one row, ``rows[0]``, covers every element of the

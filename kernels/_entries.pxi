@@ -468,6 +468,60 @@ _ADAM = KINDS.index("adam")
 _ADAM_AMSGRAD = KINDS.index("adam_amsgrad")
 
 
+# adam_step_fast's arguments other than the buffers, step and num_threads, as C values.
+cdef struct _AdamArgs:
+    int ams, dec, mx, hat, bc, nes
+    double lr, b1, b2, eps, wd, root
+
+
+cdef bint _adam_args(_AdamArgs* h, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+                     maximize, eps_hat, eps_root, bias_correction, nesterov) noexcept:
+    # adam_step_fast's check of these arguments, filling h: False to decline.
+    h.ams = _fast_flag(amsgrad)
+    h.dec = _fast_flag(decoupled)
+    h.mx = _fast_flag(maximize)
+    h.hat = _fast_flag(eps_hat)
+    h.bc = _fast_flag(bias_correction)
+    h.nes = _fast_flag(nesterov)
+    if h.ams < 0 or h.dec < 0 or h.mx < 0 or h.hat < 0 or h.bc < 0 or h.nes < 0:
+        return False
+    return (_fast_float(lr, 0.0, INFINITY, &h.lr)
+            and _fast_float(beta1, 0.0, 1.0, &h.b1)
+            and _fast_float(beta2, 0.0, 1.0, &h.b2)
+            and _fast_float(eps, 0.0, INFINITY, &h.eps)
+            and _fast_float(weight_decay, 0.0, INFINITY, &h.wd)
+            and _fast_float(eps_root, 0.0, INFINITY, &h.root))
+
+
+cdef object _adam_run(_AdamArgs* h, params, grads, states, step, int num_threads):
+    # The rest of adam_step_fast once its other arguments passed _adam_args: the
+    # step, the buffers, the scalars, then the kernel.  True after the step, False
+    # (nothing written) to decline.
+    cdef long t
+    cdef int overflow = 0
+    cdef int typenum
+    cdef Py_ssize_t n
+    cdef char* ptrs[3 + _MAXSTATE]
+    cdef double row[_NSLOT]
+    # step: an exact int (bool is a subclass, so it declines), 1 <= step < LONG_MAX.
+    if not PyLong_CheckExact(step):
+        return False
+    t = PyLong_AsLongAndOverflow(step, &overflow)
+    if overflow or t < 1:
+        return False
+    if not _fast_buffers(params, grads, states, 3 if h.ams else 2, &typenum, &n, ptrs):
+        return False
+    if not _adam_scalars(t, h.lr, h.b1, h.b2, h.eps, h.wd, h.dec, h.ams, h.mx, h.hat, h.root,
+                         h.bc, h.nes, row):
+        return False
+    if n == 0:
+        return True
+    with nogil:
+        _step(_ADAM_AMSGRAD if h.ams else _ADAM, typenum, ptrs[0], ptrs[1], <void**>(ptrs + 2),
+              NULL, row, NULL, 0, n, num_threads)
+    return True
+
+
 def adam_step_fast(
     params,            # IN/OUT  theta
     grads,             # IN      g (may be read-only)
@@ -489,47 +543,47 @@ def adam_step_fast(
     exact floats in their ranges; the flags exactly True or False;
     ``max_exp_avg_sq`` given iff ``amsgrad``.  It never raises for bad input.
     """
-    cdef int ams, dec, mx, hat, bc, nes
-    cdef long t
-    cdef int overflow = 0
-    cdef double lr_, b1, b2, eps_, wd, root
-    cdef int typenum
-    cdef Py_ssize_t n
-    cdef char* ptrs[3 + _MAXSTATE]
-    cdef double row[_NSLOT]
+    cdef _AdamArgs h
+    if not _adam_args(&h, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                      eps_hat, eps_root, bias_correction, nesterov):
+        return False
+    states = (exp_avg, exp_avg_sq, max_exp_avg_sq) if h.ams else (exp_avg, exp_avg_sq)
+    return _adam_run(&h, params, grads, states, step, num_threads)
 
-    ams = _fast_flag(amsgrad)
-    dec = _fast_flag(decoupled)
-    mx = _fast_flag(maximize)
-    hat = _fast_flag(eps_hat)
-    bc = _fast_flag(bias_correction)
-    nes = _fast_flag(nesterov)
-    if ams < 0 or dec < 0 or mx < 0 or hat < 0 or bc < 0 or nes < 0:
-        return False
-    # step: an exact int (bool is a subclass, so it declines), 1 <= step < LONG_MAX.
-    if not PyLong_CheckExact(step):
-        return False
-    t = PyLong_AsLongAndOverflow(step, &overflow)
-    if overflow or t < 1:
-        return False
-    if not (_fast_float(lr, 0.0, INFINITY, &lr_)
-            and _fast_float(beta1, 0.0, 1.0, &b1)
-            and _fast_float(beta2, 0.0, 1.0, &b2)
-            and _fast_float(eps, 0.0, INFINITY, &eps_)
-            and _fast_float(weight_decay, 0.0, INFINITY, &wd)
-            and _fast_float(eps_root, 0.0, INFINITY, &root)):
-        return False
-    states = (exp_avg, exp_avg_sq, max_exp_avg_sq) if ams else (exp_avg, exp_avg_sq)
-    if not _fast_buffers(params, grads, states, 3 if ams else 2, &typenum, &n, ptrs):
-        return False
-    if not _adam_scalars(t, lr_, b1, b2, eps_, wd, dec, ams, mx, hat, root, bc, nes, row):
-        return False
-    if n == 0:
-        return True
-    with nogil:
-        _step(_ADAM_AMSGRAD if ams else _ADAM, typenum, ptrs[0], ptrs[1], <void**>(ptrs + 2),
-              NULL, row, NULL, 0, n, num_threads)
-    return True
+
+cdef class _AdamCall:
+    # adam_step_call's product: the arguments checked once, the rest at each call.
+    cdef _AdamArgs h
+    cdef bint ok
+    cdef object params, grads, states
+
+    def run(self, step, int num_threads):
+        """``adam_step_fast`` with this call's arguments, ``step`` and ``num_threads``."""
+        if not self.ok:
+            return False
+        return _adam_run(&self.h, self.params, self.grads, self.states, step, num_threads)
+
+
+def adam_step_call(params, grads, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+                   decoupled, amsgrad, max_exp_avg_sq, maximize, eps_hat=False, eps_root=0.0,
+                   bias_correction=True, nesterov=False):
+    """``adam_step_fast`` with every argument but ``step`` and ``num_threads`` given
+    once: returns ``f(step, num_threads)``, which does and returns exactly what
+    ``adam_step_fast`` does and returns with these arguments and those two.
+
+    For a caller that steps the same buffers with the same hyperparameters many
+    times (adamfast.Adam): the hyperparameters are checked here, once (a value
+    that would make adam_step_fast decline makes every call decline); the step
+    and the buffers at each call, as adam_step_fast checks them.  It keeps
+    references to the buffers, and no state of the step.
+    """
+    cdef _AdamCall c = _AdamCall()
+    c.ok = _adam_args(&c.h, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                      eps_hat, eps_root, bias_correction, nesterov)
+    c.params, c.grads = params, grads
+    c.states = (exp_avg, exp_avg_sq, max_exp_avg_sq) if c.ok and c.h.ams else (exp_avg,
+                                                                               exp_avg_sq)
+    return c.run
 
 
 def sumsq_kernel(cnp.ndarray grads not None,   # IN   any float32/float64 1-D C-contiguous

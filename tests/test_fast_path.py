@@ -328,10 +328,13 @@ def test_max_exp_avg_sq_ignored_without_amsgrad(mod, vmax):
 def test_get_backend_fast_paths(monkeypatch):
     cy = _dispatch.get_backend("cython")
     assert cy.adam_fast is _dispatch.cython_module().adam_step_fast
+    assert cy.adam_call is _dispatch.cython_module().adam_step_call
     assert cy.step_fast is _dispatch.cython_module().step_fast
     assert _dispatch.get_backend("numpy").adam_fast is None
+    assert _dispatch.get_backend("numpy").adam_call is None
     if "numba" in adamfast.available_backends():
         assert _dispatch.get_backend("numba").adam_fast is None
+        assert _dispatch.get_backend("numba").adam_call is None
     with pytest.raises(ValueError, match="backend must be one of"):
         _dispatch.get_backend("fortran")
     with pytest.raises(TypeError, match="backend must be a str"):
@@ -441,5 +444,11 @@ def test_never_accepts_what_the_full_path_rejects(monkeypatch, mod):
                 declined_valid += 1
             else:
                 rejected += 1
+        # adam_step_call (adamfast.Adam's C step): the same answer and the same bits,
+        # its arguments given once and the step at the call.
+        _restore(snap)
+        args = [bufs[k] if k in bufs else hyper[k] for k in ORDER if k != "step"]
+        assert mod.adam_step_call(*args)(hyper["step"], 2) is ok
+        assert {k: bits(a) for k, (a, _) in snap.items()} == after, hyper
     assert taken > 300 and rejected > 300 and declined_valid > 100, (taken, rejected,
                                                                      declined_valid)

@@ -80,6 +80,9 @@ def test_interrupt_right_after_the_kernel_keeps_counters_with_the_buffers(backen
     for attr in ("kernel", "step_fast", "adam_fast"):
         if getattr(b, attr) is not None:
             monkeypatch.setattr(b, attr, _interrupting(getattr(b, attr)))
+    if b.adam_call is not None:  # it makes the C step's call: the call interrupts
+        make = b.adam_call
+        monkeypatch.setattr(b, "adam_call", lambda *args: _interrupting(make(*args)))
     g = arrays(13)
     for dst, src in zip(opt.grads, g):
         dst[...] = src
@@ -163,6 +166,8 @@ def test_a_kernel_that_refuses_before_writing_advances_nothing(backend, case, mo
     for attr in ("kernel", "step_fast", "adam_fast"):
         if getattr(b, attr) is not None:
             monkeypatch.setattr(b, attr, refusing)
+    if b.adam_call is not None:  # it makes the C step's call: the call refuses
+        monkeypatch.setattr(b, "adam_call", lambda *args: refusing)
     with pytest.raises(ValueError, match="refused"):
         opt.step(arrays(12))
     monkeypatch.undo()

@@ -267,7 +267,7 @@ class Spec:
                guard's clip: the constructor's value, as timm reads
                ``self.defaults`` (a group's own value is kept, not used)
     c_step     the name of a C version of the whole step in the cython backend
-               (``"adam"``: adam_step_fast), used by the optimizer when it can
+               (``"adam"``: adam_step_call), used by the optimizer when it can
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
                the group state follows from the step alone (SGD's momentum
                starts at step 1); otherwise the caller carries it
