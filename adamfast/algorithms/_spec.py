@@ -183,6 +183,20 @@ class HP:
 
 
 @dataclass(frozen=True)
+class Pass:
+    """One sweep of a step over memory: the buffers it reads and writes, by role
+    (``params``, ``grads`` or a state buffer's name).  A buffer both read and
+    written moves twice."""
+
+    name: str
+    reads: tuple
+    writes: tuple
+
+    def bytes_per_param(self, itemsize):
+        return (len(self.reads) + len(self.writes)) * itemsize
+
+
+@dataclass(frozen=True)
 class Reduction:
     """Per-tensor sums of squares that a kind's update needs (Lamb's trust ratio).
 
@@ -349,18 +363,28 @@ class Spec:
     def all_state_names(self):
         return self._all_state
 
-    def bytes_per_param(self, kind, itemsize):
-        """Memory traffic of one step: read params, grads and every state
-        buffer, write params and every state buffer.  A kind that reduces per
-        tensor makes two passes: pass 1 reads params, grads and the state and
-        writes the state, pass 2 reads params and the state and writes params
-        (4 + 3N buffers); and the guard's norm pass reads the grads once more
-        when the spec clips by default (Lamb: 4 + 24 + 16 = 44 B in float32)."""
-        n = len(self.kinds[kind])
+    def passes(self, kind):
+        """The sweeps over memory of one step with the spec's defaults, in order.
+
+        One ``update`` pass reads params, grads and every state buffer and
+        writes params and every state buffer.  A kind that reduces per tensor
+        makes two: ``moments`` reads params, grads and the state and writes the
+        state; ``apply`` reads params and the state and writes params.  The
+        guard's ``norm`` pass, which reads the grads, comes first when the spec
+        clips by default (Lamb).
+        """
+        states = tuple(self.kinds[kind])
         if kind not in self.reduce:
-            return (3 + 2 * n) * itemsize
-        clip = 1 if self.defaults.get("max_grad_norm") is not None else 0
-        return (clip + 4 + 3 * n) * itemsize
+            return (Pass("update", ("params", "grads", *states), ("params", *states)),)
+        norm = (Pass("norm", ("grads",), ()),) if self.defaults.get(
+            "max_grad_norm") is not None else ()
+        return norm + (Pass("moments", ("params", "grads", *states), states),
+                       Pass("apply", ("params", *states), ("params",)))
+
+    def bytes_per_param(self, kind, itemsize):
+        """Memory traffic of one step, every pass of it (Lamb: 4 + 24 + 16 =
+        44 B in float32)."""
+        return sum(ps.bytes_per_param(itemsize) for ps in self.passes(kind))
 
     def validate(self, hp, where=""):
         """Check one group's hyperparameters; return a new dict of clean values.

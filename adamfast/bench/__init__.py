@@ -46,7 +46,11 @@ What it measures, and why it is measured this way:
   ``roofline-prange`` (numba's own ``prange`` entry of the kind, on numba's
   threading layer, at the run's thread count for that call only).  % roof is
   judged against the fastest of them; the gap to it is the cost of the
-  arithmetic and of the threading.
+  arithmetic and of the threading.  A step of several passes (Lamb's norm,
+  moments and apply passes, ``spec.passes``) is judged instead against
+  ``roofline-passes`` (``_passes.py``): those passes with trivial arithmetic
+  in plain numba ``prange`` loops, since a one-pass mix of streams runs
+  faster than its passes can.
 * Every page of every buffer is written before timing (the workload's
   arrays, the rooflines', each optimizer's, the user arrays' state): a page
   never written maps the shared zero page, whose reads cost no memory

@@ -93,6 +93,11 @@ class Setup:
         return len(self.state_names)
 
     @property
+    def passes(self) -> tuple:
+        """The step's sweeps over memory (the spec's :class:`Pass` list)."""
+        return tuple(self.spec.passes(self.kind))
+
+    @property
     def roofline_kind(self) -> str:
         return f"roofline{self.nstate}"
 

@@ -48,8 +48,14 @@ def print_header(info: dict, cfg, setup):
         return
     bpp = info["bytes_per_param"]
     rb = setup.roofline_bytes(cfg.dtype.itemsize)
-    roof = (f"the same {bpp // cfg.dtype.itemsize} accesses" if rb == bpp else
-            f"one pass of {rb} B/param; the step's several passes are judged at its bandwidth")
+    if rb == bpp:
+        roof = f"the same {bpp // cfg.dtype.itemsize} accesses"
+    else:
+        from ._passes import describe  # numba is there: a several-pass kind is measured
+
+        roof = (f"one pass of {rb} B/param; and roofline-passes, the step's own passes "
+                f"({describe(setup.passes, cfg.dtype.itemsize)}) with trivial arithmetic, "
+                f"which it is judged against")
     print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "
           f"(roofline: {setup.roofline_kind}, {roof})")
     print(ROOFLINES_LINE)
@@ -121,10 +127,18 @@ def print_table(rows: list[dict], roof: dict, n: int, rounds: int, cfg, mode: st
         layer = f"; roofline-prange on numba's {roof['prange_layer']!r} layer" if roof.get(
             "prange_layer") else ""
         rb = roof.get("roofline_bytes_per_param", roof["bytes_per_param"])
-        moved = (f"{rb} B/param; the step moves {roof['bytes_per_param']} in several passes"
-                 if rb != roof["bytes_per_param"] else f"{rb} B/param")
-        print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, the fastest of "
-              f"{', '.join(ran)}{layer}; {moved}); % roof = row GB/s / roofline GB/s")
+        one = roof.get("one_pass_bytes_per_param", rb)
+        if roof["impl"] == "roofline-passes":
+            ones = [n for n in ran if n != "roofline-passes"]
+            print(f"* roofline = {roof['gb_per_s']:.1f} GB/s (roofline-passes: the step's own "
+                  f"passes, {rb} B/param, trivial arithmetic; {', '.join(ones)} make one pass "
+                  f"of {one} B/param, a mix of streams the memory system may run faster{layer})"
+                  f"; % roof = row GB/s / roofline GB/s")
+        else:
+            moved = (f"{rb} B/param; the step moves {roof['bytes_per_param']} in several passes"
+                     if rb != roof["bytes_per_param"] else f"{rb} B/param")
+            print(f"* roofline = {roof['gb_per_s']:.1f} GB/s ({roof['impl']}, the fastest of "
+                  f"{', '.join(ran)}{layer}; {moved}); % roof = row GB/s / roofline GB/s")
     if base and base != "numpy-textbook":
         print(f"speed-up = {base} time / row time, paired within each round")
 
@@ -225,12 +239,16 @@ def print_family(rows: list[dict], n: int, rounds: int, cfg, mode: str | None = 
           "same-run roofline{N} (N state buffers; on adamfast's pool, an OpenMP team and numba "
           "prange), in GB/s over each one's own B/param; x torch, x timm: paired ratio "
           "peer time / adamfast time within each round")
-    multi = [r for r in rows if r.get("roofline_bytes_per_param") not in
-             (None, r["bytes_per_param"])]
-    for r in multi:
-        print(f"{r['algorithm']} moves {r['bytes_per_param']} B/param in several passes; its "
-              f"roofline is the one-pass roofline{{N}}'s bandwidth ({r['roofline_bytes_per_param']}"
-              f" B/param a call) over those {r['bytes_per_param']} B")
+    for r in rows:
+        if r.get("roofline_impl") == "roofline-passes":
+            print(f"{r['algorithm']} moves {r['bytes_per_param']} B/param in several passes; its "
+                  f"roof is roofline-passes, the same passes with trivial arithmetic (numba "
+                  f"prange)")
+        elif r.get("roofline_bytes_per_param") not in (None, r["bytes_per_param"]):
+            print(f"{r['algorithm']} moves {r['bytes_per_param']} B/param in several passes; "
+                  f"its roofline is the one-pass roofline{{N}}'s bandwidth "
+                  f"({r['roofline_bytes_per_param']} B/param a call) over those "
+                  f"{r['bytes_per_param']} B")
 
 
 def print_peer_ratios(ratios: dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -14,7 +15,8 @@ from ._machine import CpuMonitor, core_count, header_info, try_import
 from ._peers import AfterTorch, deepspeed_impls, torch_default_threads, torch_impls, torch_threads
 from ._rows import (USER_ARRAYS, Notes, Workload, adamfast_impls, backends, check_finite,
                     functional_name, load_backend, numpy_impls, roofline_impls, user_array_impls)
-from ._timing import CacheFlusher, Impl, Progress, fastest, measure, paired, summarize
+from ._timing import (CacheFlusher, Impl, Progress, fastest, judged_roofline, measure, paired,
+                      summarize)
 from ._timm import timm_impls
 
 
@@ -116,8 +118,21 @@ def after_torch_rows(impls, best: str, setup) -> list[Impl]:
             f"{functional_name(setup)}-{best}{USER_ARRAYS}"}
     torch_row = _torch_baseline(impls, None)
     timm_row = next((i.name for i in impls if i.kind == "timm"), None)
-    return [Impl(i.name, i.step, i.kind, backend=i.backend, prepare=i.prepare) for i in impls
+    return [dataclasses.replace(i, times_ns=[], first_call_ns=None) for i in impls
             if i.kind == "roofline" or i.name in mine or i.name in (torch_row, timm_row)]
+
+
+def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
+    """``roofline-passes`` for a step of several passes (see _passes.py); numba runs it."""
+    if len(setup.passes) < 2:
+        return []
+    try:
+        from ._passes import passes_roofline_impls as impls
+    except ImportError as exc:
+        notes.add(f"roofline-passes skipped ({exc}): {setup.name} is judged against the "
+                  f"one-pass rooflines")
+        return []
+    return impls(wl, cfg, setup, notes)
 
 
 def _roofline_info(impls) -> dict:
@@ -176,7 +191,9 @@ def run_algorithm(cfg, flush, progress, notes, after=None) -> dict:
         # since other columns need them.
         keep = lambda name: (not cfg.impl or name == setup.baseline  # noqa: E731
                              or any(tok in name for tok in cfg.impl))
-        impls = (roofline_impls(wl, cfg, setup, notes) + numpy_impls(wl, setup, keep)
+        impls = (roofline_impls(wl, cfg, setup, notes)
+                 + passes_roofline_impls(wl, cfg, setup, notes)
+                 + numpy_impls(wl, setup, keep)
                  + adamfast_impls(wl, cfg, setup, notes, keep=keep)
                  + user_array_impls(wl, cfg, setup, notes, keep=keep)
                  + torch_impls(wl, cfg, setup, notes, keep=keep)
@@ -272,9 +289,9 @@ def _family_row(setup, impls, itemsize) -> dict:
     (GB/s over each one's own bytes), and torch's and timm's fastest rows against the
     fastest backend (paired)."""
     med = lambda i: float(np.median(i.times_ns)) / 1e6  # noqa: E731
-    bpp, roof_bpp = setup.bytes_per_param(itemsize), setup.roofline_bytes(itemsize)
+    bpp = setup.bytes_per_param(itemsize)
     best = fastest(impls, "adamfast")
-    roof = fastest(impls, "roofline")
+    roof, roof_bpp = judged_roofline(impls, setup.roofline_bytes(itemsize))
     pct = lambda i: 100 * (bpp / med(i)) / (roof_bpp / med(roof)) if roof else None  # noqa: E731
     row = dict(algorithm=setup.name, kind=setup.kind, bytes_per_param=bpp,
                roofline_bytes_per_param=roof_bpp,
@@ -317,6 +334,7 @@ def run_family(cfg, flush, progress, notes, after=None) -> dict:
         for k, setup in enumerate(setups):
             wl = Workload(n, cfg, setup, numpy_rows=False)
             impls = (roofline_impls(wl, cfg, setup, notes)
+                     + passes_roofline_impls(wl, cfg, setup, notes)
                      + adamfast_impls(wl, cfg, setup, notes, wanted=("numba", "cython"),
                                       one_group_rows=False)
                      + torch_impls(wl, cfg, setup, notes, fastest_only=True)

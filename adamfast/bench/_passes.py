@@ -1,0 +1,94 @@
+"""The roofline of a step that sweeps memory more than once (Lamb).
+
+The one-pass rooflines (``roofline{N}``, see ``_rows.roofline_impls``) read
+params, grads and N state buffers and write params and the N states: seven
+streams at once in Adam's case.  A step of several passes moves other
+mixes: Lamb's norm pass reads one stream, its moments pass reads four and
+writes two, its apply pass reads three and writes one.  The memory system does
+not stream every mix at one rate (a lone read stream per core runs well below
+a seven-stream mix), so the ceiling of such a step is its own passes with
+trivial arithmetic, timed here as ``roofline-passes``: the spec's
+:meth:`passes`, each one parallel loop in numba ``prange`` on the workload's
+roofline buffers.  These kernels are plain loops of their own, outside the
+engine and its threading, so the ceiling does not run through the code it
+judges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._timing import Impl
+
+NAME = "roofline-passes"
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _norm(g):
+    acc = 0.0
+    for i in prange(g.size):
+        acc += g[i]
+    return acc
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _moments(p, g, s):
+    for i in prange(p.size):
+        x = p[i] + g[i]
+        for j in range(len(s)):
+            s[j][i] = s[j][i] + x
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _apply(p, s):
+    for i in prange(p.size):
+        x = p[i]
+        for j in range(len(s)):
+            x += s[j][i]
+        p[i] = x
+
+
+# Pass name -> (kernel, arguments from (params, grads, states)); the traffic of
+# each is the spec's Pass of that name (checked in the tests).
+_KERNELS = {
+    "norm": (_norm, lambda p, g, s: (g,)),
+    "moments": (_moments, lambda p, g, s: (p, g, s)),
+    "apply": (_apply, lambda p, g, s: (p, s)),
+}
+
+
+def describe(passes, itemsize) -> str:
+    """``"norm 4 + moments 24 + apply 16 B/param"``."""
+    return " + ".join(f"{ps.name} {ps.bytes_per_param(itemsize)}" for ps in passes) + " B/param"
+
+
+def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
+    """One ``roofline-passes`` row for a step of several passes; none for one pass."""
+    passes = setup.passes
+    if len(passes) < 2:
+        return []
+    missing = [ps.name for ps in passes if ps.name not in _KERNELS]
+    if missing:
+        notes.add(f"{NAME} skipped: no bandwidth-only kernel for pass(es) {missing}")
+        return []
+    import numba
+
+    from ._rows import on_numba_threads
+
+    bufs = wl.roofline_buffers
+    p, g, states = bufs[0], bufs[1], tuple(bufs[2:])
+    calls = [(kernel, args(p, g, states)) for kernel, args in
+             (_KERNELS[ps.name] for ps in passes)]
+
+    def step(t):
+        for kernel, args in calls:
+            kernel(*args)
+
+    threads = min(cfg.threads, numba.config.NUMBA_NUM_THREADS)
+    itemsize = np.dtype(cfg.dtype).itemsize
+    notes.add(f"{NAME}: the step's own passes ({describe(passes, itemsize)}), trivial "
+              f"arithmetic in numba prange on {threads} thread(s); a {setup.name} step is "
+              f"judged against it")
+    return [Impl(NAME, on_numba_threads(threads, step), "roofline", backend="numba",
+                 bytes_per_param=setup.bytes_per_param(itemsize))]
