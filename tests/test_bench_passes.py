@@ -102,3 +102,26 @@ def test_a_lamb_run_shows_and_uses_roofline_passes(tmp_path):
     assert report["roofline"]["65536"]["impl"] == "roofline-passes"
     assert report["after_torch"]["65536"]["roofline"]["impl"] == "roofline-passes"
     assert "norm 4 + moments 24 + apply 16 B/param" in stdout
+
+
+_NO_NUMBA = """
+import sys
+sys.modules["numba"] = None  # as if numba were not installed
+from adamfast.bench import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_numba_lamb_is_judged_against_the_one_pass_rooflines(tmp_path):
+    import adamfast
+    from test_bench_modes import _bench
+
+    if "cython" not in adamfast.available_backends():
+        pytest.skip("needs the cython backend (the run has no backend without numba)")
+    stdout, report = _bench(tmp_path, ["--algorithm", "Lamb", "--sizes", "64K", "--no-overhead",
+                                       "--no-after-torch"], script=_NO_NUMBA)
+    roof = report["roofline"]["65536"]
+    assert roof["impl"] in ("roofline-pool", "roofline-openmp")
+    assert roof["roofline_bytes_per_param"] == 28 and roof["bytes_per_param"] == 44
+    assert "roofline-passes skipped" in stdout
+    assert "norm 4 + moments 24 + apply 16 B/param" in stdout  # the header still names them

@@ -97,6 +97,11 @@ class Setup:
         """The step's sweeps over memory (the spec's :class:`Pass` list)."""
         return tuple(self.spec.passes(self.kind))
 
+    def describe_passes(self, itemsize: int) -> str:
+        """``"norm 4 + moments 24 + apply 16 B/param"``."""
+        return " + ".join(f"{ps.name} {ps.bytes_per_param(itemsize)}"
+                          for ps in self.passes) + " B/param"
+
     @property
     def roofline_kind(self) -> str:
         return f"roofline{self.nstate}"

@@ -58,11 +58,6 @@ _KERNELS = {
 }
 
 
-def describe(passes, itemsize) -> str:
-    """``"norm 4 + moments 24 + apply 16 B/param"``."""
-    return " + ".join(f"{ps.name} {ps.bytes_per_param(itemsize)}" for ps in passes) + " B/param"
-
-
 def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
     """One ``roofline-passes`` row for a step of several passes; none for one pass."""
     passes = setup.passes
@@ -87,7 +82,7 @@ def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
 
     threads = min(cfg.threads, numba.config.NUMBA_NUM_THREADS)
     itemsize = np.dtype(cfg.dtype).itemsize
-    notes.add(f"{NAME}: the step's own passes ({describe(passes, itemsize)}), trivial "
+    notes.add(f"{NAME}: the step's own passes ({setup.describe_passes(itemsize)}), trivial "
               f"arithmetic in numba prange on {threads} thread(s); a {setup.name} step is "
               f"judged against it")
     return [Impl(NAME, on_numba_threads(threads, step), "roofline", backend="numba",

@@ -51,10 +51,8 @@ def print_header(info: dict, cfg, setup):
     if rb == bpp:
         roof = f"the same {bpp // cfg.dtype.itemsize} accesses"
     else:
-        from ._passes import describe  # numba is there: a several-pass kind is measured
-
         roof = (f"one pass of {rb} B/param; and roofline-passes, the step's own passes "
-                f"({describe(setup.passes, cfg.dtype.itemsize)}) with trivial arithmetic, "
+                f"({setup.describe_passes(cfg.dtype.itemsize)}) with trivial arithmetic, "
                 f"which it is judged against")
     print(f"{setup.describe()}, {cfg.dtype.name}, {where}, kind {setup.kind}, {bpp} B/param moved "
           f"(roofline: {setup.roofline_kind}, {roof})")
