@@ -91,8 +91,10 @@ be missing without breaking the rest.
 Modules: :mod:`._cli` (arguments and their checks), :mod:`._config`
 (settings, sizes, the algorithm setup), :mod:`._machine` (CPU, L3, header,
 load monitor), :mod:`._timing` (flusher, rounds, statistics), :mod:`._rows`
-and :mod:`._peers` (the implementations; timm's in :mod:`._timm`), :mod:`._overhead` (per-call
-cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers),
+and :mod:`._peers` (the implementations; timm's in :mod:`._timm`), :mod:`._passes`
+(``roofline-passes``, the roofline of a step of several passes),
+:mod:`._settings` (rows run with one global setting changed),
+:mod:`._overhead` (per-call cost), :mod:`._report` (tables, JSON, plot), :mod:`._run` (the drivers),
 :mod:`._torch` (``--torch``: adamfast.torch against torch.optim),
 :mod:`._guarded` (``--guarded``: the guarded step against torch's pipeline)
 and :mod:`._busy` (``--busy-core``: 1 thread against all cores with a core

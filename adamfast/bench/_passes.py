@@ -69,7 +69,7 @@ def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
         return []
     import numba
 
-    from ._rows import on_numba_threads
+    from ._settings import on_numba_threads
 
     bufs = wl.roofline_buffers
     p, g, states = bufs[0], bufs[1], tuple(bufs[2:])

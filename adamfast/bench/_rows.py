@@ -11,6 +11,7 @@ import importlib
 import numpy as np
 
 from ._config import BACKEND_ORDER, ROOFLINES, TEXTBOOK, split_groups, split_sizes
+from ._settings import on_numba_threads, on_pool_policy, on_threading
 from ._timing import Impl
 from ._timm import timm_class_name
 
@@ -172,42 +173,6 @@ def backends(notes: Notes, wanted=BACKEND_ORDER) -> list:
         elif load_backend(name, notes) is not None:
             out.append(name)
     return out
-
-
-def _with_setting(read, write, value, call):
-    """``call`` run with a global setting at ``value`` (``read()``/``write(v)``),
-    set only if it differs and restored afterwards even when ``call`` raises:
-    every other row must run with the setting the user chose."""
-    def run(*args):
-        previous = read()
-        if previous == value:
-            return call(*args)
-        write(value)
-        try:
-            return call(*args)
-        finally:
-            write(previous)
-
-    return run
-
-
-def on_threading(module, mode, call):
-    """``call`` run with the cython extension's parallel path set to ``mode``."""
-    return _with_setting(module.threading_mode, module._set_threading, mode, call)
-
-
-def on_pool_policy(module, policy, call):
-    """``call`` run with the pool's choice for large calls forced to ``policy``
-    ("pool": adamfast's own threads only; see kernels/af_pool.h)."""
-    return _with_setting(lambda: module._pool_policy()[0], module._set_pool_policy, policy,
-                         call)
-
-
-def on_numba_threads(threads, call):
-    """``call`` run with numba's thread count at ``threads`` (a per-thread setting)."""
-    import numba
-
-    return _with_setting(numba.get_num_threads, numba.set_num_threads, threads, call)
 
 
 def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
