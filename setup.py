@@ -249,7 +249,8 @@ def render_kinds():
     if text != old:  # keep the timestamp, so an unchanged build is not redone
         with open(out, "w") as f:
             f.write(text)
-    return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_driver.pxi",
+    return ["kernels/%s" % name for name in ("_family.pxi", "_entries.pxi", "_adam_fast.pxi",
+                                             "_driver.pxi",
                                              "_reduce.pxi", "_kinds.pxi", "_kinds.pxi.in",
                                              "_roofline.pxi", "_pool.pxi", "af_lanes.h",
                                              "algorithms/_common.pxi")] + \
