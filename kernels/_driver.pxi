@@ -72,8 +72,8 @@ cdef extern from *:
        `omp simd` (with -fopenmp or -fopenmp-simd; ignored otherwise), which
        tells gcc the AF_LANES accumulators are independent: it left this loop
        scalar in Cython's form.  Neither reassociates: each lane still adds in
-       element order.  AF_LANES is
-       adamfast.algorithms._spec.LANES, which setup.py renders into _kinds.pxi. */
+       element order.  AF_LANES is adamfast.algorithms._spec.LANES, which
+       setup.py renders into _kinds.pxi. */
     #include "af_lanes.h"
     /* The tail of a chunk (fewer than AF_LANES elements) into the first lanes,
        then the lanes added left to right into out[0] (squares) and out[1]. */

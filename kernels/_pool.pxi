@@ -96,27 +96,12 @@ def _set_pool_policy(str policy):
 
 def _pool_policy():
     """The policy in use, and each size class's recent ns per chunk ((pool, team,
-    caller alone), 0.0 where not yet measured or not a choice), from
-    AF_OMP_MIN_CHUNKS chunks up."""
+    caller alone), 0.0 where not yet measured or not a choice: the team only from
+    AF_OMP_MIN_CHUNKS chunks), for every size class measured so far."""
     name = {v: k for k, v in _POLICIES.items()}[af_pool_policy()]
     est = {}
     for b in range(AF_OMP_BUCKETS):
-        if (1 << b) < AF_OMP_MIN_CHUNKS:
-            continue
         times = tuple(af_pool_estimate(b, path) for path in range(3))
         if any(times):
             est[1 << b] = times
     return name, est
-
-
-def _small_call_policy():
-    """Each small size class's recent ns per chunk ((pool, caller alone), 0.0 where
-    not yet measured), below AF_OMP_MIN_CHUNKS chunks, under the measured policy."""
-    est = {}
-    for b in range(AF_OMP_BUCKETS):
-        if (1 << b) >= AF_OMP_MIN_CHUNKS:
-            break
-        pool, caller = af_pool_estimate(b, 0), af_pool_estimate(b, 2)
-        if pool != 0.0 or caller != 0.0:
-            est[1 << b] = (pool, caller)
-    return est

@@ -42,9 +42,10 @@
  * spinning threads.  Neither is best everywhere and a process cannot see the
  * runtime's spinners.  So, under the measured policy, every call that may
  * use threads keeps, per size class (a power of two of chunks,
- * AF_OMP_BUCKETS of them), the recent time per chunk of each path it can take: the pool, the caller alone and, from
- * AF_OMP_MIN_CHUNKS chunks, an OpenMP team; it runs the fastest and tries
- * another one call in AF_EXPLORE, in turn.  With a core busy the caller alone
+ * AF_OMP_BUCKETS of them), the recent time per chunk of each path it can
+ * take: the pool, the caller alone and, from AF_OMP_MIN_CHUNKS chunks, an
+ * OpenMP team; it runs the fastest and tries another one call in
+ * AF_EXPLORE, in turn.  With a core busy the caller alone
  * can win: a worker that claims a block and is then descheduled makes the
  * caller wait out a time slice.  The team claims the same blocks
  * dynamically, so the choice changes speed only.  Without OpenMP

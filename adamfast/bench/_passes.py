@@ -59,10 +59,9 @@ _KERNELS = {
 
 
 def passes_roofline_impls(wl, cfg, setup, notes) -> list[Impl]:
-    """One ``roofline-passes`` row for a step of several passes; none for one pass."""
+    """The ``roofline-passes`` row of a step of several passes (the caller,
+    ``_run.passes_roofline_impls``, asks only for those)."""
     passes = setup.passes
-    if len(passes) < 2:
-        return []
     missing = [ps.name for ps in passes if ps.name not in _KERNELS]
     if missing:
         notes.add(f"{NAME} skipped: no bandwidth-only kernel for pass(es) {missing}")
