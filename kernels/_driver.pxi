@@ -3,6 +3,26 @@
 # parameter group; which thread runs a chunk never changes a result, because
 # every update is element-wise and each chunk reads its group's scalar row.
 
+cdef enum:
+    # The vector loop starts at a cache line of params: see _line_start.
+    _LINE = 64
+
+
+cdef inline Py_ssize_t _line_start(const void* p, Py_ssize_t itemsize, Py_ssize_t lo,
+                                   Py_ssize_t hi) noexcept nogil:
+    # The first index in [lo, hi] whose element of p starts a cache line.
+    # Equal-sized arrays allocated one by one share their offset within a
+    # page, so when params is off a line boundary every stream is, and each
+    # vector load and store then splits across two lines: a NumPy user's
+    # four arrays ran 1.5-1.9x slower than line-aligned ones.  Running the
+    # elements before that index as a loop of their own puts every stream of
+    # the main loop on line boundaries.  Every update is element-wise, so
+    # where the loop splits never changes a result.
+    cdef size_t off = (<size_t>p + <size_t>(lo * itemsize)) % _LINE
+    cdef Py_ssize_t head = <Py_ssize_t>((_LINE - off) % _LINE) // itemsize
+    return min(lo + head, hi)
+
+
 cdef inline void _span(kind_t* tag, floating* p, const floating* g, void** states,
                        floating* ema, const double* row, Py_ssize_t lo,
                        Py_ssize_t hi) noexcept nogil:
@@ -13,17 +33,23 @@ cdef inline void _span(kind_t* tag, floating* p, const floating* g, void** state
     cdef floating k[_NSLOT]
     cdef floating* s[_MAXSTATE]
     cdef Py_ssize_t i, j
+    cdef Py_ssize_t mid = _line_start(p, sizeof(floating), lo, hi)
     for j in range(_NSLOT):
         k[j] = <floating>row[j]
     for j in range(_MAXSTATE):
         s[j] = <floating*>states[j]
     if ema == NULL:
-        for i in range(lo, hi):
+        for i in range(lo, mid):
+            _elem(tag, i, p, g, s, k)
+        for i in range(mid, hi):
             _elem(tag, i, p, g, s, k)
     else:
         # The parameter EMA is one more stream of the same pass, for every
         # kind: ema = d*ema + (1 - d)*p_new (reference: adamfast._numpy_backend).
-        for i in range(lo, hi):
+        for i in range(lo, mid):
+            _elem(tag, i, p, g, s, k)
+            ema[i] = k[EMA_D] * ema[i] + k[EMA_OMD] * p[i]
+        for i in range(mid, hi):
             _elem(tag, i, p, g, s, k)
             ema[i] = k[EMA_D] * ema[i] + k[EMA_OMD] * p[i]
 

@@ -79,6 +79,46 @@ def test_thread_count_invariance(compiled_backend, kind, threads):
         assert bits(a) == bits(b)
 
 
+def _at(a, offset):
+    """A copy of ``a`` starting ``offset`` elements past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128 + offset * a.itemsize, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset * a.itemsize
+    out = raw[start:start + a.nbytes].view(a.dtype)
+    out[:] = a
+    return out
+
+
+def _run_kind_at(backend, kind, n, dtype, offsets, steps=3):
+    # _run_kind on buffers placed at the given element offsets within a cache
+    # line (params, grads, then the states, cycling through offsets).
+    spec, hp = KIND_CASES[kind]
+    b = _dispatch.get_backend(backend)
+    p, state = _start(kind, n, dtype)
+    p = _at(p, offsets[0])
+    state = [_at(s, offsets[(2 + j) % len(offsets)]) for j, s in enumerate(state)]
+    chunks = _engine.chunk_table([(0, n // 3), (n // 3, n)])
+    gstate = dict(spec.gstate) if spec.gstate else None
+    for t in range(1, steps + 1):
+        row, gstate = spec.scalars(t, hp, gstate)
+        table = _engine.scalar_table([row, row])
+        b.kernel(b.kind_id(kind), p, _at(_grads(n, dtype, t), offsets[1 % len(offsets)]),
+                 tuple(state), table, chunks, 1)
+    return [p] + state
+
+
+# Element offsets of the buffers within a cache line: all on a line, all
+# sharing one offset (the layout of arrays a NumPy user allocates one by
+# one), and each its own offset.
+@pytest.mark.parametrize("offsets", [(0,), (4,), (1,), (3, 0, 7, 1)])
+@pytest.mark.parametrize("kind", KIND_CASES)
+def test_kind_bit_for_bit_at_any_alignment(compiled_backend, kind, dtype, offsets):
+    n = 2 * 16384 + 37  # chunks whose starts sit at the buffers' offset, and a tail
+    got = _run_kind_at(compiled_backend, kind, n, dtype, offsets)
+    want = _run_kind_at("numpy", kind, n, dtype, (0,))
+    for a, b in zip(got, want):
+        assert bits(a) == bits(b), f"{compiled_backend} {kind} at offsets {offsets}"
+
+
 def test_kernels_refuse_out_of_range_tables(compiled_backend):
     b = _dispatch.get_backend(compiled_backend)
     p, g, m, v = (np.zeros(10, np.float32) for _ in range(4))

@@ -104,15 +104,21 @@ def _spans(states, lo, hi):
     return _generated("spans_impl", "states, lo, hi", [f"return ({items})"], {})
 
 
-@njit(inline="always")
-def chunk(elem, p, g, s, ema, scalars, chunks, c):
-    """Chunk row ``c`` = (group, lo, hi): elements [lo, hi) with ``scalars[group]``.
+# The vector loop starts at a cache line of params (kernels/_driver.pxi's
+# _line_start says why).
+LINE = 64
 
-    family_kernel has checked every row against the buffers and the table.
-    """
-    lo = chunks[c, 1]
-    hi = chunks[c, 2]
-    k = row(p, scalars[chunks[c, 0]])
+
+@njit(inline="always")
+def line_start(p, lo, hi):
+    """The first index in [lo, hi] whose element of ``p`` starts a cache line."""
+    off = (p.ctypes.data + lo * p.itemsize) % LINE
+    return min(lo + (LINE - off) % LINE // p.itemsize, hi)
+
+
+@njit(inline="always")
+def walk(elem, p, g, s, ema, k, lo, hi):
+    """Elements [lo, hi) with the row ``k``, and the parameter EMA if ``ema`` is not empty."""
     # Slices walked from 0: indexing the full arrays with a signed loop
     # counter makes numba emit wraparound handling that stops LLVM from
     # vectorizing.
@@ -129,6 +135,20 @@ def chunk(elem, p, g, s, ema, scalars, chunks, c):
         for i in range(hi - lo):
             elem(i, p_, g_, s_, k)
             e_[i] = k[EMA_D] * e_[i] + k[EMA_OMD] * p_[i]
+
+
+@njit(inline="always")
+def chunk(elem, p, g, s, ema, scalars, chunks, c):
+    """Chunk row ``c`` = (group, lo, hi): elements [lo, hi) with ``scalars[group]``.
+
+    family_kernel has checked every row against the buffers and the table.
+    """
+    lo = chunks[c, 1]
+    hi = chunks[c, 2]
+    k = row(p, scalars[chunks[c, 0]])
+    mid = line_start(p, lo, hi)
+    walk(elem, p, g, s, ema, k, lo, mid)
+    walk(elem, p, g, s, ema, k, mid, hi)
 
 
 # --- the block entries: numba's update on adamfast's thread pool ------------------------
