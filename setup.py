@@ -11,10 +11,12 @@ Environment switches (all optional):
                        without AVX2/AVX-512), so wheels must never use it.
   ADAMFAST_OPENMP=0    build without OpenMP even if the compiler supports it.
   ADAMFAST_AVX2=0      skip the adamfast._cython_avx2 variant.
+  ADAMFAST_AVX512=0    skip the adamfast._cython_avx512 variant.
 
-Two extension modules are built from the one kernel source, kernels/_family.pxi:
-adamfast._cython for the baseline ISA (runs on any CPU of the architecture)
-and, on x86-64 with gcc/clang, adamfast._cython_avx2 with -mavx2 added.
+Up to three extension modules are built from the one kernel source,
+kernels/_family.pxi: adamfast._cython for the baseline ISA (runs on any CPU of
+the architecture) and, on x86-64 with gcc/clang, adamfast._cython_avx2 with
+-mavx2 added and adamfast._cython_avx512 with -mavx512f added.
 adamfast._dispatch picks one at run time from the CPU's features.  Each links
 its own copy of adamfast's thread pool, the C in kernels/af_pool.c.
   ADAMFAST_ANNOTATE=1  write Cython's annotated HTML next to the .pyx.
@@ -44,7 +46,7 @@ COMPILER_DIRECTIVES = {
 }
 
 # gcc/clang flags.  Portable on purpose: x86-64 baseline (SSE2) so a wheel
-# built here runs on any x86-64; the AVX2 module adds only -mavx2.
+# built here runs on any x86-64; the ISA variants add only their -m flags.
 #   -ffp-contract=off  GNU C defaults to fusing a*b+c into FMA where the
 #                      target has it; NumPy never does, and bit-identical
 #                      results to adamfast._numpy_backend need the same roundings.
@@ -80,8 +82,9 @@ def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-# Compiles only for an x86-64 target whose compiler takes -mavx2; fails for
-# arm64, 32-bit x86 and cross or multi-arch (macOS universal2) builds.
+# Each compiles only for an x86-64 target whose compiler takes the variant's
+# flags; they fail for arm64, 32-bit x86 and cross or multi-arch (macOS
+# universal2) builds.
 AVX2_PROBE = r"""
 #if !defined(__x86_64__) || !defined(__AVX2__)
 #error "not an x86-64 AVX2 target"
@@ -93,7 +96,29 @@ int main(void) {
     return _mm256_extract_epi32(a, 0) == 2 ? 0 : 1;
 }
 """
+AVX512_PROBE = r"""
+#if !defined(__x86_64__) || !defined(__AVX512F__)
+#error "not an x86-64 AVX-512 target"
+#endif
+#include <immintrin.h>
+int main(void) {
+    __m512 a = _mm512_set1_ps(1.0f);
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, a)) == 32.0f ? 0 : 1;
+}
+"""
 AVX2_ARGS = ["-mavx2"]
+# 512-bit vectors, asked for: a vector then spans a whole cache line of each
+# stream, which keeps a NumPy user's arrays (one page offset shared by all)
+# near the speed of line-staggered ones (docs/backends.md).
+AVX512_ARGS = ["-mavx512f", "-mprefer-vector-width=512"]
+AVX2_MODULE = "adamfast._cython_avx2"
+AVX512_MODULE = "adamfast._cython_avx512"
+# (module, flags, probe, the switch that skips it).  No -mfma in any: and
+# -ffp-contract=off stays, so each rounds exactly as the baseline module does.
+ISA_VARIANTS = [
+    (AVX2_MODULE, AVX2_ARGS, AVX2_PROBE, "ADAMFAST_AVX2"),
+    (AVX512_MODULE, AVX512_ARGS, AVX512_PROBE, "ADAMFAST_AVX512"),
+]
 
 
 def _compiler_accepts(compiler, compile_args, link_args, source=OPENMP_PROBE):
@@ -149,19 +174,21 @@ class BuildExt(build_ext):
             )
         macros.append(("ADAMFAST_OPENMP", "1" if use_openmp else "0"))
 
-        if msvc:
-            use_avx2, reason = False, "MSVC"
-        elif os.environ.get("ADAMFAST_AVX2", "").strip() == "0":
-            use_avx2, reason = False, "ADAMFAST_AVX2=0"
-        else:
-            print("adamfast: probing the compiler for an x86-64 target and -mavx2 "
-                  "(errors from this probe are expected on other targets)")
-            use_avx2 = _compiler_accepts(self.compiler, AVX2_ARGS, [], AVX2_PROBE)
-            reason = "not an x86-64 target, or the compiler did not accept -mavx2"
-        if not use_avx2:
-            print("adamfast: not building adamfast._cython_avx2 (%s); "
-                  "the portable adamfast._cython is used on every CPU" % reason)
-            self.extensions = [e for e in self.extensions if e.name != AVX2_MODULE]
+        for module, flags, probe, switch in ISA_VARIANTS:
+            if msvc:
+                use, reason = False, "MSVC"
+            elif os.environ.get(switch, "").strip() == "0":
+                use, reason = False, "%s=0" % switch
+            else:
+                print("adamfast: probing the compiler for an x86-64 target and %s "
+                      "(errors from this probe are expected on other targets)" % " ".join(flags))
+                use = _compiler_accepts(self.compiler, flags, [], probe)
+                reason = ("not an x86-64 target, or the compiler did not accept %s"
+                          % " ".join(flags))
+            if not use:
+                print("adamfast: not building %s (%s); the CPUs it would serve use "
+                      "another build" % (module, reason))
+                self.extensions = [e for e in self.extensions if e.name != module]
 
         if not msvc:
             # gcc vectorizes the element loops only after unswitching their
@@ -179,8 +206,8 @@ class BuildExt(build_ext):
         super().build_extensions()
 
     def build_extension(self, ext):
-        # Both extensions compile kernels/af_pool.c, each with its own flags
-        # (one adds -mavx2), and in the shared build_temp both would write
+        # Every extension compiles kernels/af_pool.c, each with its own flags,
+        # and in the shared build_temp all would write
         # build_temp/kernels/af_pool.o.  Each gets a directory of its own, set
         # on a copy of this command so that a parallel build (-j) shares none.
         cmd = copy.copy(self)
@@ -188,7 +215,6 @@ class BuildExt(build_ext):
         super(BuildExt, cmd).build_extension(ext)
 
 
-AVX2_MODULE = "adamfast._cython_avx2"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -278,14 +304,16 @@ extensions = [
     Extension("adamfast._cython", ["kernels/_cython.pyx"] + POOL_SOURCES,
               depends=["kernels/_cython.pyx"] + KERNEL_SOURCES + POOL_HEADERS,
               include_dirs=NUMPY_INCLUDE + ["kernels"], define_macros=NUMPY_MACROS),
-    # Dropped in BuildExt when the AVX2 probe fails.  -mavx2 and nothing
-    # else: no -mfma, and -ffp-contract=off stays, so it rounds exactly as
-    # the baseline module does.
-    Extension(AVX2_MODULE, ["kernels/_cython_avx2.pyx"] + POOL_SOURCES,
-              depends=["kernels/_cython_avx2.pyx"] + KERNEL_SOURCES + POOL_HEADERS,
-              include_dirs=NUMPY_INCLUDE + ["kernels"], define_macros=NUMPY_MACROS,
-              extra_compile_args=AVX2_ARGS),
 ]
+# The ISA variants: the same source with the variant's flags added (its .pyx
+# only names the variant), each dropped in BuildExt when its probe fails.
+for module, flags, _probe, _switch in ISA_VARIANTS:
+    pyx = "kernels/%s.pyx" % module.rsplit(".", 1)[1]
+    extensions.append(
+        Extension(module, [pyx] + POOL_SOURCES,
+                  depends=[pyx] + KERNEL_SOURCES + POOL_HEADERS,
+                  include_dirs=NUMPY_INCLUDE + ["kernels"], define_macros=NUMPY_MACROS,
+                  extra_compile_args=flags))
 
 setup(
     # Listed explicitly so kernels/, tests/ and bench/ never get installed

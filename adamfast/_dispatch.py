@@ -67,7 +67,7 @@ BACKENDS = ("numpy", "numba", "cython")
 _MODULES = {
     "numpy": "adamfast._numpy_backend",
     "numba": "adamfast._numba",  # a package: one module per algorithm
-    "cython": "adamfast._cython",  # or adamfast._cython_avx2: see _cython_module_name
+    "cython": "adamfast._cython",  # or an ISA build: see _cython_module_name
 }
 
 _HINTS = {
@@ -94,25 +94,44 @@ _backends = {}
 _available = None
 
 
-# --- the cython backend's two builds ---------------------------------------
+# --- the cython backend's builds ------------------------------------------
 # adamfast._cython is compiled for the baseline ISA and runs anywhere;
-# adamfast._cython_avx2 is the same source compiled with -mavx2 (built only on
-# x86-64).  Both round identically, so the choice changes speed, never results.
+# adamfast._cython_avx2 and adamfast._cython_avx512 are the same source
+# compiled with -mavx2 and -mavx512f (built only on x86-64).  All round
+# identically, so the choice changes speed, never results.
 
 CYTHON_ISA_ENV = "ADAMFAST_CYTHON_ISA"
-_CYTHON_VARIANTS = {"baseline": "adamfast._cython", "avx2": "adamfast._cython_avx2"}
+# In rising order of preference: "auto" takes the last one this CPU runs.
+_CYTHON_VARIANTS = {"baseline": "adamfast._cython", "avx2": "adamfast._cython_avx2",
+                    "avx512": "adamfast._cython_avx512"}
+# What each needs, as named in numpy's feature table, and the flag it is built with.
+_VARIANT_NEEDS = {"avx2": ("AVX2", "-mavx2"), "avx512": ("AVX512F", "-mavx512f")}
 _cython_name = None
+
+
+def _cpu_features():
+    """numpy's own runtime table of the CPU's (and OS's) usable features, or {}."""
+    for path in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return importlib.import_module(path).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+    return {}  # no table: assume the baseline only
 
 
 def _cpu_has_avx2():
     """AVX2 usable on this CPU and OS, per numpy's own runtime feature table."""
-    for path in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
-        try:
-            features = importlib.import_module(path).__cpu_features__
-        except (ImportError, AttributeError):
-            continue
-        return bool(features.get("AVX2", False))
-    return False  # no table: assume the baseline only
+    return bool(_cpu_features().get("AVX2", False))
+
+
+def _cpu_has_avx512():
+    """AVX-512F usable on this CPU and OS (zmm state enabled), per numpy's table."""
+    return bool(_cpu_features().get("AVX512F", False))
+
+
+def _cpu_runs(variant):
+    # _cpu_has_<variant> looked up at the call, so that a test can replace it.
+    return variant == "baseline" or globals()[f"_cpu_has_{variant}"]()
 
 
 def _importable(module):
@@ -124,29 +143,36 @@ def _importable(module):
 
 
 def _cython_module_name():
-    """The module the cython backend loads: the AVX2 build when it is built and
-    the CPU has AVX2, else the baseline one; ``ADAMFAST_CYTHON_ISA`` forces one.
-    The AVX2 module is never imported on a CPU without AVX2 (it may SIGILL)."""
+    """The module the cython backend loads: the widest build that is built and
+    that the CPU runs (AVX-512, then AVX2, then the baseline one);
+    ``ADAMFAST_CYTHON_ISA`` forces one.  A build is never imported on a CPU
+    without its ISA (it may SIGILL)."""
     global _cython_name
     if _cython_name is None:
         isa = os.environ.get(CYTHON_ISA_ENV, "").strip().lower()
         if isa in ("", "auto"):
-            use_avx2 = _cpu_has_avx2() and _importable(_CYTHON_VARIANTS["avx2"])
-            _cython_name = _CYTHON_VARIANTS["avx2" if use_avx2 else "baseline"]
-        elif isa == "avx2":
-            if not _cpu_has_avx2():
-                raise ValueError(f"{CYTHON_ISA_ENV}=avx2, but this CPU does not support AVX2 "
-                                 f"(per numpy's __cpu_features__); unset it or use 'baseline'")
-            if not _importable(_CYTHON_VARIANTS["avx2"]):
-                raise ValueError(f"{CYTHON_ISA_ENV}=avx2, but adamfast._cython_avx2 is not built "
-                                 f"(it needs an x86-64 gcc/clang that accepts -mavx2); unset it "
-                                 f"or use 'baseline'")
-            _cython_name = _CYTHON_VARIANTS["avx2"]
+            _cython_name = _CYTHON_VARIANTS["baseline"]
+            for variant in ("avx512", "avx2"):
+                if _cpu_runs(variant) and _importable(_CYTHON_VARIANTS[variant]):
+                    _cython_name = _CYTHON_VARIANTS[variant]
+                    break
+        elif isa in _VARIANT_NEEDS:
+            feature, flag = _VARIANT_NEEDS[isa]
+            if not _cpu_runs(isa):
+                raise ValueError(f"{CYTHON_ISA_ENV}={isa}, but this CPU does not support "
+                                 f"{feature} (per numpy's __cpu_features__); unset it or use "
+                                 f"'baseline'")
+            if not _importable(_CYTHON_VARIANTS[isa]):
+                raise ValueError(f"{CYTHON_ISA_ENV}={isa}, but {_CYTHON_VARIANTS[isa]} is not "
+                                 f"built (it needs an x86-64 gcc/clang that accepts {flag}); "
+                                 f"unset it or use 'baseline'")
+            _cython_name = _CYTHON_VARIANTS[isa]
         elif isa == "baseline":
             _cython_name = _CYTHON_VARIANTS["baseline"]
         else:
-            raise ValueError(f"{CYTHON_ISA_ENV} must be one of 'auto', 'baseline', 'avx2' "
-                             f"(or unset), got {os.environ[CYTHON_ISA_ENV]!r}")
+            choices = ", ".join(repr(v) for v in ("auto",) + tuple(_CYTHON_VARIANTS))
+            raise ValueError(f"{CYTHON_ISA_ENV} must be one of {choices} (or unset), got "
+                             f"{os.environ[CYTHON_ISA_ENV]!r}")
     return _cython_name
 
 
@@ -273,7 +299,7 @@ def backend_status():
     * ``"auto"``: the backend ``backend="auto"`` picks, or None, and
       ``"auto_error"``: why it cannot pick (a bad ADAMFAST_THREADING or
       ADAMFAST_CYTHON_ISA), or None;
-    * ``"cython_build"``: ``"baseline"`` or ``"avx2"``, the build the cython
+    * ``"cython_build"``: ``"baseline"``, ``"avx2"`` or ``"avx512"``, the build the cython
       backend loads (None if it is unavailable);
     * ``"threading"``: the parallel path, ``{"cython": "pool" or "openmp",
       "numba": "adamfast pool" or "numba prange"}`` (None for a backend that

@@ -1,11 +1,12 @@
 # The cython backend: one source, textually included by _cython.pyx
-# (portable baseline build) and _cython_avx2.pyx (the same code compiled with
-# -mavx2).  Both builds use -ffp-contract=off and no -ffast-math, so they
-# round identically and agree with each other and with adamfast's NumPy
-# reference bit for bit; only the vector width differs.
+# (portable baseline build), _cython_avx2.pyx (the same code compiled with
+# -mavx2) and _cython_avx512.pyx (with -mavx512f).  Every build uses
+# -ffp-contract=off and no -ffast-math, so they round identically and agree
+# with each other and with adamfast's NumPy reference bit for bit; only the
+# vector width differs.
 #
 # An including module must define, before the include:
-#   VARIANT   a Python str, "baseline" or "avx2", reported by simd_info().
+#   VARIANT   a Python str, "baseline", "avx2" or "avx512", reported by simd_info().
 #
 # Layout: algorithms/*.pxi hold one element function per kind (the compiled
 # version of the reference update in adamfast/algorithms/); _kinds.pxi, rendered

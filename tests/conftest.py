@@ -18,6 +18,22 @@ BACKENDS = adamfast.available_backends()
 COMPILED = tuple(b for b in BACKENDS if b != "numpy")
 DTYPES = (np.float32, np.float64)
 
+
+def cython_builds():
+    """Every cython build that is built and that this CPU runs, baseline first, as
+    modules.  A build is never imported on a CPU without its ISA (it may SIGILL)."""
+    import importlib
+
+    found = []
+    for variant, name in _dispatch._CYTHON_VARIANTS.items():
+        if _dispatch._cpu_runs(variant) and _dispatch._importable(name):
+            found.append(importlib.import_module(name))
+    return found
+
+
+# Every ISA build's module name, whether or not it can run here.
+CYTHON_BUILD_NAMES = tuple(_dispatch._CYTHON_VARIANTS.values())
+
 # The sizes that hit SIMD tails (1, 7, 17), the serial/parallel switch and
 # chunk tails (100003 = 6 chunks of 16384 + 1699, above PARALLEL_MIN).
 SIZES = (0, 1, 7, 17, 1023, 1025, 100003)

@@ -1,7 +1,7 @@
-"""The cython backend's two builds (baseline and -mavx2) and how one is picked.
+"""The cython backend's builds (baseline, -mavx2 and -mavx512f) and how one is picked.
 
-Both are compiled from kernels/_adam.pxi with -ffp-contract=off, so they must
-agree bit for bit; only their speed differs.
+All are compiled from kernels/_family.pxi with -ffp-contract=off, so they
+must agree bit for bit; only their speed differs.
 """
 
 import importlib
@@ -34,11 +34,28 @@ def _variant(name):
 
 BASELINE = _variant("baseline")
 HAS_AVX2 = _dispatch._cpu_has_avx2()
-# Never import the AVX2 build on a CPU without AVX2: it may die with SIGILL.
+HAS_AVX512 = _dispatch._cpu_has_avx512()
+# Never import an ISA build on a CPU without its ISA: it may die with SIGILL.
 AVX2 = _variant("avx2") if HAS_AVX2 else None
+AVX512 = _variant("avx512") if HAS_AVX512 else None
+# The ISA builds this CPU runs, by name: each must be built (on x86-64 with gcc).
+WIDE = {name: mod for name, mod, has in (("avx2", AVX2, HAS_AVX2), ("avx512", AVX512, HAS_AVX512))
+        if has}
 
 needs_baseline = pytest.mark.skipif(BASELINE is None, reason="adamfast._cython is not built")
 needs_avx2_cpu = pytest.mark.skipif(not HAS_AVX2, reason="this CPU lacks AVX2")
+needs_avx512_cpu = pytest.mark.skipif(not HAS_AVX512, reason="this CPU lacks AVX-512F")
+wide_builds = pytest.mark.parametrize("variant", ["avx2", "avx512"])
+
+
+def _wide(variant):
+    # The ISA build, or a skip (CPU) or failure (CPU has it, build missing).
+    if variant not in WIDE:
+        pytest.skip(f"this CPU lacks {_dispatch._VARIANT_NEEDS[variant][0]}")
+    if WIDE[variant] is None:
+        pytest.fail(f"{_dispatch._CYTHON_VARIANTS[variant]} is missing on a CPU that runs it: "
+                    f"rebuild (setup.py build_ext)")
+    return WIDE[variant]
 
 
 def _run(code, isa):
@@ -50,33 +67,33 @@ def _run(code, isa):
 
 
 @needs_baseline
-@needs_avx2_cpu
-def test_avx2_variant_is_built_on_x86_64():
-    # On an AVX2 CPU with a gcc/clang build, setup.py builds both modules.
-    assert AVX2 is not None, "adamfast._cython_avx2 is missing: rebuild (setup.py build_ext)"
-    assert "variant=avx2 isa=avx2" in AVX2.simd_info()
-    assert "fp_contract=off" in AVX2.simd_info()
+@wide_builds
+def test_isa_variant_is_built_on_x86_64(variant):
+    # On a CPU with the ISA and a gcc/clang build, setup.py builds its module.
+    mod = _wide(variant)
+    isa = {"avx2": "avx2", "avx512": "avx512f"}[variant]
+    assert f"variant={variant} isa={isa}" in mod.simd_info()
+    assert "fp_contract=off" in mod.simd_info()
     for name in ("CHUNK", "PARALLEL_MIN"):
-        assert getattr(AVX2, name) == getattr(BASELINE, name)
-    assert AVX2.openmp_enabled() == BASELINE.openmp_enabled()
+        assert getattr(mod, name) == getattr(BASELINE, name)
+    assert mod.openmp_enabled() == BASELINE.openmp_enabled()
 
 
 @needs_baseline
-@needs_avx2_cpu
+@wide_builds
 @pytest.mark.parametrize("kind", KIND_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n", SIZES)
-def test_variants_bit_identical(n, dtype, kind):
-    """Every kind: the baseline and AVX2 builds agree bit for bit."""
-    if AVX2 is None:
-        pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
+def test_variants_bit_identical(n, dtype, kind, variant):
+    """Every kind: the baseline build and each ISA build agree bit for bit."""
+    wide = _wide(variant)
     spec, hp = KIND_CASES[kind]
     nstate = len(spec.state_names(kind))
     rng = np.random.default_rng(1000 * n + (dtype == np.float64))
     p0 = rng.standard_normal(n).astype(dtype)
     p0[::13] = 0  # exact zeros and ties for sqrt/eps and the maxima
     s0 = [np.abs(rng.standard_normal(n)).astype(dtype) * 1e-3 for _ in range(nstate)]
-    bufs = {mod: [p0.copy()] + [x.copy() for x in s0] for mod in (BASELINE, AVX2)}
+    bufs = {mod: [p0.copy()] + [x.copy() for x in s0] for mod in (BASELINE, wide)}
     grng = np.random.default_rng(7 + n)
     gstate = dict(spec.gstate) if spec.gstate else None
     for step in range(1, STEPS + 1):
@@ -87,19 +104,18 @@ def test_variants_bit_identical(n, dtype, kind):
         for mod, b in bufs.items():
             mod.family_kernel(mod.KINDS.index(kind), b[0], g, tuple(b[1:]), table,
                               _engine.single_chunks(n), 2)
-    for a, b in zip(bufs[BASELINE], bufs[AVX2]):
+    for a, b in zip(bufs[BASELINE], bufs[wide]):
         assert np.array_equal(a, b, equal_nan=True), f"{kind}: builds differ"
 
 
 @needs_baseline
-@needs_avx2_cpu
-def test_roofline_variants_identical():
-    if AVX2 is None:
-        pytest.fail("adamfast._cython_avx2 is not built on an AVX2 CPU")
+@wide_builds
+def test_roofline_variants_identical(variant):
+    wide = _wide(variant)
     rng = np.random.default_rng(3)
     start = [rng.standard_normal(100003).astype(np.float32) for _ in range(5)]
     out = []
-    for mod in (BASELINE, AVX2):
+    for mod in (BASELINE, wide):
         p, g, m, v, w = (x.copy() for x in start)
         mod.family_kernel(mod.KINDS.index("roofline3"), p, g, (m, v, w), np.zeros((1, NSLOT)),
                           _engine.single_chunks(p.size), 2)
@@ -109,13 +125,24 @@ def test_roofline_variants_identical():
 
 
 @needs_baseline
-def test_default_picks_avx2_when_supported():
+def test_default_picks_the_widest_build_the_cpu_runs():
     r = _run("from adamfast import _dispatch as d; print(d.cython_module().simd_info())", None)
     assert r.returncode == 0, r.stderr
-    if HAS_AVX2 and AVX2 is not None:
+    if HAS_AVX512 and AVX512 is not None:
+        assert "variant=avx512" in r.stdout
+    elif HAS_AVX2 and AVX2 is not None:
         assert "variant=avx2" in r.stdout
     else:
         assert "variant=baseline" in r.stdout
+
+
+@needs_baseline
+def test_default_without_avx512_takes_avx2():
+    code = ("from adamfast import _dispatch as d; d._cpu_has_avx512 = lambda: False; "
+            "print(d.cython_module().simd_info())")
+    r = _run(code, None)
+    assert r.returncode == 0, r.stderr
+    assert ("variant=avx2" if HAS_AVX2 and AVX2 is not None else "variant=baseline") in r.stdout
 
 
 @needs_baseline
@@ -134,23 +161,36 @@ def test_force_baseline():
 
 
 @needs_baseline
-@needs_avx2_cpu
-def test_force_avx2():
-    r = _run("from adamfast import _dispatch as d; print(d.cython_module().simd_info())", "avx2")
+@wide_builds
+def test_force_isa_build(variant):
+    _wide(variant)
+    r = _run("from adamfast import _dispatch as d; print(d.cython_module().simd_info())", variant)
     assert r.returncode == 0, r.stderr
-    assert "variant=avx2" in r.stdout
+    assert f"variant={variant} " in r.stdout
 
 
-def test_force_avx2_without_cpu_support_errors():
-    code = ("from adamfast import _dispatch as d; d._cpu_has_avx2 = lambda: False\n"
+@pytest.mark.parametrize("variant, feature", [("avx2", "AVX2"), ("avx512", "AVX512F")])
+def test_force_isa_without_cpu_support_errors(variant, feature):
+    code = (f"from adamfast import _dispatch as d; d._cpu_has_{variant} = lambda: False\n"
             "try:\n    d.cython_module()\nexcept ValueError as e:\n    print('ValueError:', e)")
-    r = _run(code, "avx2")
+    r = _run(code, variant)
     assert r.returncode == 0, r.stderr
-    assert "ValueError: " in r.stdout and "ADAMFAST_CYTHON_ISA=avx2" in r.stdout
-    assert "does not support AVX2" in r.stdout
+    assert "ValueError: " in r.stdout and f"ADAMFAST_CYTHON_ISA={variant}" in r.stdout
+    assert f"does not support {feature}" in r.stdout
 
 
-@pytest.mark.parametrize("value", ["avx512", "sse2", "1"])
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
+def test_force_isa_build_not_built_errors(variant):
+    code = (f"import sys; sys.modules[{_dispatch._CYTHON_VARIANTS[variant]!r}] = None\n"
+            f"from adamfast import _dispatch as d; d._cpu_has_{variant} = lambda: True\n"
+            "try:\n    d.cython_module()\nexcept ValueError as e:\n    print('ValueError:', e)")
+    r = _run(code, variant)
+    assert r.returncode == 0, r.stderr
+    assert f"{_dispatch._CYTHON_VARIANTS[variant]} is not built" in r.stdout
+    assert _dispatch._VARIANT_NEEDS[variant][1] in r.stdout
+
+
+@pytest.mark.parametrize("value", ["avx512bw", "sse2", "1"])
 def test_force_unknown_value_errors(value):
     code = ("from adamfast import _dispatch as d\n"
             "try:\n    d.get_backend('cython')\nexcept ValueError as e:\n    print('ValueError:', e)")

@@ -17,25 +17,13 @@ import pytest
 import adamfast
 from adamfast import _dispatch, functional
 
-from conftest import MODES, adam_row as step_scalars, full_path
+from conftest import MODES, adam_row as step_scalars, cython_builds, full_path
 
 pytestmark = pytest.mark.skipif("cython" not in adamfast.available_backends(),
                                 reason="the cython backend is not built")
 
 
-def _cython_modules():
-    """Every cython build that can run here (baseline, and AVX2 if the CPU has it)."""
-    if "cython" not in adamfast.available_backends():
-        return []
-    import importlib
-
-    mods = [importlib.import_module("adamfast._cython")]
-    if _dispatch._cpu_has_avx2() and _dispatch._importable("adamfast._cython_avx2"):
-        mods.append(importlib.import_module("adamfast._cython_avx2"))
-    return mods
-
-
-MODULES = _cython_modules()
+MODULES = cython_builds() if "cython" in adamfast.available_backends() else []
 
 
 @pytest.fixture

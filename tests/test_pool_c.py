@@ -2,7 +2,6 @@
 build ships and links, and the numba backend's one module for it (_numba/_pool.py)."""
 
 import ctypes
-import importlib
 import os
 import re
 import subprocess
@@ -13,29 +12,17 @@ import pytest
 
 import adamfast
 from adamfast import _dispatch
+from conftest import CYTHON_BUILD_NAMES, cython_builds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "kernels")
 # The sources the build compiles directly: the two modules and the pool.
-ENTRY_SOURCES = ("_cython.pyx", "_cython_avx2.pyx", "af_pool.c")
+ENTRY_SOURCES = tuple(name.split(".")[1] + ".pyx" for name in CYTHON_BUILD_NAMES) + ("af_pool.c",)
 _INCLUDE = re.compile(r'^\s*(?:include\s+"([^"]+)"|cdef extern from "([^"]+)"'
                       r'|#\s*include\s+"([^"]+)")', re.M)
 
 
-def _variants():
-    """The cython builds importable here (the AVX2 one only on an AVX2 CPU)."""
-    found = []
-    for name in ("baseline", "avx2"):
-        if name == "avx2" and not _dispatch._cpu_has_avx2():
-            continue
-        try:
-            found.append(importlib.import_module(_dispatch._CYTHON_VARIANTS[name]))
-        except ImportError:
-            pass
-    return found
-
-
-VARIANTS = _variants()
+VARIANTS = cython_builds()
 needs_cython = pytest.mark.skipif(not VARIANTS, reason="no cython build here")
 
 
@@ -90,17 +77,17 @@ def test_pool_symbols_stay_inside_each_extension():
             assert not hasattr(lib, name), f"{module.__name__} exports {name}"
 
 
-@pytest.mark.skipif(len(VARIANTS) < 2, reason="needs both cython builds")
+@pytest.mark.skipif(len(VARIANTS) < 2, reason="needs two cython builds")
 def test_each_build_has_a_pool_of_its_own():
-    base, avx2 = VARIANTS
-    before = base._pool_policy()[0], avx2._pool_policy()[0]
+    before = [mod._pool_policy()[0] for mod in VARIANTS]
     try:
-        base._set_pool_policy("pool")
-        avx2._set_pool_policy("measured")
-        assert (base._pool_policy()[0], avx2._pool_policy()[0]) == ("pool", "measured")
+        for j, mod in enumerate(VARIANTS):
+            mod._set_pool_policy("pool" if j == 0 else "measured")
+        assert [mod._pool_policy()[0] for mod in VARIANTS] == \
+            ["pool"] + ["measured"] * (len(VARIANTS) - 1)
     finally:
-        base._set_pool_policy(before[0])
-        avx2._set_pool_policy(before[1])
+        for mod, policy in zip(VARIANTS, before):
+            mod._set_pool_policy(policy)
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")

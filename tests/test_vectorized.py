@@ -15,6 +15,7 @@ import pytest
 
 import adamfast
 from adamfast.algorithms import KINDS
+from conftest import CYTHON_BUILD_NAMES
 from optim_cases import CASES
 
 # Kinds whose update has a square root or a division (the costly, vectorizable part).
@@ -52,7 +53,7 @@ def _cython_drive_ops(path):
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
 @pytest.mark.skipif("cython" not in adamfast.available_backends(), reason="no cython backend")
-@pytest.mark.parametrize("module", ["adamfast._cython", "adamfast._cython_avx2"])
+@pytest.mark.parametrize("module", CYTHON_BUILD_NAMES)
 def test_cython_loops_use_packed_sqrt_and_div(module):
     import importlib
 
@@ -112,7 +113,7 @@ def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
 @pytest.mark.skipif("cython" not in adamfast.available_backends(), reason="no cython backend")
-@pytest.mark.parametrize("module", ["adamfast._cython", "adamfast._cython_avx2"])
+@pytest.mark.parametrize("module", CYTHON_BUILD_NAMES)
 def test_cython_norm_pass_uses_packed_float64(module):
     """The guarded step's norm pass: its 16 lanes must become packed mulpd/addpd."""
     import importlib
