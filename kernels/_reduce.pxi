@@ -21,10 +21,15 @@ cdef enum:
 cdef extern from *:
     """
     /* acc[j] += x[j]^2 in float64, j over AF_LANES lanes, row after row; n is a
-       multiple of AF_LANES but at a chunk's end.  af_lanes.h: why vectors. */
+       multiple of AF_LANES but at a chunk's end.  af_lanes.h: why vectors.
+       Not inlined: inside _rspan, beside the element loop's constants, the
+       AVX-512 build kept half the accumulators on the stack (a store and a
+       reload per row; Lamb's pass 1 ran 40% slower on a hot buffer).  One
+       call per sub-block costs nothing. */
     #include "af_lanes.h"
     #if AF_VECTOR_LANES
     #define AF_LANES_SQ(NAME, T)                                                \
+    __attribute__((noinline))                                                   \
     static void NAME(const T *x, Py_ssize_t n, double *out) {                   \
         af_vd acc[AF_NV];                                                       \
         Py_ssize_t rows = n / AF_LANES, r, j;                                   \
