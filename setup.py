@@ -63,6 +63,15 @@ ALIAS_CHECK_ARGS = ["--param=vect-max-version-for-alias-checks=64"]
 # Keep each (kind, dtype) driver a function of its own even though it is
 # called once: tests/test_vectorized.py finds it by name in the machine code.
 NOINLINE_ONCE_ARGS = ["-fno-inline-functions-called-once"]
+# The AVX2 build's line loop (kernels/_driver.pxi says why): _elem_line writes
+# one cache line's elements out (16 calls of the element function for
+# float32), which gcc inlines and vectorizes only above its default inlining
+# and unswitching limits.  Given only to the AVX2 module, and only when the
+# compiler takes them; the module then defines ADAMFAST_LINE_LOOP, without
+# which it keeps the plain loop (tests/test_vectorized.py checks the result).
+LINE_LOOP_ARGS = ["--param=max-unswitch-insns=4000", "--param=max-inline-insns-single=4000",
+                  "--param=large-function-growth=4000", "--param=inline-unit-growth=400",
+                  "--param=large-function-insns=20000"]
 # MSVC does not contract floating-point expressions under /fp:precise.
 MSVC_COMPILE_ARGS = ["/O2", "/fp:precise"]
 MSVC_OPENMP_ARGS = ["/openmp"]
@@ -199,6 +208,12 @@ class BuildExt(build_ext):
                 if _compiler_accepts(self.compiler, ["-Werror"] + extra, [],
                                      "int main(void) { return 0; }"):
                     compile_args += extra
+            if _compiler_accepts(self.compiler, ["-Werror"] + LINE_LOOP_ARGS, [],
+                                 "int main(void) { return 0; }"):
+                for ext in self.extensions:
+                    if ext.name == AVX2_MODULE:
+                        ext.extra_compile_args = list(ext.extra_compile_args) + LINE_LOOP_ARGS
+                        ext.define_macros = list(ext.define_macros) + [("ADAMFAST_LINE_LOOP", "1")]
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)

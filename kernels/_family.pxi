@@ -119,7 +119,8 @@ def openmp_enabled():
 def simd_info():
     """One line describing how this extension was compiled."""
     return (
-        "variant=%s isa=%s fma_isa=%s fp_contract=%s fast_math=%s native=%s openmp=%s"
+        "variant=%s isa=%s fma_isa=%s fp_contract=%s fast_math=%s native=%s openmp=%s "
+        "line_loop=%s"
         % (
             VARIANT,
             (<bytes>ADAMFAST_ISA).decode("ascii"),
@@ -128,6 +129,7 @@ def simd_info():
             "yes" if ADAMFAST_FAST_MATH else "no",
             "yes" if ADAMFAST_NATIVE else "no",
             "yes" if ADAMFAST_OPENMP else "no",
+            "yes" if AF_LINE_LOOP else "no",
         )
     )
 include "algorithms/_common.pxi"

@@ -70,6 +70,52 @@ def test_cython_loops_use_packed_sqrt_and_div(module):
                                    f"vectorized (sqrt/div seen: {sorted(found)})"
 
 
+def _paired_packed_ops(path):
+    """{(kind index, dtype index): set of packed sqrt/div mnemonics that appear twice
+    within eight instructions} over the driver's specializations: the mark of a
+    loop body vectorized as one group of two vectors per stream (the line loop;
+    gcc does not unroll the plain loop, whose body has one of each)."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
+                         text=True, check=True).stdout
+    pairs, name, recent = {}, None, []
+    for line in out.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if m:
+            f = re.match(r"_*pyx_fuse_(\d+)_(\d+)__pyx_f_\w+__(?:drive|span|chunk)\b", m.group(1))
+            name, recent = ((int(f.group(1)), int(f.group(2))) if f else None), []
+            continue
+        if name is None:
+            continue
+        i = re.search(r"\t(v(?:sqrt|div)p[sd])\s", line)
+        recent = (recent + [i.group(1) if i else None])[-8:]
+        if i and recent[:-1].count(i.group(1)):
+            pairs.setdefault(name, set()).add(i.group(1)[1:])
+    return pairs
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+@pytest.mark.skipif("cython" not in adamfast.available_backends(), reason="no cython backend")
+def test_avx2_line_loop_is_vectorized():
+    """The AVX2 build's line loop (kernels/_driver.pxi): one cache line of each stream
+    per iteration, gcc emitting each operation's two vectors back to back.  Where
+    gcc leaves it scalar (its inlining limits), it runs several times slower than
+    the plain loop it replaced, with the bits unchanged."""
+    import importlib
+
+    try:
+        mod = importlib.import_module("adamfast._cython_avx2")
+    except ImportError:
+        pytest.skip("adamfast._cython_avx2 not built here")
+    if "line_loop=yes" not in mod.simd_info():
+        pytest.skip("built without the line loop (a compiler without gcc's --param limits)")
+    pairs = _paired_packed_ops(mod.__file__)
+    for kind in WITH_SQRT_OR_DIV:
+        k = mod.KINDS.index(kind)
+        for d, packed in ((0, {"sqrtps", "divps"}), (1, {"sqrtpd", "divpd"})):
+            assert pairs.get((k, d), set()) & packed, \
+                f"{kind} ({'f32' if d == 0 else 'f64'}): the line loop is not vectorized"
+
+
 # numba's entries that run: the block cfuncs (adamfast's pool, serial calls
 # included) when the cython extension is there, else the njit serial entries.
 # A cfunc has no inspect_asm; its LLVM IR shows packed operations as vector
