@@ -8,7 +8,11 @@
 # _LANES, so the lanes continue across them): first the element loop, which
 # stores the quantities in a local buffer and vectorizes like any kind's,
 # then the lanes' loop over that buffer (in C, `omp simd`, as _sumsq's).
-# Which thread runs a chunk never changes a result.
+# As in _span, the sub-blocks start at a cache line of params (_line_start):
+# the elements before it are a head whose squares go to the first lanes, and
+# the accumulators are kept rotated by the head's length, so that each
+# sub-block's first element still meets its own lane.  Which thread runs a
+# chunk, and where the buffers sit, never change a result.
 #
 # Nothing here names a kind: setup.py renders, from the registry's reducing
 # kinds, the fused tag rkind_t, the element dispatch _relem, _reduce_nsum,
@@ -27,6 +31,9 @@ cdef extern from *:
        reload per row; Lamb's pass 1 ran 40% slower on a hot buffer).  One
        call per sub-block costs nothing. */
     #include "af_lanes.h"
+    #if AF_LANES < 16
+    #  error "_rspan's head (up to a line of float32s, 15) must fit in the lanes"
+    #endif
     #if AF_VECTOR_LANES
     #define AF_LANES_SQ(NAME, T)                                                \
     __attribute__((noinline))                                                   \
@@ -89,8 +96,13 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
     cdef floating* s[_MAXSTATE]
     cdef floating buf[_RMAX * _RBLOCK]
     cdef floating* q[_RMAX]
+    # acc[r * _LANES + t] is lane (t + head) % _LANES of quantity r.
     cdef double acc[_RMAX * _LANES]
+    cdef double x
     cdef Py_ssize_t i, j, b0, b1
+    cdef Py_ssize_t mid = _line_start(p, sizeof(floating), lo, hi)
+    # < _LANES: a line holds at most 16 float32s, and _LANES is 16.
+    cdef Py_ssize_t head = mid - lo
     cdef int r
     for j in range(_NSLOT):
         k[j] = <floating>row[j]
@@ -100,7 +112,13 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
         q[r] = buf + r * _RBLOCK
     for j in range(_RMAX * _LANES):
         acc[j] = 0
-    b0 = lo
+    for i in range(lo, mid):
+        _relem(tag, i, p, g, s, k, q, i - lo)
+    for r in range(nsum):
+        for j in range(head):
+            x = <double>q[r][j]
+            acc[r * _LANES + _LANES - head + j] = acc[r * _LANES + _LANES - head + j] + x * x
+    b0 = mid
     while b0 < hi:
         b1 = min(b0 + <Py_ssize_t>_RBLOCK, hi)
         for i in range(b0, b1):
@@ -109,9 +127,9 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
             _lanes_sq(q[r], b1 - b0, acc + r * _LANES)
         b0 = b1
     for r in range(nsum):
-        out[r] = acc[r * _LANES]
+        out[r] = acc[r * _LANES + (_LANES - head) % _LANES]
         for j in range(1, _LANES):
-            out[r] = out[r] + acc[r * _LANES + j]
+            out[r] = out[r] + acc[r * _LANES + (j - head + _LANES) % _LANES]
 
 
 cdef struct _Reduce:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import adamfast
-from adamfast import _dispatch, _engine
+from adamfast import _dispatch, _engine, _reduce
 from adamfast.algorithms import ALGORITHMS
 from adamfast.algorithms._spec import NSLOT
 from conftest import BACKENDS, SIZES, assert_close
@@ -88,14 +88,19 @@ def _at(a, offset):
     return out
 
 
+def _start_at(kind, n, dtype, offsets):
+    # _start's buffers placed at the given element offsets within a cache line
+    # (params, grads, then the states, cycling through offsets).
+    p, state = _start(kind, n, dtype)
+    return _at(p, offsets[0]), [_at(s, offsets[(2 + j) % len(offsets)])
+                                for j, s in enumerate(state)]
+
+
 def _run_kind_at(backend, kind, n, dtype, offsets, steps=3):
-    # _run_kind on buffers placed at the given element offsets within a cache
-    # line (params, grads, then the states, cycling through offsets).
+    # _run_kind on buffers at the given offsets (_start_at).
     spec, hp = KIND_CASES[kind]
     b = _dispatch.get_backend(backend)
-    p, state = _start(kind, n, dtype)
-    p = _at(p, offsets[0])
-    state = [_at(s, offsets[(2 + j) % len(offsets)]) for j, s in enumerate(state)]
+    p, state = _start_at(kind, n, dtype, offsets)
     chunks = _engine.chunk_table([(0, n // 3), (n // 3, n)])
     gstate = dict(spec.gstate) if spec.gstate else None
     for t in range(1, steps + 1):
@@ -117,6 +122,42 @@ def test_kind_bit_for_bit_at_any_alignment(compiled_backend, kind, dtype, offset
     want = _run_kind_at("numpy", kind, n, dtype, (0,))
     for a, b in zip(got, want):
         assert bits(a) == bits(b), f"{compiled_backend} {kind} at offsets {offsets}"
+
+
+def _reduce_kind_at(backend, kind, n, dtype, offsets, steps=2):
+    # Pass 1 of a reducing kind on buffers at the given offsets (_start_at): the
+    # state it wrote, and each step's per-chunk sums.  The chunks include one
+    # shorter than a line and ones that start mid-line.
+    spec, hp = KIND_CASES[kind]
+    b = _dispatch.get_backend(backend)
+    p, state = _start_at(kind, n, dtype, offsets)
+    chunks = _engine.chunk_table([(0, 5), (5, n // 3), (n // 3, n)])
+    gstate = dict(spec.gstate) if spec.gstate else None
+    sums = []
+    for t in range(1, steps + 1):
+        row, gstate = spec.scalars(t, hp, gstate)
+        out = np.empty((chunks.shape[0], len(spec.reduce[kind].sums)))
+        g = _at(_grads(n, dtype, t), offsets[1 % len(offsets)])
+        b.module.reduce_kernel(b.kind_id(kind), p, g, tuple(state),
+                               _engine.scalar_table([row] * 3), chunks, out, 1)
+        sums.append(out)
+    return state + sums
+
+
+REDUCE_KINDS = [k for k in KIND_CASES
+                if _dispatch.get_backend("numpy").kind_id(k) in _reduce.KIND_IDS]
+
+
+# The reduce pass starts its vector loop at a line of params as the update
+# does; the lanes its sums go to must not move with it.
+@pytest.mark.parametrize("offsets", [(0,), (4,), (1,), (15,), (3, 0, 7, 1)])
+@pytest.mark.parametrize("kind", REDUCE_KINDS)
+def test_reduce_pass_bit_for_bit_at_any_alignment(compiled_backend, kind, dtype, offsets):
+    n = 2 * 16384 + 37
+    got = _reduce_kind_at(compiled_backend, kind, n, dtype, offsets)
+    want = _reduce_kind_at("numpy", kind, n, dtype, (0,))
+    for a, b in zip(got, want):
+        assert bits(a) == bits(b), f"{compiled_backend} {kind} pass 1 at offsets {offsets}"
 
 
 def test_kernels_refuse_out_of_range_tables(compiled_backend):

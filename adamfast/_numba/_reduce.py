@@ -9,7 +9,10 @@ lane j % LANES, each lane in element order, lanes added left to right) into
 ``out[c, r]``.  Work goes in sub-blocks of RBLOCK elements (a multiple of
 LANES, so the lanes continue across them): the element loop, which stores
 the quantities in a small buffer and vectorizes like any kind's, then the
-lanes' loop over the buffer.
+lanes' loop over the buffer.  The sub-blocks start at a cache line of params
+(_driver.line_start); the elements before it are a head whose squares go to
+the first lanes, and the accumulators are kept rotated by the head's length
+(kernels/_reduce.pxi says why).
 
 :func:`reduce_kernel` is the numba backend's pass-1 entry (checked as
 family_kernel), reached through ``adamfast._numba.reduce_kernel``, which imports
@@ -35,12 +38,14 @@ from numba.extending import overload
 from .. import _dispatch
 from .. import _numba as pkg
 from ..algorithms import NSTATE
-from ._driver import LANES, NSLOT, _address, _generated, row, spans
+from ._driver import LANES, LINE, NSLOT, _address, _generated, line_start, row, spans
 from ._norm import _squares
 
 RBLOCK = 512  # elements per sub-block: the quantities stay in L1
 if RBLOCK % LANES:
     raise ImportError("RBLOCK must be a multiple of LANES")
+if LINE // 4 > LANES:
+    raise ImportError("a head (up to a line of float32s) must fit in the lanes")
 R_P, R_G, R_SCALARS, R_CHUNKS, R_OUT, R_STATES = range(6)
 R_N, R_GROUPS, R_ROWS, R_NSUM, R_F64 = range(5)  # after the states
 
@@ -69,9 +74,20 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
     k = row(p, scalars[chunks[c, 0]])
     nsum = out.shape[1]
     q = np.empty((nsum, RBLOCK), p.dtype)
-    acc = np.zeros((nsum, LANES))
+    acc = np.zeros((nsum, LANES))  # acc[r, t] is lane (t + head) % LANES
     pad = np.zeros((1, LANES), p.dtype)
-    for b0 in range(lo, hi, RBLOCK):
+    mid = line_start(p, lo, hi)
+    head = mid - lo
+    p_ = p[lo:mid]
+    g_ = g[lo:mid]
+    s_ = spans(s, lo, mid)
+    for j in range(head):
+        red(j, p_, g_, s_, k, q, j)
+    for r in range(nsum):
+        for j in range(head):
+            v = np.float64(q[r, j])
+            acc[r, LANES - head + j] = acc[r, LANES - head + j] + v * v
+    for b0 in range(mid, hi, RBLOCK):
         m = min(RBLOCK, hi - b0)
         # Slices walked from 0, as in _driver.chunk: an index b0 + j would make
         # numba emit wraparound handling, which stops LLVM vectorizing.
@@ -90,9 +106,9 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
                 pad[0, m - full:] = 0
                 add_squares(acc[r], pad)
     for r in range(nsum):
-        total = acc[r, 0]
+        total = acc[r, (LANES - head) % LANES]
         for j in range(1, LANES):
-            total = total + acc[r, j]
+            total = total + acc[r, (j - head + LANES) % LANES]
         out[c, r] = total
 
 
