@@ -62,10 +62,15 @@ from .. import _dispatch
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
 from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import CHUNK, NSLOT
+from . import _cache
 from ._driver import NSTATE as _NSTATE_OF
 from ._driver import signatures
 from ._pool import PARALLEL_MIN, POOL_COLD_MIN, pool_awake, threading_path, wake_pool
 from ._pool import RUN_BLOCKS as _POOL  # None on the fallback (numba's own pool)
+
+# Before any kind module is imported: each entry takes its cache locator as it
+# is decorated (_cache says why).
+_cache.install()
 
 __all__ = ["KINDS", "NSTATE", "CHUNK", "PARALLEL_MIN", "NSLOT", "family_kernel", "step_fast",
            "reduce_kernel"]

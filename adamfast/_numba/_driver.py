@@ -28,11 +28,9 @@ a closure built at run time misses it in every new process.  (The
 generated helpers are overloads, compiled into the entry that uses them and
 cached with it.)
 
-Caching caveat: numba invalidates a cached entry only when the source file
-that defines the entry changes.  After editing this file, ``_common.py`` or
-an algorithm's slots or state buffers, delete ``adamfast/_numba/__pycache__``
-(or touch the kind modules), or the entries keep running the old inlined
-code.
+numba alone would invalidate a cached entry only when the file that defines
+it changes, not this one, which every entry inlines: ``_cache`` adds a digest
+of all the kernels' sources to each entry's stamp.
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""numba's on-disk cache of the kernels follows every file they inline (adamfast/_numba/_cache.py)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import adamfast
+
+pytest.importorskip("numba")
+if "numba" not in adamfast.available_backends():
+    pytest.skip("the numba backend is not available", allow_module_level=True)
+
+from adamfast._numba import _cache  # noqa: E402
+
+PACKAGE = os.path.dirname(adamfast.__file__)
+
+
+def _copy_sources(dst):
+    for name in _cache.SOURCES:
+        src = os.path.join(PACKAGE, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dst, name),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, os.path.join(dst, name))
+
+
+def test_entries_carry_the_sources_digest():
+    from adamfast._numba import adam
+
+    assert _cache.stamp_installed()
+    locator = adam.adam_block._cache._impl.locator
+    stamp = locator.get_source_stamp()
+    assert stamp[1] == _cache.sources_digest()
+    # numba's own choice of place, unchanged
+    assert os.path.isdir(locator.get_cache_path())
+
+
+def test_digest_follows_every_source_and_nothing_else(tmp_path):
+    _copy_sources(tmp_path)
+    base = _cache.sources_digest(str(tmp_path))
+    assert base == _cache.sources_digest()
+    (tmp_path / "optim.py").write_text("# not inlined by any kernel\n")
+    assert _cache.sources_digest(str(tmp_path)) == base
+    for rel in ("_numba/_driver.py", "algorithms/adam.py", "_engine.py"):
+        path = tmp_path / rel
+        old = path.read_text()
+        path.write_text(old + "\n# edited\n")
+        assert _cache.sources_digest(str(tmp_path)) != base, rel
+        path.write_text(old)
+    assert _cache.sources_digest(str(tmp_path)) == base
+
+
+_PROBE = """
+import numpy as np, adamfast
+assert adamfast.__file__.startswith({root!r}), adamfast.__file__
+p, g, m, v = (np.full(100, x, np.float32) for x in (1.0, 0.5, 0.0, 0.0))
+adamfast.adam_step(p, g, m, v, step=1, backend="numba")
+from adamfast._numba import adam
+print(adam.adam_block.cache_hits)
+"""
+
+
+def test_an_edit_to_an_inlined_file_recompiles(tmp_path):
+    # A copy of the package (with its compiled extensions): its first run
+    # writes numba's cache, the second loads it; after an edit to the shared
+    # driver, which numba's own stamp does not see, the cache is stale.
+    root = tmp_path / "site"
+    shutil.copytree(PACKAGE, root / "adamfast",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("ADAMFAST_NUMBA_STAMP", None)
+
+    def hits():
+        out = subprocess.run([sys.executable, "-c", _PROBE.format(root=str(root))], env=env,
+                             cwd=str(root), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout.split()[-1])
+
+    assert hits() == 0
+    assert hits() == 1
+    with open(root / "adamfast" / "_numba" / "_driver.py", "a") as f:
+        f.write("\n# an edit to the shared driver\n")
+    assert hits() == 0, "the entry loaded a cache written against the old driver"
+    assert hits() == 1
