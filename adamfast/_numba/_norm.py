@@ -33,54 +33,58 @@ if LANES != 16:  # the helpers below spell out 16 lanes
 
 
 @njit(inline="always")
-def _squares(x2, a):
-    # Lane j += x2[r, j]**2 for every row r, in row order.
+def _squares(x, rows, a):
+    # Lane j += x[LANES*r + j]**2 for every row r < rows, in row order.  The
+    # rows are offsets into a flat array: a reshape to (rows, LANES) is a
+    # runtime call per use, which per reduce sub-block cost a tenth of
+    # Lamb's pass 1 (adamfast/_numba/_reduce.py).
     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = a
-    for r in range(x2.shape[0]):
-        x = x2[r]
-        v = np.float64(x[0]); a0 = a0 + v * v
-        v = np.float64(x[1]); a1 = a1 + v * v
-        v = np.float64(x[2]); a2 = a2 + v * v
-        v = np.float64(x[3]); a3 = a3 + v * v
-        v = np.float64(x[4]); a4 = a4 + v * v
-        v = np.float64(x[5]); a5 = a5 + v * v
-        v = np.float64(x[6]); a6 = a6 + v * v
-        v = np.float64(x[7]); a7 = a7 + v * v
-        v = np.float64(x[8]); a8 = a8 + v * v
-        v = np.float64(x[9]); a9 = a9 + v * v
-        v = np.float64(x[10]); a10 = a10 + v * v
-        v = np.float64(x[11]); a11 = a11 + v * v
-        v = np.float64(x[12]); a12 = a12 + v * v
-        v = np.float64(x[13]); a13 = a13 + v * v
-        v = np.float64(x[14]); a14 = a14 + v * v
-        v = np.float64(x[15]); a15 = a15 + v * v
+    for r in range(rows):
+        o = r * 16
+        v = np.float64(x[o + 0]); a0 = a0 + v * v
+        v = np.float64(x[o + 1]); a1 = a1 + v * v
+        v = np.float64(x[o + 2]); a2 = a2 + v * v
+        v = np.float64(x[o + 3]); a3 = a3 + v * v
+        v = np.float64(x[o + 4]); a4 = a4 + v * v
+        v = np.float64(x[o + 5]); a5 = a5 + v * v
+        v = np.float64(x[o + 6]); a6 = a6 + v * v
+        v = np.float64(x[o + 7]); a7 = a7 + v * v
+        v = np.float64(x[o + 8]); a8 = a8 + v * v
+        v = np.float64(x[o + 9]); a9 = a9 + v * v
+        v = np.float64(x[o + 10]); a10 = a10 + v * v
+        v = np.float64(x[o + 11]); a11 = a11 + v * v
+        v = np.float64(x[o + 12]); a12 = a12 + v * v
+        v = np.float64(x[o + 13]); a13 = a13 + v * v
+        v = np.float64(x[o + 14]); a14 = a14 + v * v
+        v = np.float64(x[o + 15]); a15 = a15 + v * v
     return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
 
 
 @njit(inline="always")
-def _flags(x2, z):
-    # Lane j += x2[r, j] - x2[r, j] (0, or NaN if not finite) for every row r.
-    # A loop of its own, not a second stream of _squares's: parfors' array
-    # analysis rejects the tuple of tuples that returning both would take.
+def _flags(x, rows, z):
+    # Lane j += x[LANES*r + j] - x[LANES*r + j] (0, or NaN if not finite) for
+    # every row r < rows.  A loop of its own, not a second stream of _squares's:
+    # parfors' array analysis rejects the tuple of tuples that returning both
+    # would take.
     z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15 = z
-    for r in range(x2.shape[0]):
-        x = x2[r]
-        v = np.float64(x[0]); z0 = z0 + (v - v)
-        v = np.float64(x[1]); z1 = z1 + (v - v)
-        v = np.float64(x[2]); z2 = z2 + (v - v)
-        v = np.float64(x[3]); z3 = z3 + (v - v)
-        v = np.float64(x[4]); z4 = z4 + (v - v)
-        v = np.float64(x[5]); z5 = z5 + (v - v)
-        v = np.float64(x[6]); z6 = z6 + (v - v)
-        v = np.float64(x[7]); z7 = z7 + (v - v)
-        v = np.float64(x[8]); z8 = z8 + (v - v)
-        v = np.float64(x[9]); z9 = z9 + (v - v)
-        v = np.float64(x[10]); z10 = z10 + (v - v)
-        v = np.float64(x[11]); z11 = z11 + (v - v)
-        v = np.float64(x[12]); z12 = z12 + (v - v)
-        v = np.float64(x[13]); z13 = z13 + (v - v)
-        v = np.float64(x[14]); z14 = z14 + (v - v)
-        v = np.float64(x[15]); z15 = z15 + (v - v)
+    for r in range(rows):
+        o = r * 16
+        v = np.float64(x[o + 0]); z0 = z0 + (v - v)
+        v = np.float64(x[o + 1]); z1 = z1 + (v - v)
+        v = np.float64(x[o + 2]); z2 = z2 + (v - v)
+        v = np.float64(x[o + 3]); z3 = z3 + (v - v)
+        v = np.float64(x[o + 4]); z4 = z4 + (v - v)
+        v = np.float64(x[o + 5]); z5 = z5 + (v - v)
+        v = np.float64(x[o + 6]); z6 = z6 + (v - v)
+        v = np.float64(x[o + 7]); z7 = z7 + (v - v)
+        v = np.float64(x[o + 8]); z8 = z8 + (v - v)
+        v = np.float64(x[o + 9]); z9 = z9 + (v - v)
+        v = np.float64(x[o + 10]); z10 = z10 + (v - v)
+        v = np.float64(x[o + 11]); z11 = z11 + (v - v)
+        v = np.float64(x[o + 12]); z12 = z12 + (v - v)
+        v = np.float64(x[o + 13]); z13 = z13 + (v - v)
+        v = np.float64(x[o + 14]); z14 = z14 + (v - v)
+        v = np.float64(x[o + 15]); z15 = z15 + (v - v)
     return (z0, z1, z2, z3, z4, z5, z6, z7, z8, z9, z10, z11, z12, z13, z14, z15)
 
 
@@ -98,19 +102,20 @@ def _chunk(g, out, c, check):
     lo = c * CHUNK
     hi = min(lo + CHUNK, g.size)
     rows = (hi - lo) // LANES
-    # Rows of LANES elements: x2[r, j] is lane j's r-th element.  A partial
-    # last row is padded with zeros, as in the reference: adding +0.0 (or
-    # 0 - 0) leaves every lane's sum as it was, NaN and Inf included.
-    x2 = g[lo:lo + rows * LANES].reshape((rows, LANES))
-    pad = np.zeros((1 if lo + rows * LANES < hi else 0, LANES))
-    pad[:, :hi - lo - rows * LANES] = g[lo + rows * LANES:hi]
+    # Rows of LANES elements: x[LANES*r + j] is lane j's r-th element.  A
+    # partial last row is padded with zeros, as in the reference: adding +0.0
+    # (or 0 - 0) leaves every lane's sum as it was, NaN and Inf included.
+    x = g[lo:lo + rows * LANES]
+    npad = 1 if lo + rows * LANES < hi else 0
+    pad = np.zeros(LANES)
+    pad[:hi - lo - rows * LANES] = g[lo + rows * LANES:hi]
     a = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     # check: float64 input (float32 needs no second sum, see the reference).
     if check:
-        out[c, 0] = _total(_squares(pad, _squares(x2, a)))
-        out[c, 1] = _total(_flags(pad, _flags(x2, a)))
+        out[c, 0] = _total(_squares(pad, npad, _squares(x, rows, a)))
+        out[c, 1] = _total(_flags(pad, npad, _flags(x, rows, a)))
     else:
-        a = _squares(pad, _squares(x2, a))
+        a = _squares(pad, npad, _squares(x, rows, a))
         s = _total(a)
         out[c, 0] = s
         out[c, 1] = s - s

@@ -51,13 +51,13 @@ R_N, R_GROUPS, R_ROWS, R_NSUM, R_F64 = range(5)  # after the states
 
 
 @njit(inline="always")
-def add_squares(arow, x2):
-    """arow[j] += x2[r, j]**2 in float64 for every row r, in row order.
+def add_squares(arow, x, rows):
+    """arow[j] += x[LANES*r + j]**2 in float64 for every row r < rows, in row order.
 
     The lanes as spelled-out locals through _norm's _squares, which LLVM's SLP
     vectorizer packs (a reducing kind's module is imported with it on, as
     _norm: adamfast._numba._import); it reorders nothing."""
-    a = _squares(x2, (arow[0], arow[1], arow[2], arow[3], arow[4], arow[5], arow[6], arow[7],
+    a = _squares(x, rows, (arow[0], arow[1], arow[2], arow[3], arow[4], arow[5], arow[6], arow[7],
                       arow[8], arow[9], arow[10], arow[11], arow[12], arow[13], arow[14],
                       arow[15]))
     arow[0], arow[1], arow[2], arow[3] = a[0], a[1], a[2], a[3]
@@ -75,7 +75,7 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
     nsum = out.shape[1]
     q = np.empty((nsum, RBLOCK), p.dtype)
     acc = np.zeros((nsum, LANES))  # acc[r, t] is lane (t + head) % LANES
-    pad = np.zeros((1, LANES), p.dtype)
+    pad = np.zeros(LANES, p.dtype)
     mid = line_start(p, lo, hi)
     head = mid - lo
     p_ = p[lo:mid]
@@ -98,13 +98,13 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
             red(j, p_, g_, s_, k, q, j)
         full = m - m % LANES
         for r in range(nsum):
-            add_squares(acc[r], q[r, :full].reshape((full // LANES, LANES)))
+            add_squares(acc[r], q[r], full // LANES)
             if full < m:
                 # A partial last row, padded with zeros as in the reference: adding
                 # +0.0 leaves a lane's sum as it was, NaN and Inf included.
-                pad[0, :m - full] = q[r, full:m]
-                pad[0, m - full:] = 0
-                add_squares(acc[r], pad)
+                pad[:m - full] = q[r, full:m]
+                pad[m - full:] = 0
+                add_squares(acc[r], pad, 1)
     for r in range(nsum):
         total = acc[r, (LANES - head) % LANES]
         for j in range(1, LANES):
