@@ -1,4 +1,4 @@
-"""numba's on-disk cache of the kernels follows every file they inline (adamfast/_numba/_cache.py)."""
+"""numba's on-disk cache of the kernels follows every file they inline (_numba/_cache.py)."""
 
 import os
 import shutil
@@ -86,3 +86,15 @@ def test_an_edit_to_an_inlined_file_recompiles(tmp_path):
         f.write("\n# an edit to the shared driver\n")
     assert hits() == 0, "the entry loaded a cache written against the old driver"
     assert hits() == 1
+
+
+def test_without_numba_internals_or_when_off_nothing_is_installed(monkeypatch):
+    from numba.core import caching
+
+    monkeypatch.setattr(_cache, "_installed", False)
+    monkeypatch.setenv("ADAMFAST_NUMBA_STAMP", "0")
+    assert _cache.install() is False
+    monkeypatch.delenv("ADAMFAST_NUMBA_STAMP")
+    monkeypatch.delattr(caching, "_CacheLocator")
+    assert _cache.install() is False
+    assert not _cache.stamp_installed()

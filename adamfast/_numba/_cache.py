@@ -9,14 +9,15 @@ remove numba's cache files when it replaces the package, so an upgrade
 meets them.
 
 :func:`install` puts a locator in front of numba's own for the files of
-this package (adamfast._numba) only.  It keeps the location numba would choose (``__pycache__`` beside the
-source, ``NUMBA_CACHE_DIR``, the user-wide cache) and adds to the source
-stamp a digest of every file the kernels depend on (:data:`SOURCES`).
-numba then treats a cache written against other sources as stale and
+this package (adamfast._numba) only.  It keeps the location numba would
+choose (``__pycache__`` beside the source, ``NUMBA_CACHE_DIR``, the
+user-wide cache) and adds to the source stamp a digest of every file the
+kernels depend on (:data:`SOURCES`).  numba then treats a cache written against other sources as stale and
 compiles afresh, overwriting it.
 
-This reaches into numba's caching internals (``CacheImpl._locator_classes``
-and the locator interface, stable since numba 0.49).  Where they are not
+This reaches into numba's caching internals: the class list
+``_locator_classes`` of ``numba.core.caching.CacheImpl`` (``_CacheImpl`` in
+older numba) and the ``_CacheLocator`` interface.  Where they are not
 found, nothing is installed, numba's own stamp applies, and
 ``stamp_installed()`` says so; ``ADAMFAST_NUMBA_STAMP=0`` turns it off.
 """
@@ -75,7 +76,8 @@ def install():
     try:
         from numba.core import caching
 
-        locators = caching.CacheImpl._locator_classes
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+        locators = impl._locator_classes
         base = caching._CacheLocator
     except (ImportError, AttributeError):
         return False
