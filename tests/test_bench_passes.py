@@ -125,3 +125,20 @@ def test_without_numba_lamb_is_judged_against_the_one_pass_rooflines(tmp_path):
     assert roof["roofline_bytes_per_param"] == 28 and roof["bytes_per_param"] == 44
     assert "roofline-passes skipped" in stdout
     assert "norm 4 + moments 24 + apply 16 B/param" in stdout  # the header still names them
+
+
+@needs_numba
+@pytest.mark.parametrize("nstate", range(5))
+def test_the_one_pass_roofline_reads_and_writes_every_stream(nstate):
+    # roofline-prange's loop (outside the engines' drivers): params and every
+    # state are read and written, grads read, each element once.
+    from adamfast.bench._passes import one_pass
+
+    n = 1000
+    p = np.arange(n, dtype=np.float32)
+    g = np.full(n, 2.0, np.float32)
+    states = tuple(np.full(n, float(j), np.float32) for j in range(nstate))
+    one_pass(p, g, states)
+    assert np.array_equal(p, np.arange(n, dtype=np.float32) + 2)
+    for j, s in enumerate(states):
+        assert np.array_equal(s, np.full(n, j + 2.0, np.float32))

@@ -43,7 +43,8 @@ What it measures, and why it is measured this way:
   family_kernel on adamfast's pool, with the algorithm kernels' chunking and
   serial cut-off), ``roofline-openmp`` (the same kernel on an OpenMP team:
   the extension's parallel path is switched for that row's call only) and
-  ``roofline-prange`` (numba's own ``prange`` entry of the kind, on numba's
+  ``roofline-prange`` (a plain numba ``prange`` loop with the kind's
+  traffic, ``_passes.one_pass``, outside both engines' drivers, on numba's
   threading layer, at the run's thread count for that call only).  % roof is
   judged against the fastest of them; the gap to it is the cost of the
   arithmetic and of the threading.  A step of several passes (Lamb's norm,

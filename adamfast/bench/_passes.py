@@ -49,6 +49,32 @@ def _apply(p, s):
         p[i] = x
 
 
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _one_pass(p, g, s):
+    for i in prange(p.size):
+        x = g[i]
+        for j in range(len(s)):
+            s[j][i] = s[j][i] + x
+        p[i] = p[i] + x
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _one_pass_no_state(p, g):
+    for i in prange(p.size):
+        p[i] = p[i] + g[i]
+
+
+def one_pass(p, g, states):
+    """The one-pass roofline's step (``roofline-prange``): read params, grads and
+    the states, write params and the states, trivial arithmetic, in numba
+    ``prange``.  A plain loop of its own, like the passes above, so that this
+    ceiling runs through neither engine's driver."""
+    if states:
+        _one_pass(p, g, states)
+    else:
+        _one_pass_no_state(p, g)
+
+
 # Pass name -> (kernel, arguments from (params, grads, states)); the traffic of
 # each is the spec's Pass of that name (checked in the tests).
 _KERNELS = {

@@ -69,8 +69,8 @@ def print_header(info: dict, cfg, setup):
 ROOFLINES_LINE = (
     "rooflines on three threadings, % roof judged against the fastest (marked *): "
     "roofline-pool (cython family_kernel on adamfast's pool, as the adamfast rows), "
-    "roofline-openmp (the same kernel on an OpenMP team), roofline-prange (numba's prange "
-    "entry of the kind, on numba's threading layer)")
+    "roofline-openmp (the same kernel on an OpenMP team), roofline-prange (a plain numba "
+    "prange loop with the same traffic, outside adamfast's drivers)")
 
 
 def after_torch_title(after, threads: int) -> str:

@@ -6,8 +6,6 @@ torch and DeepSpeed rows live in :mod:`._peers`.  Every row is an
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
 from ._config import BACKEND_ORDER, ROOFLINES, TEXTBOOK, split_groups, split_sizes
@@ -189,8 +187,11 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
       of the algorithm kernels;
     * ``roofline-openmp``: the same kernel on an OpenMP team (the extension's
       parallel path switched for this row's call only);
-    * ``roofline-prange``: numba's own ``prange`` entry of the kind, on
-      numba's threading layer (always parallel: it has no cut-off).
+    * ``roofline-prange``: a plain numba ``prange`` loop with the same
+      traffic (``_passes.one_pass``), on numba's threading layer (always
+      parallel: it has no cut-off), outside both engines' drivers, so that
+      a loss in the drivers the algorithm rows share does not lower every
+      ceiling too.
 
     All three share one set of buffers (the workload's roofline set).
     """
@@ -228,26 +229,20 @@ def roofline_impls(wl: Workload, cfg, setup, notes: Notes) -> list[Impl]:
             else:
                 notes.add("roofline-openmp skipped: this cython build has no OpenMP")
 
-    nb = load_backend("numba", notes) if "numba" in _available() else None
-    if nb is None:
-        notes.add("roofline-prange skipped: the numba backend is not available")
-        return impls
-    import numba
-
     try:
-        load = getattr(nb.module, "_import", importlib.import_module)
-        parallel = load(f"{nb.module.__name__}.roofline").ENTRIES[kind][1]
-    except Exception as exc:  # a module mid-rewrite must not stop the run
+        import numba
+
+        from ._passes import one_pass
+    except Exception as exc:
         notes.add(f"roofline-prange skipped ({short_error(exc)})")
         return impls
     nthreads = min(threads, numba.config.NUMBA_NUM_THREADS)
     if nthreads < threads:
         notes.add(f"roofline-prange runs {nthreads} threads: numba's pool was sized at start-up "
                   f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
-    ema = np.zeros(0, cfg.dtype)  # no parameter EMA
 
     def prange_step(t):
-        parallel(p, g, states, ema, scalars, chunks)
+        one_pass(p, g, states)
 
     impls.append(Impl("roofline-prange", on_numba_threads(nthreads, prange_step), "roofline",
                       backend="numba"))
