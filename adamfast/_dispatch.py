@@ -101,10 +101,11 @@ _available = None
 # identically, so the choice changes speed, never results.
 
 CYTHON_ISA_ENV = "ADAMFAST_CYTHON_ISA"
-# In rising order of preference: "auto" takes the last one this CPU runs.
 _CYTHON_VARIANTS = {"baseline": "adamfast._cython", "avx2": "adamfast._cython_avx2",
                     "avx512": "adamfast._cython_avx512"}
-# What each needs, as named in numpy's feature table, and the flag it is built with.
+# What each ISA build needs, as named in numpy's feature table, and the flag it
+# is built with; in rising order of preference ("auto" takes the last one this
+# CPU runs).
 _VARIANT_NEEDS = {"avx2": ("AVX2", "-mavx2"), "avx512": ("AVX512F", "-mavx512f")}
 _cython_name = None
 
@@ -156,7 +157,7 @@ def _cython_module_name():
         isa = os.environ.get(CYTHON_ISA_ENV, "").strip().lower()
         if isa in ("", "auto"):
             _cython_name = _CYTHON_VARIANTS["baseline"]
-            for variant in ("avx512", "avx2"):
+            for variant in reversed(tuple(_VARIANT_NEEDS)):
                 if _cpu_runs(variant) and _importable(_CYTHON_VARIANTS[variant]):
                     _cython_name = _CYTHON_VARIANTS[variant]
                     break
