@@ -3,9 +3,12 @@
 The params, grads, every state buffer and the parameter EMA live in flat
 buffers laid out group after group; ``params``/``grads`` and each group's
 ``"params"`` are views of them, and the chunk table says where each group
-lies.  :class:`FlatState` owns that layout (construction, growth when a
-structural switch turns on, a group added) and the lock that keeps the step
-and the methods that re-lay out apart.
+lies.  :func:`_layout` (where each array and group lies), :func:`_allocate`
+(the buffers) and :func:`_views_of` are the one layout of every front end
+that keeps flat state: :class:`FlatState` here (the NumPy classes) and each
+dtype slab of adamfast.torch.  :class:`FlatState` owns its layout
+(construction, growth when a structural switch turns on, a group added) and
+the lock that keeps the step and the methods that re-lay out apart.
 """
 
 from __future__ import annotations
@@ -37,7 +40,19 @@ def _layout(shapes, counts):
 
 
 def _views_of(flat, layout):
+    """The view of each array in ``flat`` (a NumPy array or a torch tensor)."""
     return tuple(flat[s].reshape(shape) for s, shape in zip(layout["_slices"], layout["_shapes"]))
+
+
+def _allocate(total, dtype, names, ema):
+    """Zeroed flat buffers of ``total`` elements: params, grads, the state buffers
+    ``names`` (a dict by name) and, when ``ema``, the parameter EMA (else None).
+    One staggered allocation (adamfast._memory): the EMA is one more stream of the
+    same pass, and the streams must not collide in the caches."""
+    names = tuple(names)
+    bufs = zeros_buffers(total, dtype, 2 + len(names) + bool(ema))
+    return (bufs[0], bufs[1], dict(zip(names, bufs[2:2 + len(names)])),
+            bufs[-1] if ema else None)
 
 
 def _split(views, counts):
@@ -86,10 +101,10 @@ class FlatState:
 
         kind = spec.kind_of(clean)
         names = spec.state_names(kind)
-        # One staggered allocation for params, grads and the state: see adamfast._memory.
-        bufs = zeros_buffers(total, dtype, 2 + len(names))
-        self.__dict__["flat_params"], self.__dict__["flat_grads"] = bufs[0], bufs[1]
-        self._state = dict(zip(names, bufs[2:]))
+        self._max_grad_norm, self._skip_nonfinite, self._ema_decay = guard
+        params, grads, self._state, ema = _allocate(total, dtype, names,
+                                                    self._ema_decay is not None)
+        self.__dict__["flat_params"], self.__dict__["flat_grads"] = params, grads
         self._empty = np.zeros(0, dtype)
         for a, s in zip(arrays, self._slices):
             self.flat_params[s] = a.reshape(-1)
@@ -97,16 +112,13 @@ class FlatState:
             self._init_state(name, clean)
         self.__dict__["params"] = self._views(self.flat_params)
         self.__dict__["grads"] = self._views(self.flat_grads)
-        # The guarded step's options (fixed at construction) and the parameter
-        # EMA, which starts as a copy of the initial params.
-        self._max_grad_norm, self._skip_nonfinite, self._ema_decay = guard
+        # The guarded step's options are fixed at construction; the parameter EMA
+        # starts as a copy of the initial params.
         self._guard_on = self._max_grad_norm is not None or self._skip_nonfinite
-        if self._ema_decay is not None:
-            self.__dict__["flat_ema"] = self.flat_params.copy()
-            self.__dict__["ema_params"] = self._views(self.flat_ema)
-        else:
-            self.__dict__["flat_ema"] = None
-            self.__dict__["ema_params"] = None
+        if ema is not None:
+            ema[:] = params
+        self.__dict__["flat_ema"] = ema
+        self.__dict__["ema_params"] = None if ema is None else self._views(ema)
         # The "params" list of each group, as handed out: param_groups must keep
         # exactly these (see _check_structure).
         self._plists = _split(self.params, self._counts)
@@ -210,27 +222,26 @@ class FlatState:
         layout = _layout(self._shapes + tuple(a.shape for a in arrays),
                          self._counts + (len(arrays),))
         n = self.flat_params.size
-        names = tuple(self._state)
-        bufs = zeros_buffers(layout["_bounds"][-1][1], dtype, 2 + len(names))
-        ema = None if self.flat_ema is None else np.empty(bufs[0].size, dtype)
-        bufs[0][:n] = self.flat_params
+        flat, grads, state, ema = _allocate(layout["_bounds"][-1][1], dtype, self._state,
+                                            self.flat_ema is not None)
+        flat[:n] = self.flat_params
         for a, s in zip(arrays, layout["_slices"][len(self._shapes):]):
-            bufs[0][s] = a.reshape(-1)
-        bufs[1][:n] = self.flat_grads
-        for name, buf in zip(names, bufs[2:]):
+            flat[s] = a.reshape(-1)
+        grads[:n] = self.flat_grads
+        for name, buf in state.items():
             buf[:n] = self._state[name]
             if spec.state_init is not None:
                 buf[n:] = spec.state_init(name, clean)
         if ema is not None:
             ema[:n] = self.flat_ema
-            ema[n:] = bufs[0][n:]
-        params = _views_of(bufs[0], layout)
+            ema[n:] = flat[n:]
+        params = _views_of(flat, layout)
         plists = _split(params, layout["_counts"])
         joined = self._joined + (self.step_count,)
         # One update of the attributes, then the groups' lists follow.
         self.__dict__.update(
-            layout, flat_params=bufs[0], flat_grads=bufs[1], _state=dict(zip(names, bufs[2:])),
-            params=params, grads=_views_of(bufs[1], layout), flat_ema=ema,
+            layout, flat_params=flat, flat_grads=grads, _state=state,
+            params=params, grads=_views_of(grads, layout), flat_ema=ema,
             ema_params=None if ema is None else _views_of(ema, layout),
             _gstate=self._gstate + [dict(spec.gstate) if spec.gstate else None],
             _joined=joined, _cache=[None] * len(joined), _plan=None, _c_args=None,

@@ -239,6 +239,24 @@ def test_zeros_buffers_rejects(bad, exc):
         adamfast.zeros_buffers(*bad)
 
 
+def test_ema_is_a_stream_of_the_same_staggered_allocation():
+    """The parameter EMA is one more stream of the step's pass: above 1 MiB it is laid
+    out with params, grads and the state (adamfast._core_flat._allocate), not beside them."""
+    init = [np.ones((300, 1000), np.float32), np.full(7, 2.0, np.float32)]
+    opt = adamfast.Adam(init, ema_decay=0.9)
+    base = opt.flat_params.base
+    assert base is not None
+    assert opt.flat_ema.base is base and opt.flat_grads.base is base
+    assert all(buf.base is base for buf in (opt.exp_avg, opt.exp_avg_sq))
+    starts = {b.ctypes.data % (2 << 20) for b in (opt.flat_params, opt.flat_grads,
+                                                  opt.exp_avg, opt.exp_avg_sq, opt.flat_ema)}
+    assert len(starts) == 5  # five streams, five offsets within a huge page
+    np.testing.assert_array_equal(opt.flat_ema, opt.flat_params)  # starts as the params
+    opt.add_param_group({"params": [np.full(5, 3.0, np.float32)]})
+    assert opt.flat_ema.base is opt.flat_params.base
+    np.testing.assert_array_equal(opt.ema_params[-1], np.full(5, 3.0, np.float32))
+
+
 def test_large_optimizer_matches_adam_step(backend):
     """Above 1 MiB the optimizer's buffers share one staggered allocation."""
     dtype = np.float32

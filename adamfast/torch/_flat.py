@@ -1,5 +1,7 @@
 """The flat per-dtype layout: one slab of flat buffers per dtype (params, grads,
 state, EMA), each param's ``.data``, ``.grad`` and torch state a view of them.
+Each slab is laid out and allocated as the NumPy classes' flat state is
+(adamfast._core_flat), one tensor per param.
 
 Plain functions taking the optimizer; :class:`adamfast.torch.Optimizer` binds
 them as its methods.
@@ -11,8 +13,7 @@ import numpy as np
 import torch
 
 from .._core import Run
-from .._engine import chunk_table
-from .._memory import zeros_buffers
+from .._core_flat import _allocate, _layout, _views_of
 from ._common import _NP, _scalar_dtype
 
 class _GroupState:
@@ -68,6 +69,7 @@ class _Slab:
         self.index = None     # their global indices (np.intp)
         self.ranges = []      # (lo, hi) per param
         self.bounds = None    # the tensor boundaries: 0, each param's hi (np.intp)
+        self.chunks = None    # the chunk table of its groups (rows: the groups, in order)
         self.groups = []      # the group index of each param
         self.gviews = []      # the bound gradient views, per param
         self.ptrs = []        # expected data_ptr per param
@@ -153,41 +155,43 @@ def layout(self):
         slab.kind = self._kind_covering(names)
         slab.names = tuple(self.spec.state_names(slab.kind))
         slab.kind_id = self._backend.kind_id(slab.kind)
-        total = sum(p.numel() for p in slab.params)
-        # The EMA is one more stream of the same pass: one more staggered buffer.
-        bufs = zeros_buffers(total, _NP[dtype], 2 + len(slab.names) + ema_on)
-        slab.np = dict(zip(("param", "grad") + slab.names + ("ema",) * ema_on, bufs))
-        slab.ema = slab.np.get("ema")
-        flat = {k: torch.from_numpy(v) for k, v in slab.np.items()}
-        slab.grad = flat["grad"]
+        # The layout of the NumPy classes (adamfast._core_flat), over this slab's params:
+        # its groups are contiguous, in the order of param_groups.
+        lay = _layout([p.shape for p in slab.params], [slab.groups.count(g) for g in gset])
+        np_params, np_grads, np_state, np_ema = _allocate(lay["_bounds"][-1][1], _NP[dtype],
+                                                          slab.names, ema_on)
+        slab.np = {"param": np_params, "grad": np_grads, **np_state}
+        if ema_on:
+            slab.np["ema"] = np_ema
+        slab.ema = np_ema
+        flat = {k: _views_of(torch.from_numpy(v), lay) for k, v in slab.np.items()}
+        slab.grad = torch.from_numpy(np_grads)
         slab.empty = np.zeros(0, _NP[dtype])
-        lo = 0
+        slab.ranges = [(s.start, s.stop) for s in lay["_slices"]]
+        slab.bounds = lay["_tensors"]
+        slab.chunks = lay["_chunks"]
         new_state = []
         for k, (i, p) in enumerate(zip(members, slab.params)):
-            hi = lo + p.numel()
-            slab.ranges.append((lo, hi))
-            shape = p.shape
-            pv = flat["param"][lo:hi].view(shape)
+            pv = flat["param"][k]
             pv.copy_(p.data)
-            gv = flat["grad"][lo:hi].view(shape)
+            gv = flat["grad"][k]
             grad = p.grad
             if grad is not None:
                 gv.copy_(grad)
             old = self.state.get(p) or {}
             views = {}
             for name in slab.names:
-                v = flat[name][lo:hi].view(shape)
+                v = flat[name][k]
                 if isinstance(old.get(name), torch.Tensor):
                     v.copy_(old[name])
                 else:
                     v.fill_(self._init_value(name, hps[gidx[i]]))
                 views[name] = v
             if ema_on:
-                ev = flat["ema"][lo:hi].view(shape)
+                ev = flat["ema"][k]
                 ev.copy_(old_ema.get(id(p), p.data))
                 slab.ema_views.append(ev)
             new_state.append((p, pv, gv, grad is not None, views))
-            lo = hi
         # Everything is allocated and copied: now rebind.
         for k, (p, pv, gv, had_grad, views) in enumerate(new_state):
             p.data = pv
@@ -196,7 +200,6 @@ def layout(self):
             slab.gviews.append(gv)
             slab.ptrs.append(pv.data_ptr())
         slab.views = [v for *_, v in new_state]
-        slab.bounds = np.array([0, *(hi for _, hi in slab.ranges)], dtype=np.intp)
         slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],
                        tuple(slab.np[n] for n in slab.names), None, slab.ema,
                        tensors=slab.bounds)
@@ -269,14 +272,9 @@ def sync_state(self):
         self._fill_state(i, hp)
 
 def refresh(self, slab):
-    """Recompute a slab's uniformity and its all-params chunk table."""
+    """Recompute a slab's uniformity and the groups of its all-params run."""
     rows = sorted(set(slab.groups))
-    pos = {g: r for r, g in enumerate(rows)}
-    spans = {}
-    for g, (lo, hi) in zip(slab.groups, slab.ranges):
-        a, b = spans.get(g, (lo, hi))
-        spans[g] = (min(a, lo), max(b, hi))
-    slab.full = (rows, chunk_table(list(spans.values()), [pos[g] for g in spans]))
+    slab.full = (rows, slab.chunks)  # the chunk table's rows are these groups, in order
     uniform = True
     groups = np.array(slab.groups)
     slab.members = {g: slab.index[groups == g] for g in rows}
