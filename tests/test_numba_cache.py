@@ -98,3 +98,30 @@ def test_without_numba_internals_or_when_off_nothing_is_installed(monkeypatch):
     monkeypatch.delattr(caching, "_CacheLocator")
     assert _cache.install() is False
     assert not _cache.stamp_installed()
+
+
+def test_an_uncachable_entry_warns_as_numba_does():
+    """numba warns, naming the source file, when an entry cannot be cached (lifted
+    loops, dynamic globals); with the stamp in front of its locator that must stay a
+    warning, not an AttributeError from the wrapper."""
+    from numba.core import caching, errors
+
+    from adamfast._numba import adam
+
+    impl = adam.adam_block._cache._impl
+    assert type(impl.locator).__name__ == "SourcesStampLocator"
+
+    class _Library:
+        has_dynamic_globals = True
+
+    class _Fndesc:
+        qualname = "adam_block"
+
+    class _Result:
+        lifted = ()
+        library = _Library()
+        fndesc = _Fndesc()
+
+    assert isinstance(impl, caching.CacheImpl)
+    with pytest.warns(errors.NumbaWarning, match="Cannot cache"):
+        assert impl.check_cachable(_Result()) is False

@@ -89,6 +89,14 @@ def install():
         def __init__(self, inner):
             self._inner = inner
 
+        def __getattr__(self, name):
+            # numba reads some of its locators' attributes directly (``_py_file``,
+            # in the warning that an entry cannot be cached); they are the inner one's.
+            inner = self.__dict__.get("_inner")
+            if inner is None:
+                raise AttributeError(name)
+            return getattr(inner, name)
+
         def ensure_cache_path(self):
             self._inner.ensure_cache_path()
 
