@@ -23,18 +23,30 @@ cdef extern from "af_pool.h":
     void af_pool_set_policy(int policy) nogil
     int af_pool_policy() nogil
     double af_pool_estimate(int bucket, int path) nogil
+    int af_pool_choose(Py_ssize_t nchunks) nogil
+    void af_pool_record(Py_ssize_t nchunks, int path, long ns) nogil
+    void af_pool_forget(Py_ssize_t nchunks) nogil
     enum:
         AF_COLD_MIN_CHUNKS
         AF_OMP_MIN_CHUNKS
         AF_OMP_BUCKETS
+        AF_EXPLORE
+        AF_EXPLORE_MAX
         AF_POLICY_MEASURED
         AF_POLICY_POOL
         AF_POLICY_TEAM
+    const double AF_TRY_COST
 
 
 # A call of fewer elements that finds the workers asleep, away from a loop of
 # calls, runs on the caller (see AF_COLD_MIN_CHUNKS).
 POOL_COLD_MIN = AF_COLD_MIN_CHUNKS * _CHUNK
+# The measured policy's tries of a slower path: one call in POOL_EXPLORE of a size
+# class, down to one in POOL_EXPLORE_MAX for a path far slower, whose tries then
+# cost about POOL_TRY_COST of the time (af_pool.h).
+POOL_EXPLORE = AF_EXPLORE
+POOL_EXPLORE_MAX = AF_EXPLORE_MAX
+POOL_TRY_COST = AF_TRY_COST
 
 
 def pool_awake():
@@ -105,3 +117,22 @@ def _pool_policy():
         if any(times):
             est[1 << b] = times
     return name, est
+
+
+def _pool_choose(Py_ssize_t nchunks):
+    """For the tests: the path, 0 (pool), 1 (OpenMP team) or 2 (caller alone), that the
+    policy in use picks for a call of ``nchunks`` chunks, counted as a call of its size
+    class without running one; feed its time back with :func:`_pool_record`."""
+    return af_pool_choose(nchunks)
+
+
+def _pool_record(Py_ssize_t nchunks, int path, long ns):
+    """For the tests: record ``ns`` for a call of ``nchunks`` chunks on ``path``, as a
+    call that ran records its time."""
+    af_pool_record(nchunks, path, ns)
+
+
+def _pool_forget(Py_ssize_t nchunks):
+    """For the tests: clear the recent times and counts of the size class of
+    ``nchunks`` chunks."""
+    af_pool_forget(nchunks)

@@ -42,9 +42,6 @@
    busy-core benchmark) wakes the workers and uses them as they arrive, and
    their spin after the job keeps them awake for the next one. */
 #define AF_TIGHT_NS 1000000L
-/* The measured policy runs the slower path one call in AF_EXPLORE, so a
-   change of conditions (torch's spinners gone, a core busy) is seen. */
-#define AF_EXPLORE 16
 
 static struct {
     pthread_mutex_t run_mu;    /* one job at a time */
@@ -174,6 +171,8 @@ void af_pool_wake(int nthreads) {
 
 static double af_est[AF_OMP_BUCKETS][3];   /* ns per chunk: [pool, team, caller]; 0 unknown */
 static unsigned af_calls[AF_OMP_BUCKETS];   /* calls per class, for AF_EXPLORE */
+static unsigned af_gap[AF_OMP_BUCKETS][3];  /* calls between tries of a path; 0: AF_EXPLORE */
+static unsigned af_last[AF_OMP_BUCKETS][3]; /* af_calls of the class at the path's last run */
 
 static int af_bucket(ptrdiff_t nchunks) {
     int b = 0;
@@ -220,7 +219,27 @@ static void af_team_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthrea
 #endif
 
 static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
-    double x = (double)ns / (double)nchunks, *e = &af_est[b][path];
+    double x = (double)ns / (double)nchunks, *e = &af_est[b][path], fastest = 0.0;
+    for (int q = 0; q < 3; q++)
+        if (q != path && af_est[b][q] > 0.0 && (fastest == 0.0 || af_est[b][q] < fastest))
+            fastest = af_est[b][q];
+    if (fastest > 0.0 && *e >= fastest) {
+        /* A try of a path that was not the fastest (af_path): near the fastest or
+           better, it stays tried often; far slower, half as often as before.  A
+           try that beats the fastest replaces the path's estimate, which may be
+           hundreds of calls old: conditions changed, and the path runs next. */
+        unsigned gap = af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
+        /* The widest gap at which this try's extra time is AF_TRY_COST of the
+           calls between tries: far slower paths wait longer. */
+        double cap = (x / fastest - 1.0) / AF_TRY_COST;
+        if (cap > AF_EXPLORE_MAX) cap = AF_EXPLORE_MAX;
+        af_gap[b][path] = (x <= AF_NEAR * fastest || cap <= AF_EXPLORE) ? AF_EXPLORE
+                          : (2.0 * gap < cap ? 2 * gap : (unsigned)cap);
+        if (x < fastest) {
+            *e = x;
+            return;
+        }
+    }
     *e = (*e == 0.0) ? x : *e + 0.25 * (x - *e);
 }
 
@@ -229,7 +248,9 @@ enum { AF_PATH_POOL = 0, AF_PATH_TEAM = 1, AF_PATH_CALLER = 2 };
 
 /* The path of a call of nchunks chunks in size class b.  Under the measured
    policy every path allowed is timed: an untried one runs first, then the
-   fastest recent one, and one call in AF_EXPLORE one of the others, in turn.
+   fastest recent one, and one call in AF_EXPLORE one of the others whose
+   turn has come (af_gap: AF_EXPLORE calls after its last run, more for a
+   path whose tries kept losing by far; af_record), the longest waiting first.
    Which wins depends on what else runs: on an idle machine the pool; beside
    torch's spinning OpenMP workers an OpenMP team (see af_pool.h); with a core
    busy the caller alone, since a worker that claims a block and is then
@@ -244,17 +265,28 @@ static int af_path(int b, ptrdiff_t nchunks) {
     if (af_policy == AF_POLICY_TEAM)
         return (allowed & (1u << AF_PATH_TEAM)) ? AF_PATH_TEAM : AF_PATH_POOL;
     allowed |= 1u << AF_PATH_CALLER;
-    int best = -1, others[3], n_others = 0;
+    int best = -1;
     for (int path = 0; path < 3; path++) {
         if (!(allowed & (1u << path))) continue;
         if (af_est[b][path] == 0.0) return path;
         if (best < 0 || af_est[b][path] < af_est[b][best]) best = path;
     }
     unsigned calls = ++af_calls[b];
-    if (calls % AF_EXPLORE != 0) return best;
-    for (int path = 0; path < 3; path++)
-        if ((allowed & (1u << path)) && path != best) others[n_others++] = path;
-    return others[(calls / AF_EXPLORE) % (unsigned)n_others];
+    int pick = best;
+    if (calls % AF_EXPLORE == 0) {
+        double late = 0.0;
+        for (int path = 0; path < 3; path++) {
+            if (!(allowed & (1u << path)) || path == best) continue;
+            unsigned gap = af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
+            unsigned waited = calls - af_last[b][path];
+            if (waited >= gap && (double)waited / gap > late) {
+                late = (double)waited / gap;
+                pick = path;
+            }
+        }
+    }
+    af_last[b][pick] = calls;
+    return pick;
 }
 
 int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
@@ -349,4 +381,29 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
     clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
     pthread_mutex_unlock(&af_pool.run_mu);
     return workers + 1;
+}
+
+/* The measured policy without a job, for the tests: af_path and af_record as
+   af_pool_run uses them, under the same lock. */
+int af_pool_choose(ptrdiff_t nchunks) {
+    pthread_mutex_lock(&af_pool.run_mu);
+    int path = af_path(af_bucket(nchunks), nchunks);
+    pthread_mutex_unlock(&af_pool.run_mu);
+    return path;
+}
+
+void af_pool_record(ptrdiff_t nchunks, int path, long ns) {
+    if (path < 0 || path > 2 || nchunks < 1) return;
+    pthread_mutex_lock(&af_pool.run_mu);
+    af_record(af_bucket(nchunks), path, ns, nchunks);
+    pthread_mutex_unlock(&af_pool.run_mu);
+}
+
+void af_pool_forget(ptrdiff_t nchunks) {
+    int b = af_bucket(nchunks);
+    pthread_mutex_lock(&af_pool.run_mu);
+    for (int path = 0; path < 3; path++)
+        af_est[b][path] = 0.0, af_gap[b][path] = 0, af_last[b][path] = 0;
+    af_calls[b] = 0;
+    pthread_mutex_unlock(&af_pool.run_mu);
 }

@@ -94,6 +94,20 @@ typedef void (*af_block_fn)(void *ctx, ptrdiff_t c0, ptrdiff_t c1);
    2**(b+1)) chunks (the last one everything larger). */
 #define AF_OMP_BUCKETS 40
 
+/* The measured policy tries a path other than the fastest one call in
+   AF_EXPLORE of its size class, so that a change of conditions (torch's
+   spinners gone, a core busy) is seen.  A path whose try comes in more than
+   AF_NEAR times the fastest's time is tried half as often as before, until
+   its tries cost about AF_TRY_COST of the time between them, and at most one
+   call in AF_EXPLORE_MAX: with a core busy an OpenMP team took 7x the
+   caller's time at 1M params: tried one call in 32, a fifth more time on
+   average.  A try near the fastest or better puts the path back to
+   AF_EXPLORE. */
+#define AF_EXPLORE 16
+#define AF_EXPLORE_MAX 1024
+#define AF_NEAR 1.25
+#define AF_TRY_COST 0.02
+
 /* af_pool_set_policy's argument. */
 #define AF_POLICY_MEASURED 0   /* the faster of pool and team, as timed (default) */
 #define AF_POLICY_POOL 1       /* the pool only */
@@ -124,5 +138,13 @@ AF_POOL_API int af_pool_policy(void);
    (path 0), an OpenMP team (path 1) or the caller alone (path 2, small calls
    only); 0.0 where not measured yet or out of range. */
 AF_POOL_API double af_pool_estimate(int bucket, int path);
+
+/* For the tests: the path (0 pool, 1 team, 2 caller alone) the policy in use
+   picks for a call of nchunks chunks, counted as a call of its size class,
+   without running one; a time to record for it, as af_pool_run records a
+   call's; and a size class's times and counts cleared. */
+AF_POOL_API int af_pool_choose(ptrdiff_t nchunks);
+AF_POOL_API void af_pool_record(ptrdiff_t nchunks, int path, long ns);
+AF_POOL_API void af_pool_forget(ptrdiff_t nchunks);
 
 #endif /* ADAMFAST_AF_POOL_H */

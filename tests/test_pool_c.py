@@ -73,7 +73,8 @@ def test_pool_symbols_stay_inside_each_extension():
         lib = ctypes.CDLL(module.__file__)
         assert hasattr(lib, "PyInit_" + module.__name__.rsplit(".", 1)[1])
         for name in ("af_pool_run", "af_pool_wake", "af_pool_awake", "af_pool_set_policy",
-                     "af_pool_policy", "af_pool_estimate"):
+                     "af_pool_policy", "af_pool_estimate", "af_pool_choose", "af_pool_record",
+                     "af_pool_forget"):
             assert not hasattr(lib, name), f"{module.__name__} exports {name}"
 
 

@@ -210,3 +210,52 @@ def test_bad_pool_policy_is_refused(pool_policy, bad):
     with pytest.raises(ValueError, match="policy must be one of"):
         pool_policy._set_pool_policy(bad)
     assert pool_policy._pool_policy()[0] in ("measured", "pool", "team")
+
+
+def _replay(mod, nchunks, ns_per_chunk, calls):
+    """``calls`` decisions of the measured policy for a class of ``nchunks`` chunks, each
+    path's time per chunk fed back from ``ns_per_chunk`` as if the call had run; the
+    count of calls each path got."""
+    got = [0, 0, 0]
+    for _ in range(calls):
+        path = mod._pool_choose(nchunks)
+        got[path] += 1
+        mod._pool_record(nchunks, path, ns_per_chunk[path] * nchunks)
+    return got
+
+
+def test_measured_policy_tries_a_far_slower_path_ever_less_often(pool_policy):
+    """A path whose tries keep losing by far (the OpenMP team with a core busy took 7x
+    the caller's time at 1M) is tried half as often after each, until its tries cost
+    about POOL_TRY_COST of the time; once a try beats the fastest (the busy process
+    gone), the policy takes it up at once.  Driven through the policy's own hooks,
+    with made-up times, in a size class no real call reaches."""
+    nchunks = 1 << 20  # 16G params
+    times = (50_000, 60_000, 9_000)  # ns per chunk: pool, team, caller alone
+    pool_policy._set_pool_policy("measured")
+    pool_policy._pool_forget(nchunks)
+    try:
+        team = _has_openmp(pool_policy)
+        pool_policy._set_pool_policy("measured")
+        _replay(pool_policy, nchunks, times, 4096)  # the gaps widen
+        got = _replay(pool_policy, nchunks, times, 4096)
+        tries = got[0] + got[1]
+        assert got[1] > 0 if team else got[1] == 0
+        # Each slower path tried, but its extra time about POOL_TRY_COST of the
+        # calls' (tried one call in POOL_EXPLORE each, it was 28% and 34% here).
+        extra = sum(got[p] * (times[p] - times[2]) for p in (0, 1))
+        assert 0 < extra <= (1 + team) * 1.25 * pool_policy.POOL_TRY_COST * 4096 * times[2]
+        assert tries >= (1 + team) * 4096 // pool_policy.POOL_EXPLORE_MAX
+        # Conditions change: the pool is now the fastest by far.  Its next try
+        # moves the class to the pool.
+        got = _replay(pool_policy, nchunks, (3_000, 60_000, 9_000),
+                      2 * pool_policy.POOL_EXPLORE_MAX)
+        assert got[0] > pool_policy.POOL_EXPLORE_MAX
+        est = pool_policy._pool_policy()[1][nchunks]
+        assert est[0] < est[2]
+        # Paths within noise of each other stay tried one call in POOL_EXPLORE.
+        pool_policy._pool_forget(nchunks)
+        got = _replay(pool_policy, nchunks, (9_000, 9_000, 9_000), 1024)
+        assert sum(got) - max(got) >= 1024 // pool_policy.POOL_EXPLORE - 2
+    finally:
+        pool_policy._pool_forget(nchunks)
