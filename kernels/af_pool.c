@@ -174,6 +174,10 @@ static unsigned af_calls[AF_OMP_BUCKETS];   /* calls per class, for AF_EXPLORE *
 static unsigned af_gap[AF_OMP_BUCKETS][3];  /* calls between tries of a path; 0: AF_EXPLORE */
 static unsigned af_last[AF_OMP_BUCKETS][3]; /* af_calls of the class at the path's last run */
 
+static unsigned af_gap_of(int b, int path) {
+    return af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
+}
+
 static int af_bucket(ptrdiff_t nchunks) {
     int b = 0;
     while (nchunks > 1 && b < AF_OMP_BUCKETS - 1) { nchunks >>= 1; b++; }
@@ -228,7 +232,7 @@ static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
            better, it stays tried often; far slower, half as often as before.  A
            try that beats the fastest replaces the path's estimate, which may be
            hundreds of calls old: conditions changed, and the path runs next. */
-        unsigned gap = af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
+        unsigned gap = af_gap_of(b, path);
         /* The widest gap at which this try's extra time is AF_TRY_COST of the
            calls between tries: far slower paths wait longer. */
         double cap = (x / fastest - 1.0) / AF_TRY_COST;
@@ -277,7 +281,7 @@ static int af_path(int b, ptrdiff_t nchunks) {
         double late = 0.0;
         for (int path = 0; path < 3; path++) {
             if (!(allowed & (1u << path)) || path == best) continue;
-            unsigned gap = af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
+            unsigned gap = af_gap_of(b, path);
             unsigned waited = calls - af_last[b][path];
             if (waited >= gap && (double)waited / gap > late) {
                 late = (double)waited / gap;
