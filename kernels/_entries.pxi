@@ -354,6 +354,71 @@ def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     return True
 
 
+# The words of a numba block entry's ``ctx`` (adamfast._numba._driver's CTX_*):
+# the addresses of params, grads, the EMA, the scalar table, the chunk table and
+# the kind's state buffers, then the sizes n, the EMA's length, the number of
+# groups, of chunk rows and whether the buffers are float64.  adamfast._numba
+# uses _step_blocks only when this tuple matches its own.
+_STEP_BLOCKS_CTX = (0, 1, 2, 3, 4, 5)  # CTX_P, CTX_G, CTX_EMA, CTX_SCALARS, CTX_CHUNKS, CTX_STATES
+
+
+def _step_blocks(size_t fn, int nstate, params, grads, states, row, chunks, int num_threads,
+                 Py_ssize_t parallel_min, ema=None):
+    """The numba backend's fast path on this pool: ``step_fast``'s refusals and
+    checks of ``row`` and the buffers, in C, then the block entry at ``fn`` (a
+    numba cfunc over a kind of ``nstate`` state buffers) over every chunk row of
+    ``chunks`` (adamfast._engine.single_chunks of params' size: its dtype and
+    size are checked here, its rows trusted), on ``num_threads`` threads from ``parallel_min`` elements, on the caller
+    alone below.  Returns True after the step, or False having written nothing.
+    Private: ``fn`` must be the block entry of a kind with ``nstate`` buffers.
+    Never raises for bad input."""
+    cdef int typenum
+    cdef Py_ssize_t n, j, size, nchunks
+    cdef char* ptrs[3 + _MAXSTATE]
+    cdef double table[_NSLOT]
+    cdef Py_ssize_t ctx[6 + _MAXSTATE + 5]
+    cdef cnp.ndarray c
+    if fn == 0 or not 0 <= nstate <= _MAXSTATE or not PyTuple_CheckExact(row):
+        return False
+    size = PyTuple_GET_SIZE(row)
+    if size > _NSLOT:
+        return False
+    for j in range(size):
+        item = <object>PyTuple_GET_ITEM(row, j)
+        if not PyFloat_CheckExact(item):
+            return False
+        table[j] = PyFloat_AS_DOUBLE(item)
+    for j in range(size, _NSLOT):
+        table[j] = 0.0
+    if not _fast_buffers(params, grads, states, nstate, &typenum, &n, ptrs, ema):
+        return False
+    if n == 0:
+        return True
+    nchunks = (n + _CHUNK - 1) // _CHUNK
+    if not cnp.PyArray_CheckExact(chunks):
+        return False
+    c = <cnp.ndarray>chunks
+    if not (cnp.PyArray_TYPE(c) == cnp.NPY_INTP and cnp.PyArray_SIZE(c) == 3 * nchunks
+            and (cnp.PyArray_FLAGS(c) & _FAST_IN_FLAGS) == _FAST_IN_FLAGS
+            and cnp.PyArray_ISNOTSWAPPED(c)):
+        return False
+    ctx[0] = <Py_ssize_t>ptrs[0]
+    ctx[1] = <Py_ssize_t>ptrs[1]
+    ctx[2] = <Py_ssize_t>(ptrs[2 + _MAXSTATE] if ptrs[2 + _MAXSTATE] != NULL else ptrs[0])
+    ctx[3] = <Py_ssize_t>table
+    ctx[4] = <Py_ssize_t>cnp.PyArray_DATA(c)
+    for j in range(nstate):
+        ctx[5 + j] = <Py_ssize_t>ptrs[2 + j]
+    ctx[5 + nstate] = n
+    ctx[6 + nstate] = n if ptrs[2 + _MAXSTATE] != NULL else 0
+    ctx[7 + nstate] = 1
+    ctx[8 + nstate] = nchunks
+    ctx[9 + nstate] = typenum == cnp.NPY_FLOAT64
+    with nogil:
+        af_pool_run(<af_block_fn>fn, <void*>ctx, nchunks, num_threads if n >= parallel_min else 1)
+    return True
+
+
 include "_adam_fast.pxi"  # adam_step's fast path (adam_step_fast, adam_step_call)
 
 

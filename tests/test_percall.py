@@ -155,6 +155,46 @@ def test_numba_step_fast_declines_what_the_full_path_must_judge(case):
 
 
 @needs_numba
+@pytest.mark.parametrize("case", ["chunks a list", "chunks int32", "chunks short", "chunks long",
+                                  "chunks strided", "nstate too large", "no block entry"])
+def test_pool_step_blocks_declines_a_call_it_cannot_check(case):
+    # The C entry behind numba's step_fast on adamfast's pool checks the chunk
+    # table's dtype and size (its rows are single_chunks', trusted) and its own
+    # arguments, and declines rather than run a block entry out of bounds.
+    from adamfast._numba import _pool
+
+    if _pool.STEP_BLOCKS is None:
+        pytest.skip("numba runs on its own pool here")
+    b = _dispatch.get_backend("numba")
+    spec, row = _adam()
+    kid = b.kind_id("adam")
+    p, g, m, v = _good(n=2 * CHUNK + 3)
+    before = [a.copy() for a in (p, m, v)]
+    block = entry = (b.module._entries.get(kid) or b.module._load(kid))[2]
+    chunks = _engine.single_chunks(p.size)
+    nstate = 2
+    if case == "chunks a list":
+        chunks = chunks.tolist()
+    elif case == "chunks int32":
+        chunks = chunks.astype(np.int32)
+    elif case == "chunks short":
+        chunks = chunks[:-1].copy()
+    elif case == "chunks long":
+        chunks = np.concatenate([chunks, chunks[-1:]])
+    elif case == "chunks strided":
+        chunks = np.repeat(chunks, 2, axis=0)[::2]
+    elif case == "nstate too large":
+        nstate = 99
+    elif case == "no block entry":
+        block = 0
+    assert _pool.STEP_BLOCKS(block, nstate, p, g, (m, v), row, chunks, 1, 1, None) is False
+    assert all(a.tobytes() == c.tobytes() for a, c in zip((p, m, v), before))
+    # The same call with the right table is taken.
+    assert _pool.STEP_BLOCKS(entry, 2, p, g, (m, v), row, _engine.single_chunks(p.size), 1, 1,
+                             None) is True
+
+
+@needs_numba
 def test_numba_step_fast_takes_read_only_grads_and_disjoint_views_of_one_buffer():
     b = _dispatch.get_backend("numba")
     spec, row = _adam()

@@ -1,13 +1,15 @@
 """The numba backend's one-group fast path, ``step_fast``: the contract of the
-cython backend's (see adamfast._dispatch), in Python.
+cython backend's (see adamfast._dispatch).
 
 family_kernel checks its arguments in detail and builds the scalar and chunk
 tables, ~4 us a call in Python; a functional step or a one-group optimizer
 has one row and buffers that are almost always plain, so this path tests
-them in one cheap pass (~1.5 us with the pool call) and otherwise declines,
-leaving the call to the full path and its messages.  Part of the
-adamfast._numba package: an exception it marks ``adamfast_unwritten`` came
-before any write (adamfast._core._kernel_wrote).
+them in one cheap pass and otherwise declines, leaving the call to the full
+path and its messages.  On adamfast's pool the pass is the cython
+extension's ``_step_blocks`` (C: ~0.4 us with the pool call); on numba's own
+pool (the fallback) it is Python (~1.5 us).  Part of the adamfast._numba
+package: an exception it marks ``adamfast_unwritten`` came before any write
+(adamfast._core._kernel_wrote).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 
 from .. import _engine
 from ..algorithms._spec import CHUNK, NSLOT
-from . import (_EMPTY, _F64, _FLOATS, _ND, _NKINDS, _NSUM, _POOL, NSTATE, PARALLEL_MIN, _entries,
-               _load, _run_prange)
+from . import (_EMPTY, _FLOATS, _ND, _NKINDS, _NSUM, NSTATE, PARALLEL_MIN, _entries, _load,
+               _run_prange)
+from ._pool import STEP_BLOCKS
 
 __all__ = ["step_fast"]
 
@@ -66,8 +69,21 @@ def step_fast(kind_id, params, grads, states, row, num_threads, ema=None):
     writable, no two overlap, and ``states`` is a tuple of the kind's
     ``NSTATE[kind_id]`` buffers.  It never raises for bad input: the caller's
     full path then says what is wrong.  Why it exists: family_kernel's
-    checks and tables cost ~4 us a call in Python; these ~1.5 us.
+    checks and tables cost ~4 us a call in Python.
     """
+    if STEP_BLOCKS is not None:  # adamfast's pool: the buffer checks in C
+        try:
+            if type(kind_id) is not int or not 0 <= kind_id < _NKINDS or kind_id in _NSUM or \
+                    type(params) is not _ND or type(num_threads) is not int:
+                return False
+            block = (_entries.get(kind_id) or _load(kind_id))[2]
+            chunks = _engine.single_chunks(params.size)
+        except BaseException as exc:  # an interrupt before any write: nothing written
+            exc.adamfast_unwritten = True
+            raise
+        return STEP_BLOCKS(block, NSTATE[kind_id], params, grads, states, row, chunks,
+                           num_threads, PARALLEL_MIN, ema)
+    # numba's own pool: the same checks in Python.
     try:
         if type(params) is not _ND or type(grads) is not _ND or type(states) is not tuple or \
                 type(row) is not tuple or type(kind_id) is not int or \
@@ -105,22 +121,12 @@ def step_fast(kind_id, params, grads, states, row, num_threads, ema=None):
         except (struct.error, TypeError, ValueError, OverflowError):
             return False
         chunks = _engine.single_chunks(n)
-        serial, parallel, block = _entries.get(kind_id) or _load(kind_id)
+        serial, parallel, _ = _entries.get(kind_id) or _load(kind_id)
         if ema is None:
             ema = _EMPTY[dtype]
-        if _POOL is not None:
-            # As family_kernel's call (the _driver's CTX_* order), one group.
-            nchunks = -(-n // CHUNK)
-            args = (block, (params, grads, ema, table, chunks) + states,
-                    (n, ema.size, 1, nchunks, dtype == _F64), nchunks,
-                    num_threads if n >= PARALLEL_MIN else 1)
     except BaseException as exc:  # an interrupt before any write: nothing written
         exc.adamfast_unwritten = True
         raise
-    if _POOL is not None:
-        _POOL(*args)
-        _SPARE.append(table)
-        return True
     _run_prange(serial, parallel, n, num_threads, params, grads, states, ema,
                 table.reshape(1, NSLOT), chunks)
     _SPARE.append(table)

@@ -37,8 +37,9 @@ from __future__ import annotations
 import numba
 
 from .. import _dispatch
+from ._driver import CTX_CHUNKS, CTX_EMA, CTX_G, CTX_P, CTX_SCALARS, CTX_STATES
 
-__all__ = ["MODULE", "RUN_BLOCKS", "PARALLEL_MIN", "POOL_COLD_MIN", "threading_path",
+__all__ = ["MODULE", "RUN_BLOCKS", "STEP_BLOCKS", "PARALLEL_MIN", "POOL_COLD_MIN", "threading_path",
            "pool_awake", "wake_pool"]
 
 # The serial cut-off on numba's own pool (the fallback).  Its launch costs
@@ -62,6 +63,14 @@ if MODULE is None:
 # threads; its ctx holds each array's data address, then each size, in order.
 # None on the fallback.
 RUN_BLOCKS = None if MODULE is None else MODULE._run_blocks
+# The one-group fast path's checks and pool call, in one C function that
+# packs the ctx words itself: it must pack them as _driver reads them.
+STEP_BLOCKS = None if MODULE is None else MODULE._step_blocks
+if MODULE is not None and MODULE._STEP_BLOCKS_CTX != (CTX_P, CTX_G, CTX_EMA, CTX_SCALARS,
+                                                      CTX_CHUNKS, CTX_STATES):
+    raise ImportError(f"{MODULE.__name__}._step_blocks packs a block entry's ctx words in "
+                      f"another order than adamfast._numba._driver reads them: rebuild the "
+                      f"extension (pip install -e .)")
 # Below this many elements a call runs on the calling thread.
 PARALLEL_MIN = NUMBA_PARALLEL_MIN if MODULE is None else POOL_PARALLEL_MIN
 # From this many elements the guarded step wakes the workers before its norm
