@@ -44,8 +44,10 @@ checked in C) and ``adam_step_fast`` (all of ``adam_step`` in
 C, also as ``adam_step_call``: its arguments but the step and the thread
 count given once, for adamfast.Adam's step); they perform a call only when it is trivially valid and otherwise
 decline, so Python validation stays the one authority.  The numba backend
-has a ``step_fast`` too, the same contract in Python (one cheap pass over the
-buffers instead of family_kernel's detailed checks and tables).
+has a ``step_fast`` too, with the same contract: one cheap pass over the
+buffers instead of family_kernel's detailed checks and tables, made in C by
+the extension's ``_step_blocks`` when numba runs on adamfast's pool, and in
+Python on numba's own pool.
 
 The dispatcher only picks a callable; it never converts or copies data.  A
 backend that is asked for and not available is an error, never a silent

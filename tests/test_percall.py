@@ -77,6 +77,19 @@ def _adam():
     return spec, _row(spec)
 
 
+@pytest.fixture(params=["C checks", "Python checks"])
+def numba_checks(request, monkeypatch):
+    """numba's step_fast checks in C (on adamfast's pool) or in Python (numba's own
+    pool): every refusal holds on both."""
+    from adamfast._numba import _fast
+
+    if request.param == "C checks" and _fast.STEP_BLOCKS is None:
+        pytest.skip("numba runs on its own pool here")
+    if request.param == "Python checks":
+        monkeypatch.setattr(_fast, "STEP_BLOCKS", None)
+    return request.param
+
+
 def _declines(args, mutate=None):
     """step_fast returns False and writes nothing."""
     b = _dispatch.get_backend("numba")
@@ -102,7 +115,7 @@ def _good(n=64, dtype=np.float32):
     "state read-only", "params strided", "state a subclass", "same array twice",
     "overlapping views", "ema wrong size", "ema overlaps params",
 ])
-def test_numba_step_fast_declines_what_the_full_path_must_judge(case):
+def test_numba_step_fast_declines_what_the_full_path_must_judge(case, numba_checks):
     b = _dispatch.get_backend("numba")
     spec, row = _adam()
     kid = b.kind_id("adam")
@@ -210,7 +223,7 @@ def test_numba_step_fast_takes_read_only_grads_and_disjoint_views_of_one_buffer(
 
 
 @needs_numba
-def test_numba_step_fast_marks_an_interrupt_before_its_writes(monkeypatch):
+def test_numba_step_fast_marks_an_interrupt_before_its_writes(monkeypatch, numba_checks):
     b = _dispatch.get_backend("numba")
     spec, row = _adam()
     p, g, m, v = _good()
