@@ -114,9 +114,33 @@ def line_start(p, lo, hi):
     return min(lo + (LINE - off) % LINE // p.itemsize, hi)
 
 
+@intrinsic
+def prefer_wide_vectors(typingctx):
+    """Let LLVM vectorize the function this is inlined into with the widest vectors
+    the CPU has (its "prefer-vector-width" attribute, 512).
+
+    LLVM's tuning for Intel's AVX-512 server cores prefers 256-bit vectors, so
+    numba gave them half a cache line per access where the cython build
+    (-mprefer-vector-width=512) uses whole lines: Adam at 16M float32, cold, 1
+    thread, on an Intel Xeon (family 6 model 207) ran at 80-82% of the
+    roofline against cython's 84%, and at 84-85% with this.  Where the CPU has
+    no 512-bit vectors the attribute changes nothing, and the width never
+    changes a result: element-wise updates, and reductions whose order the
+    code spells out.
+    """
+    def codegen(context, builder, signature, args):
+        # llvmlite's FunctionAttributes only takes LLVM's keyword attributes; a
+        # string attribute goes in as its IR text, which it prints as is.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
 @njit(inline="always")
 def walk(elem, p, g, s, ema, k, lo, hi):
     """Elements [lo, hi) with the row ``k``, and the parameter EMA if ``ema`` is not empty."""
+    prefer_wide_vectors()
     # Slices walked from 0: indexing the full arrays with a signed loop
     # counter makes numba emit wraparound handling that stops LLVM from
     # vectorizing.

@@ -38,7 +38,8 @@ from numba.extending import overload
 from .. import _dispatch
 from .. import _numba as pkg
 from ..algorithms import NSTATE
-from ._driver import LANES, LINE, NSLOT, _address, _generated, line_start, row, spans
+from ._driver import (LANES, LINE, NSLOT, _address, _generated, line_start,
+                      prefer_wide_vectors, row, spans)
 from ._norm import _squares
 
 RBLOCK = 512  # elements per sub-block: the quantities stay in L1
@@ -69,6 +70,7 @@ def add_squares(arow, x, rows):
 @njit(inline="always")
 def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
     """Chunk row ``c``: the state written, ``out[c, r]`` the sums of squares."""
+    prefer_wide_vectors()
     lo = chunks[c, 1]
     hi = chunks[c, 2]
     k = row(p, scalars[chunks[c, 0]])
