@@ -144,7 +144,8 @@ def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
         "    ir = entry_ir(nb._MODULES[nb.KINDS.index(kind)], kind)\n"
         "    print(kind, all(packed(ir, op, ty) for op, ty in\n"
         "                   (('llvm.sqrt', 'float'), ('fdiv', 'float'),\n"
-        "                    ('llvm.sqrt', 'double'), ('fdiv', 'double'))))\n"
+        "                    ('llvm.sqrt', 'double'), ('fdiv', 'double'))),\n"
+        "          '\"prefer-vector-width\"=\"512\"' in ir)\n"
         % (["adam", "adam_amsgrad", "nadam", "rmsprop_centered_momentum", "adadelta"],))
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -153,8 +154,10 @@ def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
     lines = [line for line in r.stdout.split("\n") if line]
     assert len(lines) == 5, r.stdout
     for line in lines:
-        kind, ok = line.split()
+        kind, ok, wide = line.split()
         assert ok == "True", f"numba: {kind} is not vectorized"
+        # _driver.prefer_wide_vectors: the widest vectors, as the cython AVX-512 build.
+        assert wide == "True", f"numba: {kind}'s loop does not prefer 512-bit vectors"
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
@@ -193,3 +196,23 @@ def test_numba_norm_pass_uses_packed_float64(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True"], r.stdout
+
+
+@pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
+def test_numba_typical_row_runs_a_loop_without_selects(tmp_path):
+    """_driver.walk's copy of the loop for the typical row (_typical): with the flags
+    fixed by the test before it, LLVM drops SGD momentum's selects, which it
+    otherwise keeps in the vector loop as a compare and branch each."""
+    code = NUMBA_ENTRY_IR + (
+        "ir = entry_ir('sgd', 'sgd_momentum')\n"
+        "blocks = re.split(r'\\n(?=[\\w.]+:)', ir)\n"
+        "vector = [b for b in blocks if re.search(r'fmul[^\\n]*<\\d+ x float>', b)]\n"
+        "print(len(vector) > 0, any('select' not in b for b in vector),\n"
+        "      any('select' in b for b in vector))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    # Vector loops exist; one (the typical copy) has no select; another (the
+    # general copy) still selects at run time.
+    assert r.stdout.split() == ["True", "True", "True"], r.stdout

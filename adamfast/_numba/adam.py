@@ -46,6 +46,10 @@ def elem_adam_amsgrad(i, p, g, s, k):
     p[i] = pi - k[STEP] * (num / (np.sqrt(vv * k[A] + k[R]) * k[B] + k[EPS]))
 
 
+# The flags of most steps (_driver._typical): AMSGrad on.
+elem_adam_amsgrad.py_func.typical = ((AMS, True),)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def adam_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):

@@ -34,6 +34,10 @@ def elem_adan(i, p, g, s, k):
     p[i] = (pi - k[STEP] * (m / denom) - k[STEPD] * (d / denom)) / k[DIV]
 
 
+# The flags of most steps (_driver._typical): past the first.
+elem_adan.py_func.typical = ((FIRST, False),)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def adan_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):

@@ -45,6 +45,10 @@ def elem_lamb(i, p, g, s, k):
     p[i] = th - k[LR] * (u * k[TRUST])
 
 
+# The flags of most steps (_driver._typical): weight decay on (timm's default).
+elem_lamb.py_func.typical = ((WD, True),)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def lamb_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):

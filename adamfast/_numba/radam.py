@@ -29,6 +29,10 @@ def elem_radam(i, p, g, s, k):
     p[i] = pi - (rectified if k[RECT] != 0 else plain)
 
 
+# The flags of most steps (_driver._typical): past the first few, rectified.
+elem_radam.py_func.typical = ((RECT, True),)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def radam_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):

@@ -42,6 +42,10 @@ def elem_rmsprop_centered(i, p, g, s, k):
     p[i] = pi - k[LR] * (gi / avg)
 
 
+# The flags of most steps (_driver._typical): centered.
+elem_rmsprop_centered.py_func.typical = ((CEN, True),)
+
+
 @njit(inline="always")
 def elem_rmsprop_momentum(i, p, g, s, k):
     # The numba version of update_rmsprop_momentum.  A group without momentum stores its
@@ -55,6 +59,10 @@ def elem_rmsprop_momentum(i, p, g, s, k):
     s[0][i] = sq
     s[1][i] = buf if use else old
     p[i] = pi - k[LR] * (buf if use else q)
+
+
+# The flags of most steps (_driver._typical): momentum on.
+elem_rmsprop_momentum.py_func.typical = ((USEMOM, True),)
 
 
 @njit(inline="always")
@@ -74,6 +82,10 @@ def elem_rmsprop_centered_momentum(i, p, g, s, k):
     s[1][i] = ga
     s[2][i] = buf if use else old
     p[i] = pi - k[LR] * (buf if use else q)
+
+
+# The flags of most steps (_driver._typical): centered, momentum on.
+elem_rmsprop_centered_momentum.py_func.typical = ((CEN, True), (USEMOM, True))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -37,6 +37,11 @@ def elem_sgd_momentum(i, p, g, s, k):
     p[i] = pi - k[LR] * (d if use else gi)
 
 
+# The flags of most steps (_driver._typical): past the first momentum step, no
+# Nesterov, momentum on.
+elem_sgd_momentum.py_func.typical = ((FIRST, False), (NES, False), (USEMOM, True))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def sgd_serial(p, g, s, ema, scalars, chunks):
     for c in range(chunks.shape[0]):
