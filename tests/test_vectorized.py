@@ -136,23 +136,30 @@ def packed(ir, op, ty):
 """
 
 
+def _run_entry_ir(code, tmp_path):
+    """Run NUMBA_ENTRY_IR + ``code`` in a fresh process with an empty numba cache
+    (a fresh compile) and return its stdout."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", NUMBA_ENTRY_IR + code], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
 def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
     # A fresh compile: a private, empty cache directory.
-    code = NUMBA_ENTRY_IR + (
+    out = _run_entry_ir(
         "for kind in %r:\n"
         "    ir = entry_ir(nb._MODULES[nb.KINDS.index(kind)], kind)\n"
         "    print(kind, all(packed(ir, op, ty) for op, ty in\n"
         "                   (('llvm.sqrt', 'float'), ('fdiv', 'float'),\n"
         "                    ('llvm.sqrt', 'double'), ('fdiv', 'double'))),\n"
         "          '\"prefer-vector-width\"=\"512\"' in ir)\n"
-        % (["adam", "adam_amsgrad", "nadam", "rmsprop_centered_momentum", "adadelta"],))
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = [line for line in r.stdout.split("\n") if line]
-    assert len(lines) == 5, r.stdout
+        % (["adam", "adam_amsgrad", "nadam", "rmsprop_centered_momentum", "adadelta"],),
+        tmp_path)
+    lines = [line for line in out.split("\n") if line]
+    assert len(lines) == 5, out
     for line in lines:
         kind, ok, wide = line.split()
         assert ok == "True", f"numba: {kind} is not vectorized"
@@ -183,19 +190,16 @@ def test_numba_norm_pass_uses_packed_float64(tmp_path):
     """The numba norm pass's 16 lanes become packed float64 multiplies and adds
     (compiled with the SLP vectorizer), and numba's own SLP setting is left as
     the caller had it."""
-    code = NUMBA_ENTRY_IR + (
+    out = _run_entry_ir(
         "import numba, numpy as np\n"
         "before = numba.config.SLP_VECTORIZE\n"
         "nb.sumsq_kernel(np.ones(100, np.float32), np.zeros((1, 2)), 1)\n"
         "nb.sumsq_kernel(np.ones(100), np.zeros((1, 2)), 1)\n"
         "assert numba.config.SLP_VECTORIZE == before, numba.config.SLP_VECTORIZE\n"
         "ir = entry_ir('_norm', 'sumsq')\n"
-        "print(packed(ir, 'fmul', 'double'), packed(ir, 'fadd', 'double'))\n")
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "True"], r.stdout
+        "print(packed(ir, 'fmul', 'double'), packed(ir, 'fadd', 'double'))\n",
+        tmp_path)
+    assert out.split() == ["True", "True"], out
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
@@ -203,16 +207,13 @@ def test_numba_typical_row_runs_a_loop_without_selects(tmp_path):
     """_driver.walk's copy of the loop for the typical row (_typical): with the flags
     fixed by the test before it, LLVM drops SGD momentum's selects, which it
     otherwise keeps in the vector loop as a compare and branch each."""
-    code = NUMBA_ENTRY_IR + (
+    out = _run_entry_ir(
         "ir = entry_ir('sgd', 'sgd_momentum')\n"
         "blocks = re.split(r'\\n(?=[\\w.]+:)', ir)\n"
         "vector = [b for b in blocks if re.search(r'fmul[^\\n]*<\\d+ x float>', b)]\n"
         "print(len(vector) > 0, any('select' not in b for b in vector),\n"
-        "      any('select' in b for b in vector))\n")
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
+        "      any('select' in b for b in vector))\n",
+        tmp_path)
     # Vector loops exist; one (the typical copy) has no select; another (the
     # general copy) still selects at run time.
-    assert r.stdout.split() == ["True", "True", "True"], r.stdout
+    assert out.split() == ["True", "True", "True"], out
