@@ -312,6 +312,25 @@ cdef inline bint _fast_buffers(object params, object grads, object states, int n
     return True
 
 
+cdef inline bint _row_table(object row, double* table) noexcept:
+    # A scalar row, a tuple of at most _NSLOT exact Python floats, into the C
+    # table of one group, zero-padded: False to decline.
+    cdef Py_ssize_t j, size
+    if not PyTuple_CheckExact(row):
+        return False
+    size = PyTuple_GET_SIZE(row)
+    if size > _NSLOT:
+        return False
+    for j in range(size):
+        item = <object>PyTuple_GET_ITEM(row, j)
+        if not PyFloat_CheckExact(item):
+            return False
+        table[j] = PyFloat_AS_DOUBLE(item)
+    for j in range(size, _NSLOT):
+        table[j] = 0.0
+    return True
+
+
 def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     """The generic fast path of every functional step: the step, or a refusal.
 
@@ -329,21 +348,12 @@ def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
     cdef Py_ssize_t n
     cdef char* ptrs[3 + _MAXSTATE]
     cdef double table[_NSLOT]
-    cdef Py_ssize_t j, size
-    if not 0 <= kind < _NKINDS or not PyTuple_CheckExact(row):
+    if not 0 <= kind < _NKINDS:
         return False
     if _reduce_nsum(kind):  # two passes (adamfast._reduce): never one call
         return False
-    size = PyTuple_GET_SIZE(row)
-    if size > _NSLOT:
+    if not _row_table(row, table):
         return False
-    for j in range(size):
-        item = <object>PyTuple_GET_ITEM(row, j)
-        if not PyFloat_CheckExact(item):
-            return False
-        table[j] = PyFloat_AS_DOUBLE(item)
-    for j in range(size, _NSLOT):
-        table[j] = 0.0
     if not _fast_buffers(params, grads, states, _NSTATE_C[kind], &typenum, &n, ptrs, ema):
         return False
     if n == 0:
@@ -358,8 +368,15 @@ def step_fast(int kind, params, grads, states, row, int num_threads, ema=None):
 # the addresses of params, grads, the EMA, the scalar table, the chunk table and
 # the kind's state buffers, then the sizes n, the EMA's length, the number of
 # groups, of chunk rows and whether the buffers are float64.  adamfast._numba
-# uses _step_blocks only when this tuple matches its own.
-_STEP_BLOCKS_CTX = (0, 1, 2, 3, 4, 5)  # CTX_P, CTX_G, CTX_EMA, CTX_SCALARS, CTX_CHUNKS, CTX_STATES
+# refuses to import if _STEP_BLOCKS_CTX differs from its own order.
+cdef enum:
+    _CTX_P = 0
+    _CTX_G = 1
+    _CTX_EMA = 2
+    _CTX_SCALARS = 3
+    _CTX_CHUNKS = 4
+    _CTX_STATES = 5
+_STEP_BLOCKS_CTX = (_CTX_P, _CTX_G, _CTX_EMA, _CTX_SCALARS, _CTX_CHUNKS, _CTX_STATES)
 
 
 def _step_blocks(size_t fn, int nstate, params, grads, states, row, chunks, int num_threads,
@@ -368,28 +385,19 @@ def _step_blocks(size_t fn, int nstate, params, grads, states, row, chunks, int 
     checks of ``row`` and the buffers, in C, then the block entry at ``fn`` (a
     numba cfunc over a kind of ``nstate`` state buffers) over every chunk row of
     ``chunks`` (adamfast._engine.single_chunks of params' size: its dtype and
-    size are checked here, its rows trusted), on ``num_threads`` threads from ``parallel_min`` elements, on the caller
-    alone below.  Returns True after the step, or False having written nothing.
-    Private: ``fn`` must be the block entry of a kind with ``nstate`` buffers.
-    Never raises for bad input."""
+    size are checked here, its rows trusted), on ``num_threads`` threads from
+    ``parallel_min`` elements, on the caller alone below.  Returns True after
+    the step, or False having written nothing.  Private: ``fn`` must be the
+    block entry of a kind with ``nstate`` buffers.  Never raises for bad input."""
     cdef int typenum
-    cdef Py_ssize_t n, j, size, nchunks
+    cdef Py_ssize_t n, j, nchunks
     cdef char* ptrs[3 + _MAXSTATE]
     cdef double table[_NSLOT]
-    cdef Py_ssize_t ctx[6 + _MAXSTATE + 5]
+    cdef Py_ssize_t ctx[_CTX_STATES + _MAXSTATE + 5]
     cdef cnp.ndarray c
-    if fn == 0 or not 0 <= nstate <= _MAXSTATE or not PyTuple_CheckExact(row):
+    cdef char* ema_data
+    if fn == 0 or not 0 <= nstate <= _MAXSTATE or not _row_table(row, table):
         return False
-    size = PyTuple_GET_SIZE(row)
-    if size > _NSLOT:
-        return False
-    for j in range(size):
-        item = <object>PyTuple_GET_ITEM(row, j)
-        if not PyFloat_CheckExact(item):
-            return False
-        table[j] = PyFloat_AS_DOUBLE(item)
-    for j in range(size, _NSLOT):
-        table[j] = 0.0
     if not _fast_buffers(params, grads, states, nstate, &typenum, &n, ptrs, ema):
         return False
     if n == 0:
@@ -402,18 +410,21 @@ def _step_blocks(size_t fn, int nstate, params, grads, states, row, chunks, int 
             and (cnp.PyArray_FLAGS(c) & _FAST_IN_FLAGS) == _FAST_IN_FLAGS
             and cnp.PyArray_ISNOTSWAPPED(c)):
         return False
-    ctx[0] = <Py_ssize_t>ptrs[0]
-    ctx[1] = <Py_ssize_t>ptrs[1]
-    ctx[2] = <Py_ssize_t>(ptrs[2 + _MAXSTATE] if ptrs[2 + _MAXSTATE] != NULL else ptrs[0])
-    ctx[3] = <Py_ssize_t>table
-    ctx[4] = <Py_ssize_t>cnp.PyArray_DATA(c)
+    ema_data = ptrs[2 + _MAXSTATE]
+    ctx[_CTX_P] = <Py_ssize_t>ptrs[0]
+    ctx[_CTX_G] = <Py_ssize_t>ptrs[1]
+    # No EMA: any valid address, with length 0.
+    ctx[_CTX_EMA] = <Py_ssize_t>(ema_data if ema_data != NULL else ptrs[0])
+    ctx[_CTX_SCALARS] = <Py_ssize_t>table
+    ctx[_CTX_CHUNKS] = <Py_ssize_t>cnp.PyArray_DATA(c)
     for j in range(nstate):
-        ctx[5 + j] = <Py_ssize_t>ptrs[2 + j]
-    ctx[5 + nstate] = n
-    ctx[6 + nstate] = n if ptrs[2 + _MAXSTATE] != NULL else 0
-    ctx[7 + nstate] = 1
-    ctx[8 + nstate] = nchunks
-    ctx[9 + nstate] = typenum == cnp.NPY_FLOAT64
+        ctx[_CTX_STATES + j] = <Py_ssize_t>ptrs[2 + j]
+    j = _CTX_STATES + nstate
+    ctx[j] = n
+    ctx[j + 1] = n if ema_data != NULL else 0
+    ctx[j + 2] = 1  # one group
+    ctx[j + 3] = nchunks
+    ctx[j + 4] = typenum == cnp.NPY_FLOAT64
     with nogil:
         af_pool_run(<af_block_fn>fn, <void*>ctx, nchunks, num_threads if n >= parallel_min else 1)
     return True

@@ -19,7 +19,7 @@ import struct
 import numpy as np
 
 from .. import _engine
-from ..algorithms._spec import CHUNK, NSLOT
+from ..algorithms._spec import NSLOT
 from . import (_EMPTY, _FLOATS, _ND, _NKINDS, _NSUM, NSTATE, PARALLEL_MIN, _entries, _load,
                _run_prange)
 from ._pool import STEP_BLOCKS

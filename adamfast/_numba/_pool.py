@@ -39,8 +39,8 @@ import numba
 from .. import _dispatch
 from ._driver import CTX_CHUNKS, CTX_EMA, CTX_G, CTX_P, CTX_SCALARS, CTX_STATES
 
-__all__ = ["MODULE", "RUN_BLOCKS", "STEP_BLOCKS", "PARALLEL_MIN", "POOL_COLD_MIN", "threading_path",
-           "pool_awake", "wake_pool"]
+__all__ = ["MODULE", "RUN_BLOCKS", "STEP_BLOCKS", "PARALLEL_MIN", "POOL_COLD_MIN",
+           "threading_path", "pool_awake", "wake_pool"]
 
 # The serial cut-off on numba's own pool (the fallback).  Its launch costs
 # more than adamfast's pool: with cold caches, one thread beat two below
