@@ -28,11 +28,17 @@ def _copy_sources(dst):
             shutil.copy(src, os.path.join(dst, name))
 
 
-def test_entries_carry_the_sources_digest():
+def _adam_entry():
+    # Adam's block entry, compiled (or loaded) as the pool runs it.
+    import adamfast._numba as nb
     from adamfast._numba import adam
 
+    return nb._cfunc(adam.adam_block)
+
+
+def test_entries_carry_the_sources_digest():
     assert _cache.stamp_installed()
-    locator = adam.adam_block._cache._impl.locator
+    locator = _adam_entry()._cache._impl.locator
     stamp = locator.get_source_stamp()
     assert stamp[1] == _cache.sources_digest()
     # numba's own choice of place, unchanged
@@ -59,8 +65,9 @@ import numpy as np, adamfast
 assert adamfast.__file__.startswith({root!r}), adamfast.__file__
 p, g, m, v = (np.full(100, x, np.float32) for x in (1.0, 0.5, 0.0, 0.0))
 adamfast.adam_step(p, g, m, v, step=1, backend="numba")
+import adamfast._numba as nb
 from adamfast._numba import adam
-print(adam.adam_block.cache_hits)
+print(nb._cfuncs[adam.adam_block].cache_hits)
 """
 
 
@@ -106,9 +113,7 @@ def test_an_uncachable_entry_warns_as_numba_does():
     warning, not an AttributeError from the wrapper."""
     from numba.core import caching, errors
 
-    from adamfast._numba import adam
-
-    impl = adam.adam_block._cache._impl
+    impl = _adam_entry()._cache._impl
     assert type(impl.locator).__name__ == "SourcesStampLocator"
 
     class _Library:
@@ -125,3 +130,26 @@ def test_an_uncachable_entry_warns_as_numba_does():
     assert isinstance(impl, caching.CacheImpl)
     with pytest.warns(errors.NumbaWarning, match="Cannot cache"):
         assert impl.check_cachable(_Result()) is False
+
+
+_FIRST_USE = """
+import numpy as np, adamfast
+import adamfast._numba as nb
+p, g, m, v = (np.full(100, x, np.float32) for x in (1.0, 0.5, 0.0, 0.0))
+adamfast.adam_step(p, g, m, v, step=1, backend="numba")
+print(sorted(fn.__name__ for fn in nb._cfuncs))
+"""
+
+
+def test_a_first_step_compiles_only_its_kind(tmp_path):
+    # Compile time: an Adam step must not wait for the loops of its module's
+    # other kind (AMSGrad).
+    from adamfast._numba import _pool
+
+    if _pool.RUN_BLOCKS is None:
+        pytest.skip("numba runs on its own pool here: no block entries")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _FIRST_USE], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "['adam_block']", out.stdout

@@ -126,6 +126,9 @@ def entry_ir(module, name):
     mod = nb._import('adamfast._numba.' + module, slp=module == '_norm')
     block = getattr(mod, name + '_block', None)
     if nb.threading_path() == 'adamfast pool' and block is not None:
+        if module != '_norm':  # a kind's entry: compiled on the kind's first use
+            nb._load(nb.KINDS.index(name))
+            block = nb._cfuncs[block]
         return block.inspect_llvm()
     serial = getattr(mod, name + '_serial')
     for sig in nb.SIGNATURES if module != '_norm' else ():

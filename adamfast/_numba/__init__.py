@@ -9,9 +9,9 @@ order on the same dtype, so all three agree bit for bit.
 :func:`family_kernel` is the kernel contract of :mod:`adamfast._dispatch`.
 
 Nothing is compiled by importing this package (``import adamfast`` does not
-import it at all).  The first use of a kind imports its module, whose entry
-points have explicit signatures and so compile -- or load from numba's
-on-disk cache, ``cache=True`` -- right then, for float32 and float64.
+import it at all).  The first use of a kind compiles that kind's entry, for
+float32 and float64, or loads it from numba's on-disk cache
+(``cache=True``); the other kinds of its module wait for their own first use.
 
 Why the code looks the way it does:
 
@@ -29,9 +29,9 @@ Why the code looks the way it does:
   closure made at run time misses numba's on-disk cache in every new
   process.  The element function is passed to the shared driver helper as
   a compile-time constant and inlined there.  Per kind there are three:
-  ``<kind>_block``, a C-callable ``cfunc`` that updates a range of chunk
-  rows, which every call hands to adamfast's own thread pool (C, in the
-  cython extension, the one the cython backend runs on; see :mod:`._pool`: the
+  ``<kind>_block``, compiled into a C-callable ``cfunc`` (:func:`_cfunc`)
+  that updates a range of chunk rows, which every call hands to adamfast's
+  own thread pool (C, in the cython extension, the one the cython backend runs on; see :mod:`._pool`: the
   caller takes part, chunk blocks are claimed from a counter, a step returns
   when the blocks are done, so a descheduled thread costs nothing on a busy
   machine and a fork()ed child is never stuck in it; below
@@ -57,6 +57,7 @@ import sys
 
 import numba
 import numpy as np
+from numba import cfunc
 
 from .. import _dispatch
 from ..algorithms import ALGORITHMS, ROOFLINE_KINDS
@@ -64,7 +65,7 @@ from ..algorithms import KINDS as _ALGORITHM_KINDS
 from ..algorithms._spec import CHUNK, NSLOT
 from . import _cache
 from ._driver import NSTATE as _NSTATE_OF
-from ._driver import signatures
+from ._driver import BLOCK_SIGNATURE, signatures
 from ._pool import PARALLEL_MIN, POOL_COLD_MIN, pool_awake, threading_path, wake_pool
 from ._pool import RUN_BLOCKS as _POOL  # None on the fallback (numba's own pool)
 
@@ -101,6 +102,8 @@ _EMPTY = {dt: np.empty(0, dt) for dt in _FLOATS}
 
 # kind id -> (serial entry, parallel entry, block entry's address), filled on first use.
 _entries = {}
+# A kind module's block entry (a plain function) -> its cfunc, compiled on first use.
+_cfuncs = {}
 
 
 def _import(name, slp=False):
@@ -137,15 +140,39 @@ def _import(name, slp=False):
 
 def _load(kind_id):
     # A reducing kind's module holds its pass 1 too, whose lanes want SLP (see _reduce).
-    module = _import(f"{__name__}.{_MODULES[kind_id]}", slp=kind_id in _NSUM)
+    slp = kind_id in _NSUM
+    module = _import(f"{__name__}.{_MODULES[kind_id]}", slp=slp)
     serial, parallel, block = module.ENTRIES[KINDS[kind_id]]
     if _POOL is None:
         # The fallback path: compile the serial entry for its explicit
         # signatures now (the parallel one compiles on its first call).
         for sig in signatures(NSTATE[kind_id]):
             serial.compile(sig)
-    entries = _entries[kind_id] = (serial, parallel, block.address)
+        address = 0
+    else:
+        address = _cfunc(block, slp).address
+    entries = _entries[kind_id] = (serial, parallel, address)
     return entries
+
+
+def _cfunc(fn, slp=False):
+    """Block entry ``fn`` of a kind module as a C-callable cfunc, compiled (or loaded
+    from numba's cache) on its first use: a kind's first call never waits for the
+    other kinds of its module (Adam's first step, for AMSGrad's loops).  ``slp``:
+    with LLVM's SLP vectorizer on, as in _import."""
+    entry = _cfuncs.get(fn)
+    if entry is None:
+        previous = numba.config.SLP_VECTORIZE
+        if slp:
+            numba.config.SLP_VECTORIZE = 1
+        try:
+            entry = cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")(fn)
+        finally:
+            numba.config.SLP_VECTORIZE = previous
+        # Two threads may both have compiled it: every caller gets the first one
+        # kept, so no address handed out belongs to a cfunc that is then dropped.
+        entry = _cfuncs.setdefault(fn, entry)
+    return entry
 
 
 def _check_buffers(arrays, names):

@@ -5,11 +5,12 @@ element function ``elem_<kind>(i, p, g, s, k)`` (``s`` the tuple of the
 kind's state buffers, exactly as many as its spec declares) and the entry
 points that pass it to :func:`chunk`::
 
-    @cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
     def adam_block(ctx, c0, c1):
         blocks(elem_adam, ctx, c0, c1)
 
-    (the entry adamfast's pool calls: see "the block entries" below; and the
+    (the entry adamfast's pool calls, which ``adamfast._numba`` compiles into
+    a cfunc of BLOCK_SIGNATURE on the kind's first use: see "the block
+    entries" below; and the
     fallback pair: ``adam_serial(p, g, s, ema, scalars, chunks)``, a loop of
     ``chunk(elem_adam, ...)`` over the chunk rows, and ``adam_parallel``, the
     same with parallel=True and prange)

@@ -20,8 +20,9 @@ this module on first use with LLVM's SLP vectorizer on.
 
 A kind's module defines its entries (module level, for numba's cache):
 ``<kind>_reduce_serial(p, g, s, scalars, chunks, out)``, ``<kind>_reduce_parallel``
-(``prange``) and ``<kind>_reduce_block`` (a cfunc on adamfast's pool, calling
-:func:`reduce_blocks`), in ``REDUCE_ENTRIES``.  ``ctx`` of a block entry: the
+(``prange``) and ``<kind>_reduce_block`` (adamfast's pool's entry, calling
+:func:`reduce_blocks`, compiled into a cfunc on first use as a kind's block
+entry is), in ``REDUCE_ENTRIES``.  ``ctx`` of a block entry: the
 addresses of params, grads, scalars, chunks and out, then of the state
 buffers, then n, groups, chunk rows, quantities and 1 for float64.
 """
@@ -201,12 +202,14 @@ def reduce_kernel(kind_id, params, grads, states, scalars, chunks, out, num_thre
         pkg._check_chunks(chunks, ngroups, n)
         module = pkg._import(f"{pkg.__name__}.{pkg._MODULES[kind_id]}", slp=True)
         serial, parallel, block = module.REDUCE_ENTRIES[pkg.KINDS[kind_id]]
+        _POOL = pkg._POOL
+        if _POOL is not None:
+            block = pkg._cfunc(block, slp=True).address
     except BaseException as exc:
         exc.adamfast_unwritten = True
         raise
-    _POOL = pkg._POOL
     if _POOL is not None:
-        _POOL(block.address, (params, grads, scalars, chunks, out) + states,
+        _POOL(block, (params, grads, scalars, chunks, out) + states,
               (n, ngroups, nchunks, nsum, dtype == pkg._F64), nchunks,
               num_threads if n >= pkg.PARALLEL_MIN else 1)
         return

@@ -7,11 +7,11 @@ Slots, named by the reference module's SLOTS, by index:
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.adadelta import RHO, OMR, EPS, LR
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -38,7 +38,6 @@ def adadelta_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adadelta, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adadelta_block(ctx, c0, c1):
     blocks(elem_adadelta, ctx, c0, c1)
 

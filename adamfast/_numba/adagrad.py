@@ -7,11 +7,11 @@ Slots, named by the reference module's SLOTS, by index:
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.adagrad import EPS, CLR
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -35,7 +35,6 @@ def adagrad_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adagrad, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adagrad_block(ctx, c0, c1):
     blocks(elem_adagrad, ctx, c0, c1)
 

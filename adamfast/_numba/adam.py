@@ -10,11 +10,11 @@ Nesterov adds no select on top of AMSGrad's.
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.adam import B1, OMB1, B2, OMB2, STEP, A, R, B, EPS, C1, C2, AMS
 from ._common import grads_params, nanmax
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -62,7 +62,6 @@ def adam_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adam, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adam_block(ctx, c0, c1):
     blocks(elem_adam, ctx, c0, c1)
 
@@ -79,7 +78,6 @@ def adam_amsgrad_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adam_amsgrad, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adam_amsgrad_block(ctx, c0, c1):
     blocks(elem_adam_amsgrad, ctx, c0, c1)
 

@@ -7,11 +7,11 @@ Slots, named by the reference module's SLOTS, by index:
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.adamax import B1, OMB1, B2, EPS, CLR
 from ._common import grads_params, nanmax
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -37,7 +37,6 @@ def adamax_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adamax, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adamax_block(ctx, c0, c1):
     blocks(elem_adamax, ctx, c0, c1)
 

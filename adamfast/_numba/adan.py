@@ -7,11 +7,11 @@ previous gradient, negated).  Slots: named by the reference module's SLOTS.
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.adan import B1, B2, B3, BC3S, DIV, EPS, FIRST, OMB1, OMB2, OMB3, STEP, STEPD
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -50,7 +50,6 @@ def adan_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_adan, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def adan_block(ctx, c0, c1):
     blocks(elem_adan, ctx, c0, c1)
 

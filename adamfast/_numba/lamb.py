@@ -11,10 +11,10 @@ per-tensor trust ratio in slot TRUST).
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.lamb import B1, B2, B3, IBC1, IBC2S, EPS, GS, LR, OMB2, PS, TRUST, WD
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 from ._reduce import reduce_blocks, reduce_chunk
 
 
@@ -61,7 +61,6 @@ def lamb_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_lamb, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def lamb_block(ctx, c0, c1):
     blocks(elem_lamb, ctx, c0, c1)
 
@@ -78,7 +77,6 @@ def lamb_reduce_parallel(p, g, s, scalars, chunks, out):
         reduce_chunk(red_lamb, p, g, s, scalars, chunks, out, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def lamb_reduce_block(ctx, c0, c1):
     reduce_blocks(red_lamb, ctx, c0, c1)
 

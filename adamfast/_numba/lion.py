@@ -7,11 +7,11 @@ Slots, named by the reference module's SLOTS, by index:
 
 from __future__ import annotations
 
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.lion import GS, PS, B1, OMB1, B2, OMB2, LR, WD
 from ._common import sign
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -37,7 +37,6 @@ def lion_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_lion, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def lion_block(ctx, c0, c1):
     blocks(elem_lion, ctx, c0, c1)
 

@@ -9,11 +9,11 @@ them in float64, per group).
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.nadam import B1, OMB1, B2, OMB2, IBC2, EPS, CG, CM
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -40,7 +40,6 @@ def nadam_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_nadam, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def nadam_block(ctx, c0, c1):
     blocks(elem_nadam, ctx, c0, c1)
 

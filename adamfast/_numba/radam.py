@@ -8,11 +8,11 @@ Slots, named by the reference module's SLOTS, by index:
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.radam import B1, OMB1, B2, OMB2, EPS, RECT, KA, KB
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -45,7 +45,6 @@ def radam_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_radam, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def radam_block(ctx, c0, c1):
     blocks(elem_radam, ctx, c0, c1)
 

@@ -10,11 +10,11 @@ per-group flags inside it, selected element-wise.
 from __future__ import annotations
 
 import numpy as np
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.rmsprop import ALPHA, OMA, EPS, LR, MOM, CEN, USEMOM
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -100,7 +100,6 @@ def rmsprop_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_rmsprop, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def rmsprop_block(ctx, c0, c1):
     blocks(elem_rmsprop, ctx, c0, c1)
 
@@ -117,7 +116,6 @@ def rmsprop_centered_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_rmsprop_centered, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def rmsprop_centered_block(ctx, c0, c1):
     blocks(elem_rmsprop_centered, ctx, c0, c1)
 
@@ -134,7 +132,6 @@ def rmsprop_momentum_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_rmsprop_momentum, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def rmsprop_momentum_block(ctx, c0, c1):
     blocks(elem_rmsprop_momentum, ctx, c0, c1)
 
@@ -151,7 +148,6 @@ def rmsprop_centered_momentum_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_rmsprop_centered_momentum, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def rmsprop_centered_momentum_block(ctx, c0, c1):
     blocks(elem_rmsprop_centered_momentum, ctx, c0, c1)
 

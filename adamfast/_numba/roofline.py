@@ -8,9 +8,9 @@ between an algorithm and its roofline is the cost of its arithmetic.
 
 from __future__ import annotations
 
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -64,7 +64,6 @@ def roofline0_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_roofline0, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def roofline0_block(ctx, c0, c1):
     blocks(elem_roofline0, ctx, c0, c1)
 
@@ -81,7 +80,6 @@ def roofline1_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_roofline1, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def roofline1_block(ctx, c0, c1):
     blocks(elem_roofline1, ctx, c0, c1)
 
@@ -98,7 +96,6 @@ def roofline2_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_roofline2, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def roofline2_block(ctx, c0, c1):
     blocks(elem_roofline2, ctx, c0, c1)
 
@@ -115,7 +112,6 @@ def roofline3_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_roofline3, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def roofline3_block(ctx, c0, c1):
     blocks(elem_roofline3, ctx, c0, c1)
 
@@ -132,7 +128,6 @@ def roofline4_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_roofline4, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def roofline4_block(ctx, c0, c1):
     blocks(elem_roofline4, ctx, c0, c1)
 

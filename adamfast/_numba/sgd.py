@@ -7,11 +7,11 @@ Slots, named by the reference module's SLOTS, by index:
 
 from __future__ import annotations
 
-from numba import cfunc, njit, prange
+from numba import njit, prange
 
 from ..algorithms.sgd import LR, MOM, OMD, NES, FIRST, USEMOM
 from ._common import grads_params
-from ._driver import BLOCK_SIGNATURE, blocks, chunk
+from ._driver import blocks, chunk
 
 
 @njit(inline="always")
@@ -54,7 +54,6 @@ def sgd_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_sgd, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def sgd_block(ctx, c0, c1):
     blocks(elem_sgd, ctx, c0, c1)
 
@@ -71,7 +70,6 @@ def sgd_momentum_parallel(p, g, s, ema, scalars, chunks):
         chunk(elem_sgd_momentum, p, g, s, ema, scalars, chunks, c)
 
 
-@cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")
 def sgd_momentum_block(ctx, c0, c1):
     blocks(elem_sgd_momentum, ctx, c0, c1)
 
