@@ -1,4 +1,4 @@
-"""``adamfast.reference``: the name issue 2 gave the numpy backend, kept importable.
+"""``adamfast.reference``: another importable name of the numpy backend.
 
 The module is :mod:`adamfast._numpy_backend`; this name resolves to that very
 module object, so attributes, monkeypatching and identity checks agree.
