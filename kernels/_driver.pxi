@@ -145,6 +145,19 @@ cdef extern from *:
         /* float32: a square is at most ~1.2e77, so a chunk's float64 sum    \
            is finite exactly when every element is: no second sum needed. */ \
         if (!(CHECK)) out[1] = out[0] - out[0];
+    /* Each cache line of a row, requested AF_SUMSQ_AHEAD bytes ahead of its
+       use: a pass that reads one stream, and nothing else, keeps too few
+       misses in flight for the hardware prefetchers alone (16M float32, cold,
+       1 thread, Intel Xeon: 1.2-1.3x faster in a C test).  A prefetch past
+       the array's end does not fault, and no value changes. */
+    #define AF_SUMSQ_AHEAD 4096
+    #if defined(__GNUC__) || defined(__clang__)
+    #define AF_SUMSQ_PREFETCH(X)                                                \
+        for (j = 0; j < (Py_ssize_t)(AF_LANES * sizeof *(X)); j += 64)         \
+            __builtin_prefetch((const char *)(X) + AF_SUMSQ_AHEAD + j);
+    #else
+    #define AF_SUMSQ_PREFETCH(X)
+    #endif
     #if AF_VECTOR_LANES
     #define AF_SUMSQ_SPAN(NAME, T, CHECK)                                       \
     static void NAME(const T *g, Py_ssize_t lo, Py_ssize_t hi, double *out) {   \
@@ -154,12 +167,14 @@ cdef extern from *:
         const T *x = g + lo;                                                    \
         int q;                                                                  \
         for (q = 0; q < AF_NV; q++) va[q] = vb[q] = zero;                       \
-        for (r = 0; r < rows; r++, x += AF_LANES)                               \
+        for (r = 0; r < rows; r++, x += AF_LANES) {                             \
+            AF_SUMSQ_PREFETCH(x)                                                \
             for (q = 0; q < AF_NV; q++) {                                       \
                 af_vd v = af_vd_##T(x + AF_VW * q);                             \
                 va[q] = va[q] + v * v;                                          \
                 if (CHECK) vb[q] = vb[q] + (v - v);                             \
             }                                                                   \
+        }                                                                       \
         __builtin_memcpy(acc, va, sizeof acc);                                  \
         __builtin_memcpy(bad, vb, sizeof bad);                                  \
         AF_SUMSQ_FINISH(CHECK)                                                  \

@@ -36,9 +36,12 @@ of all the kernels' sources to each entry's stamp.
 
 from __future__ import annotations
 
+import llvmlite
 import numpy as np
 from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import carray, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..algorithms import NSTATE
@@ -136,6 +139,33 @@ def prefer_wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
+
+
+# llvm.prefetch's name carries its pointer type: opaque in the LLVM of current
+# llvmlite, typed (i8*) in older ones.
+_PREFETCH = ("llvm.prefetch.p0" if llvm_version_info >= (17,)
+             or getattr(llvmlite, "opaque_pointers_enabled", False) else "llvm.prefetch.p0i8")
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Ask for the cache line of ``arr[i]`` to be read soon (LLVM's prefetch: no
+    value changes, and an index past the end does not fault)."""
+    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
+        # read, kept in every cache level, a data (not instruction) line
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p),
+                          i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
 
 
 def _typical(elem, k):

@@ -25,22 +25,42 @@ from __future__ import annotations
 
 import numpy as np
 from numba import carray, cfunc, njit, prange
+from numba.extending import overload
 
-from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address
+from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address, _generated, prefetch
 
 if LANES != 16:  # the helpers below spell out 16 lanes
     raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
 
 
+# Bytes ahead of its use at which the norm pass asks for each line of the
+# gradients: kernels/_driver.pxi's AF_SUMSQ_AHEAD, which says why.
+AHEAD = 4096
+
+
+def _ahead(x, o):
+    """Prefetch the lines of row ``x[o:o + LANES]`` moved AHEAD bytes on."""
+
+
+@overload(_ahead, inline="always")
+def _ahead_impl(x, o):
+    size = x.dtype.bitwidth // 8
+    lines = [f"prefetch(x, o + {(AHEAD + j) // size})" for j in range(0, LANES * size, 64)]
+    return _generated("ahead_impl", "x, o", lines, {"prefetch": prefetch})
+
+
 @njit(inline="always")
-def _squares(x, rows, a):
+def _squares(x, rows, a, ahead):
     # Lane j += x[LANES*r + j]**2 for every row r < rows, in row order.  The
     # rows are offsets into a flat array: a reshape to (rows, LANES) is a
     # runtime call per use, which per reduce sub-block cost a tenth of
-    # Lamb's pass 1 (adamfast/_numba/_reduce.py).
+    # Lamb's pass 1 (adamfast/_numba/_reduce.py).  ``ahead`` (a constant):
+    # prefetch (_ahead), for a row read from memory, not from a buffer in L1.
     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = a
     for r in range(rows):
         o = r * 16
+        if ahead:
+            _ahead(x, o)
         v = np.float64(x[o + 0]); a0 = a0 + v * v
         v = np.float64(x[o + 1]); a1 = a1 + v * v
         v = np.float64(x[o + 2]); a2 = a2 + v * v
@@ -112,10 +132,10 @@ def _chunk(g, out, c, check):
     a = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     # check: float64 input (float32 needs no second sum, see the reference).
     if check:
-        out[c, 0] = _total(_squares(pad, npad, _squares(x, rows, a)))
+        out[c, 0] = _total(_squares(pad, npad, _squares(x, rows, a, True), False))
         out[c, 1] = _total(_flags(pad, npad, _flags(x, rows, a)))
     else:
-        a = _squares(pad, npad, _squares(x, rows, a))
+        a = _squares(pad, npad, _squares(x, rows, a, True), False)
         s = _total(a)
         out[c, 0] = s
         out[c, 1] = s - s

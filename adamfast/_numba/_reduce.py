@@ -61,7 +61,7 @@ def add_squares(arow, x, rows):
     _norm: adamfast._numba._import); it reorders nothing."""
     a = _squares(x, rows, (arow[0], arow[1], arow[2], arow[3], arow[4], arow[5], arow[6],
                            arow[7], arow[8], arow[9], arow[10], arow[11], arow[12], arow[13],
-                           arow[14], arow[15]))
+                           arow[14], arow[15]), False)
     arow[0], arow[1], arow[2], arow[3] = a[0], a[1], a[2], a[3]
     arow[4], arow[5], arow[6], arow[7] = a[4], a[5], a[6], a[7]
     arow[8], arow[9], arow[10], arow[11] = a[8], a[9], a[10], a[11]
