@@ -174,7 +174,8 @@ def test_numba_loops_use_packed_sqrt_and_div(tmp_path):
 @pytest.mark.skipif("cython" not in adamfast.available_backends(), reason="no cython backend")
 @pytest.mark.parametrize("module", CYTHON_BUILD_NAMES)
 def test_cython_norm_pass_uses_packed_float64(module):
-    """The guarded step's norm pass: its 16 lanes must become packed mulpd/addpd."""
+    """The guarded step's norm pass: its 16 lanes must become packed mulpd/addpd, and
+    it prefetches the gradients ahead (AF_SUMSQ_PREFETCH)."""
     import importlib
 
     try:
@@ -183,16 +184,16 @@ def test_cython_norm_pass_uses_packed_float64(module):
         pytest.skip(f"{module} not built here")
     ops = _objdump_ops(mod.__file__,
                        lambda fn: fn if ("sumsq" in fn or "norm_block" in fn) else None,
-                       r"(?:mul|add)[ps]d")
+                       r"(?:(?:mul|add)[ps]d|prefetcht0)")
     assert ops, "no norm-pass function found in the machine code"
-    assert any({"mulpd", "addpd"} <= found for found in ops.values()), ops
+    assert any({"mulpd", "addpd", "prefetcht0"} <= found for found in ops.values()), ops
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
 def test_numba_norm_pass_uses_packed_float64(tmp_path):
     """The numba norm pass's 16 lanes become packed float64 multiplies and adds
-    (compiled with the SLP vectorizer), and numba's own SLP setting is left as
-    the caller had it."""
+    (compiled with the SLP vectorizer), numba's own SLP setting is left as
+    the caller had it, and the pass prefetches the gradients ahead (_ahead)."""
     out = _run_entry_ir(
         "import numba, numpy as np\n"
         "before = numba.config.SLP_VECTORIZE\n"
@@ -200,9 +201,10 @@ def test_numba_norm_pass_uses_packed_float64(tmp_path):
         "nb.sumsq_kernel(np.ones(100), np.zeros((1, 2)), 1)\n"
         "assert numba.config.SLP_VECTORIZE == before, numba.config.SLP_VECTORIZE\n"
         "ir = entry_ir('_norm', 'sumsq')\n"
-        "print(packed(ir, 'fmul', 'double'), packed(ir, 'fadd', 'double'))\n",
+        "print(packed(ir, 'fmul', 'double'), packed(ir, 'fadd', 'double'),\n"
+        "      'llvm.prefetch' in ir)\n",
         tmp_path)
-    assert out.split() == ["True", "True"], out
+    assert out.split() == ["True", "True", "True"], out
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
