@@ -126,7 +126,9 @@ def entry_ir(module, name):
     mod = nb._import('adamfast._numba.' + module, slp=module == '_norm')
     block = getattr(mod, name + '_block', None)
     if nb.threading_path() == 'adamfast pool' and block is not None:
-        if module != '_norm':  # a kind's entry: compiled on the kind's first use
+        if name.endswith('_reduce'):  # pass 1, compiled as _reduce.reduce_kernel does
+            block = nb._cfunc(block, slp=True)
+        elif module != '_norm':  # a kind's entry: compiled on the kind's first use
             nb._load(nb.KINDS.index(name))
             block = nb._cfuncs[block]
         return block.inspect_llvm()
@@ -208,12 +210,14 @@ def test_numba_norm_pass_uses_packed_float64(tmp_path):
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
-def test_numba_typical_row_runs_a_loop_without_selects(tmp_path):
-    """_driver.walk's copy of the loop for the typical row (_typical): with the flags
-    fixed by the test before it, LLVM drops SGD momentum's selects, which it
-    otherwise keeps in the vector loop as a compare and branch each."""
+@pytest.mark.parametrize("module, name", [("sgd", "sgd_momentum"), ("lamb", "lamb_reduce")])
+def test_numba_typical_row_runs_a_loop_without_selects(tmp_path, module, name):
+    """_driver.walk's copy of the loop for the typical row (_typical), and
+    _reduce.reduce_chunk's: with the flags fixed by the test before it, LLVM
+    drops the selects (SGD momentum's flags, Lamb's weight decay in pass 1),
+    which it otherwise keeps in the vector loop as a compare and branch each."""
     out = _run_entry_ir(
-        "ir = entry_ir('sgd', 'sgd_momentum')\n"
+        f"ir = entry_ir({module!r}, {name!r})\n"
         "blocks = re.split(r'\\n(?=[\\w.]+:)', ir)\n"
         "vector = [b for b in blocks if re.search(r'fmul[^\\n]*<\\d+ x float>', b)]\n"
         "print(len(vector) > 0, any('select' not in b for b in vector),\n"

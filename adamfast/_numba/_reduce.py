@@ -39,7 +39,7 @@ from numba.extending import overload
 from .. import _dispatch
 from .. import _numba as pkg
 from ..algorithms import NSTATE
-from ._driver import (LANES, LINE, NSLOT, _address, _generated, line_start,
+from ._driver import (LANES, LINE, NSLOT, _address, _generated, _typical, line_start,
                       prefer_wide_vectors, row, spans)
 from ._norm import _squares
 
@@ -79,6 +79,7 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
     q = np.empty((nsum, RBLOCK), p.dtype)
     acc = np.zeros((nsum, LANES))  # acc[r, t] is lane (t + head) % LANES
     pad = np.zeros(LANES, p.dtype)
+    typical = _typical(red, k)
     mid = line_start(p, lo, hi)
     head = mid - lo
     p_ = p[lo:mid]
@@ -97,8 +98,13 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
         p_ = p[b0:b0 + m]
         g_ = g[b0:b0 + m]
         s_ = spans(s, b0, b0 + m)
-        for j in range(m):
-            red(j, p_, g_, s_, k, q, j)
+        # Two copies of the element loop, as _driver.walk's (see _driver._typical).
+        if typical:
+            for j in range(m):
+                red(j, p_, g_, s_, k, q, j)
+        else:
+            for j in range(m):
+                red(j, p_, g_, s_, k, q, j)
         full = m - m % LANES
         for r in range(nsum):
             add_squares(acc[r], q[r], full // LANES)

@@ -46,7 +46,7 @@ def elem_lamb(i, p, g, s, k):
 
 
 # The flags of most steps (_driver._typical): weight decay on (timm's default).
-elem_lamb.py_func.typical = ((WD, True),)
+elem_lamb.py_func.typical = red_lamb.py_func.typical = ((WD, True),)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
