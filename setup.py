@@ -281,6 +281,7 @@ def render_kinds():
     text = template.substitute(
         kinds=kinds, nstate=nstate, modules=modules, chunk=spec_module.CHUNK,
         nslot=spec_module.NSLOT, maxstate=spec_module.MAXSTATE, lanes=spec_module.LANES,
+        ahead=spec_module.PREFETCH_AHEAD,
         shared=shared, nprologue=len(spec_module.SHARED_SLOTS),
         slots=[(m, slots[m]) for m in modules],
         rkinds=[kind for kind in kinds if kind in nsum], nsum=nsum,

@@ -27,25 +27,23 @@ import numpy as np
 from numba import carray, cfunc, njit, prange
 from numba.extending import overload
 
+from ..algorithms._spec import PREFETCH_AHEAD
 from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address, _generated, prefetch
 
 if LANES != 16:  # the helpers below spell out 16 lanes
     raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
 
 
-# Bytes ahead of its use at which the norm pass asks for each line of the
-# gradients: kernels/_driver.pxi's AF_SUMSQ_AHEAD, which says why.
-AHEAD = 4096
-
-
 def _ahead(x, o):
-    """Prefetch the lines of row ``x[o:o + LANES]`` moved AHEAD bytes on."""
+    """Prefetch the lines of row ``x[o:o + LANES]`` moved PREFETCH_AHEAD bytes on
+    (_spec says why)."""
 
 
 @overload(_ahead, inline="always")
 def _ahead_impl(x, o):
     size = x.dtype.bitwidth // 8
-    lines = [f"prefetch(x, o + {(AHEAD + j) // size})" for j in range(0, LANES * size, 64)]
+    lines = [f"prefetch(x, o + {(PREFETCH_AHEAD + j) // size})"
+             for j in range(0, LANES * size, 64)]
     return _generated("ahead_impl", "x, o", lines, {"prefetch": prefetch})
 
 

@@ -54,6 +54,12 @@ import numpy as np
 CHUNK = 16384
 # Independent float64 accumulators of the norm pass (kernels/_driver.pxi).
 LANES = 16
+# Bytes ahead of its use at which the norm pass asks for each cache line of
+# the gradients: a pass reading one stream alone keeps too few misses in
+# flight for the hardware prefetchers (kernels/_driver.pxi's
+# AF_SUMSQ_PREFETCH, adamfast/_numba/_norm.py and the benchmark's
+# roofline-passes use it).
+PREFETCH_AHEAD = 4096
 # Scalar slots per group row.  Adam needs the most (16); the last two carry
 # the parameter EMA's decay d and 1 - d, which the drivers apply to every kind.
 NSLOT = 18

@@ -20,20 +20,23 @@ import numpy as np
 from numba import njit, prange
 
 from .._numba._driver import prefetch
+from ..algorithms._spec import PREFETCH_AHEAD
 from ._timing import Impl
 
 NAME = "roofline-passes"
 
 
 # A lone read stream per core keeps too few misses in flight for the hardware
-# prefetchers alone.  The engine's norm pass asks for each line 4 KiB ahead
-# (kernels/_driver.pxi's AF_SUMSQ_PREFETCH), so this ceiling does too, or
-# the pass it judges would beat it: blocks of _BLOCK elements, each asking
-# for the lines _AHEAD elements on (every 8 elements: each line of float64,
-# each line of float32 twice).  Indices from 0 into a slice, as the engine's
-# loops: a signed offset added to each index stops LLVM vectorizing.
+# prefetchers alone.  The engine's norm pass asks for each line
+# PREFETCH_AHEAD bytes ahead, so this ceiling does too, or the pass it judges
+# would beat it: blocks of _BLOCK elements, each asking for the lines _AHEAD
+# elements on (PREFETCH_AHEAD in float32, twice it in float64; every 8
+# elements: each line of float64, each line of float32 twice).  Constants,
+# and indices from 0 into a slice, as the engine's loops: an element size
+# read from the array, or a signed offset added to each index, kept LLVM
+# from vectorizing (twice the time).
 _BLOCK = 256
-_AHEAD = 1024
+_AHEAD = PREFETCH_AHEAD // 4
 
 
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
