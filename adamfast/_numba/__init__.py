@@ -31,11 +31,12 @@ Why the code looks the way it does:
   a compile-time constant and inlined there.  Per kind there are three:
   ``<kind>_block``, compiled into a C-callable ``cfunc`` (:func:`_cfunc`)
   that updates a range of chunk rows, which every call hands to adamfast's
-  own thread pool (C, in the cython extension, the one the cython backend runs on; see :mod:`._pool`: the
-  caller takes part, chunk blocks are claimed from a counter, a step returns
-  when the blocks are done, so a descheduled thread costs nothing on a busy
-  machine and a fork()ed child is never stuck in it; below
-  :data:`PARALLEL_MIN` elements or on one thread the caller runs them all);
+  own thread pool (C, in the cython extension, the one the cython backend
+  runs on; see :mod:`._pool`: the caller takes part, chunk blocks are
+  claimed from a counter, a step returns when the blocks are done, so a
+  descheduled thread costs nothing on a busy machine and a fork()ed child is
+  never stuck in it; below :data:`PARALLEL_MIN` elements or on one thread the
+  caller runs them all);
   and the fallback pair, used when the cython extension is missing or
   unusable or under ADAMFAST_THREADING=openmp: ``<kind>_serial``, compiled
   for its explicit signatures on first load, and ``<kind>_parallel``, a
@@ -50,6 +51,7 @@ Why the code looks the way it does:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import operator
 import os
@@ -106,23 +108,32 @@ _entries = {}
 _cfuncs = {}
 
 
-def _import(name, slp=False):
-    """Import a kind module, whose block entries (cfuncs) compile or load from
-    numba's on-disk cache right away.  If no cache location is writable (a
-    read-only install, and no writable user cache), numba refuses with
-    "cannot cache function": then cache in a private temporary directory.
+@contextlib.contextmanager
+def _slp(on):
+    """Compile with LLVM's SLP vectorizer on (numba's default is off) when ``on``,
+    for the spelled-out lanes of the sums of squares (see ``_norm``); numba's
+    setting is restored afterwards.  It only packs independent operations
+    already in the code, so no result changes."""
+    previous = numba.config.SLP_VECTORIZE
+    if on:
+        numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = previous
 
-    ``slp``: compile with LLVM's SLP vectorizer on (numba's default is off),
-    for the norm pass's spelled-out lanes (see ``_norm``); numba's setting is
-    restored afterwards.  It only packs independent operations already in the
-    code, so no result changes; a module already imported is returned as is.
+
+def _import(name, slp=False):
+    """Import a module of this package, whose ``cache=True`` entries find their
+    cache location as they are decorated (and ``_norm``'s cfunc compiles, or
+    loads from numba's on-disk cache, right away, with ``slp``: see _slp).  If
+    no cache location is writable (a read-only install, and no writable user
+    cache), numba refuses with "cannot cache function": then cache in a private
+    temporary directory.  A module already imported is returned as is.
     """
     if name in sys.modules:
         return sys.modules[name]
-    previous = numba.config.SLP_VECTORIZE
-    if slp:
-        numba.config.SLP_VECTORIZE = 1
-    try:
+    with _slp(slp):
         try:
             return importlib.import_module(name)
         except RuntimeError as exc:
@@ -134,14 +145,12 @@ def _import(name, slp=False):
                                                   f"adamfast-numba-cache-{os.getuid()}")
             sys.modules.pop(name, None)
             return importlib.import_module(name)
-    finally:
-        numba.config.SLP_VECTORIZE = previous
 
 
 def _load(kind_id):
-    # A reducing kind's module holds its pass 1 too, whose lanes want SLP (see _reduce).
-    slp = kind_id in _NSUM
-    module = _import(f"{__name__}.{_MODULES[kind_id]}", slp=slp)
+    # A reducing kind's module imports _reduce and so _norm, whose cfunc compiles
+    # as it is imported: with SLP, as _norm's own import.
+    module = _import(f"{__name__}.{_MODULES[kind_id]}", slp=kind_id in _NSUM)
     serial, parallel, block = module.ENTRIES[KINDS[kind_id]]
     if _POOL is None:
         # The fallback path: compile the serial entry for its explicit
@@ -150,7 +159,8 @@ def _load(kind_id):
             serial.compile(sig)
         address = 0
     else:
-        address = _cfunc(block, slp).address
+        # A reducing kind's block is compiled as its pass 1, with SLP (see _reduce).
+        address = _cfunc(block, slp=kind_id in _NSUM).address
     entries = _entries[kind_id] = (serial, parallel, address)
     return entries
 
@@ -159,16 +169,11 @@ def _cfunc(fn, slp=False):
     """Block entry ``fn`` of a kind module as a C-callable cfunc, compiled (or loaded
     from numba's cache) on its first use: a kind's first call never waits for the
     other kinds of its module (Adam's first step, for AMSGrad's loops).  ``slp``:
-    with LLVM's SLP vectorizer on, as in _import."""
+    see _slp."""
     entry = _cfuncs.get(fn)
     if entry is None:
-        previous = numba.config.SLP_VECTORIZE
-        if slp:
-            numba.config.SLP_VECTORIZE = 1
-        try:
+        with _slp(slp):
             entry = cfunc(BLOCK_SIGNATURE, cache=True, error_model="numpy")(fn)
-        finally:
-            numba.config.SLP_VECTORIZE = previous
         # Two threads may both have compiled it: every caller gets the first one
         # kept, so no address handed out belongs to a cfunc that is then dropped.
         entry = _cfuncs.setdefault(fn, entry)
