@@ -281,7 +281,8 @@ def render_kinds():
     text = template.substitute(
         kinds=kinds, nstate=nstate, modules=modules, chunk=spec_module.CHUNK,
         nslot=spec_module.NSLOT, maxstate=spec_module.MAXSTATE, lanes=spec_module.LANES,
-        ahead=spec_module.PREFETCH_AHEAD,
+        ahead=spec_module.PREFETCH_AHEAD, block=spec_module.PREFETCH_BLOCK,
+        nograds=[kind for kind in kinds if kind in registry.NO_GRADS],
         shared=shared, nprologue=len(spec_module.SHARED_SLOTS),
         slots=[(m, slots[m]) for m in modules],
         rkinds=[kind for kind in kinds if kind in nsum], nsum=nsum,

@@ -99,7 +99,7 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
     # acc[r * _LANES + t] is lane (t + head) % _LANES of quantity r.
     cdef double acc[_RMAX * _LANES]
     cdef double x
-    cdef Py_ssize_t i, j, b0, b1
+    cdef Py_ssize_t i, j, b, b0, b1, nblock, nstate = 0
     cdef Py_ssize_t mid = _line_start(p, sizeof(floating), lo, hi)
     # < _LANES: a line holds at most 16 float32s, and _LANES is 16.
     cdef Py_ssize_t head = mid - lo
@@ -108,6 +108,8 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
         k[j] = <floating>row[j]
     for j in range(_MAXSTATE):
         s[j] = <floating*>states[j]
+        if s[j] != NULL:
+            nstate = j + 1
     for r in range(_RMAX):
         q[r] = buf + r * _RBLOCK
     for j in range(_RMAX * _LANES):
@@ -121,7 +123,14 @@ cdef void _rspan(rkind_t* tag, floating* p, const floating* g, void** states,
     b0 = mid
     while b0 < hi:
         b1 = min(b0 + <Py_ssize_t>_RBLOCK, hi)
-        for i in range(b0, b1):
+        # Prefetched blocks, as _driver.pxi's _span (AF_AHEAD_BLOCK says why).
+        nblock = (b1 - b0) // _BLOCK
+        for b in range(nblock):
+            AF_AHEAD_BLOCK(p, g, s, nstate, NULL, (b0 + b * _BLOCK) * sizeof(floating),
+                           _BLOCK * sizeof(floating), True)
+            for i in range(b0 + b * _BLOCK, b0 + (b + 1) * _BLOCK):
+                _relem(tag, i, p, g, s, k, q, i - b0)
+        for i in range(b0 + nblock * _BLOCK, b1):
             _relem(tag, i, p, g, s, k, q, i - b0)
         for r in range(nsum):
             _lanes_sq(q[r], b1 - b0, acc + r * _LANES)

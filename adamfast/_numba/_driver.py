@@ -44,8 +44,9 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ..algorithms import NSTATE
-from ..algorithms._spec import CHUNK, EMA_D, EMA_OMD, L2, LANES, MAXSTATE, NSLOT
+from ..algorithms import NO_GRADS, NSTATE
+from ..algorithms._spec import (CHUNK, EMA_D, EMA_OMD, L2, LANES, MAXSTATE, NSLOT,
+                                PREFETCH_AHEAD, PREFETCH_BLOCK)
 
 __all__ = ["CHUNK", "LANES", "MAXSTATE", "NSLOT"]  # the engine's constants, from _spec
 # The serial cut-offs (on adamfast's pool and on numba's own) are in _pool.py.
@@ -182,9 +183,45 @@ def _typical_impl(elem, k):
     return _generated("typical_impl", "elem, k", [f"return {test}"], {})
 
 
+def ahead(elem, p, g, s, i):
+    """Ask for the lines PREFETCH_AHEAD bytes past block ``i`` (PREFETCH_BLOCK
+    elements) of params, grads (unless ``elem``'s kind is in NO_GRADS) and
+    every state buffer."""
+
+
+@overload(ahead, inline="always")
+def _ahead_impl(elem, p, g, s, i):
+    # The numba version of kernels/_driver.pxi's AF_AHEAD_BLOCK: one request per line
+    # of each stream the pass reads, unrolled at compile time for the dtype
+    # and the number of state buffers.
+    name = elem.dispatcher.py_func.__name__
+    reads_g = not (name.startswith("elem_") and name[len("elem_"):] in NO_GRADS)
+    size = p.dtype.bitwidth // 8
+    lines = []
+    for off in range(0, PREFETCH_BLOCK * size, LINE):
+        e = (PREFETCH_AHEAD + off) // size
+        lines += [f"prefetch(g, i + {e})"] if reads_g else []
+        lines += [f"prefetch(p, i + {e})"]
+        lines += [f"prefetch(s[{j}], i + {e})" for j in range(len(s))]
+    return _generated("ahead_impl", "elem, p, g, s, i", lines, {"prefetch": prefetch})
+
+
+@njit(inline="always")
+def ahead_one(x, i):
+    """:func:`ahead` for one more stream (the parameter EMA)."""
+    for off in range(0, PREFETCH_BLOCK * x.itemsize, LINE):
+        prefetch(x, i + (PREFETCH_AHEAD + off) // x.itemsize)
+
+
 @njit(inline="always")
 def walk(elem, p, g, s, ema, k, lo, hi):
-    """Elements [lo, hi) with the row ``k``, and the parameter EMA if ``ema`` is not empty."""
+    """Elements [lo, hi) with the row ``k``, and the parameter EMA if ``ema`` is not empty.
+
+    Block by block of PREFETCH_BLOCK elements, each after a request for the
+    lines its streams will need PREFETCH_AHEAD bytes on (:func:`ahead`): with
+    the square roots and divisions in flight, the out-of-order core alone
+    keeps too few misses outstanding to saturate memory (_spec).
+    """
     prefer_wide_vectors()
     # Slices walked from 0: indexing the full arrays with a signed loop
     # counter makes numba emit wraparound handling that stops LLVM from
@@ -192,6 +229,8 @@ def walk(elem, p, g, s, ema, k, lo, hi):
     p_ = p[lo:hi]
     g_ = g[lo:hi]
     s_ = spans(s, lo, hi)
+    n = hi - lo
+    full = n - n % PREFETCH_BLOCK
     if ema.size == 0:
         # Two copies of the loop, one for the typical row (see _typical): LLVM
         # leaves a select on a flag slot in the loop, as a compare and branch
@@ -199,16 +238,30 @@ def walk(elem, p, g, s, ema, k, lo, hi):
         # where the test before the loop fixed the flag (Adam in cache, 1
         # thread, Intel Xeon: 5-10% less time per element).
         if _typical(elem, k):
-            for i in range(hi - lo):
+            for b in range(0, full, PREFETCH_BLOCK):
+                ahead(elem, p_, g_, s_, b)
+                for i in range(b, b + PREFETCH_BLOCK):
+                    elem(i, p_, g_, s_, k)
+            for i in range(full, n):
                 elem(i, p_, g_, s_, k)
         else:
-            for i in range(hi - lo):
+            for b in range(0, full, PREFETCH_BLOCK):
+                ahead(elem, p_, g_, s_, b)
+                for i in range(b, b + PREFETCH_BLOCK):
+                    elem(i, p_, g_, s_, k)
+            for i in range(full, n):
                 elem(i, p_, g_, s_, k)
     else:
         # The parameter EMA: one more stream of the same pass, for every kind
         # (the numba version of kernels/_driver.pxi's _span).
         e_ = ema[lo:hi]
-        for i in range(hi - lo):
+        for b in range(0, full, PREFETCH_BLOCK):
+            ahead(elem, p_, g_, s_, b)
+            ahead_one(e_, b)
+            for i in range(b, b + PREFETCH_BLOCK):
+                elem(i, p_, g_, s_, k)
+                e_[i] = k[EMA_D] * e_[i] + k[EMA_OMD] * p_[i]
+        for i in range(full, n):
             elem(i, p_, g_, s_, k)
             e_[i] = k[EMA_D] * e_[i] + k[EMA_OMD] * p_[i]
 

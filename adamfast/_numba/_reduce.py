@@ -39,13 +39,14 @@ from numba.extending import overload
 from .. import _dispatch
 from .. import _numba as pkg
 from ..algorithms import NSTATE
-from ._driver import (LANES, LINE, NSLOT, _address, _generated, _typical, line_start,
+from ..algorithms._spec import PREFETCH_BLOCK
+from ._driver import (LANES, LINE, NSLOT, _address, _generated, _typical, ahead, line_start,
                       prefer_wide_vectors, row, spans)
 from ._norm import _squares
 
 RBLOCK = 512  # elements per sub-block: the quantities stay in L1
-if RBLOCK % LANES:
-    raise ImportError("RBLOCK must be a multiple of LANES")
+if RBLOCK % LANES or RBLOCK % PREFETCH_BLOCK:
+    raise ImportError("RBLOCK must be a multiple of LANES and of PREFETCH_BLOCK")
 if LINE // 4 > LANES:
     raise ImportError("a head (up to a line of float32s) must fit in the lanes")
 R_P, R_G, R_SCALARS, R_CHUNKS, R_OUT, R_STATES = range(6)
@@ -98,12 +99,22 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
         p_ = p[b0:b0 + m]
         g_ = g[b0:b0 + m]
         s_ = spans(s, b0, b0 + m)
-        # Two copies of the element loop, as _driver.walk's (see _driver._typical).
+        # Two copies of the element loop, as _driver.walk's (see _driver._typical),
+        # in prefetched blocks as there (_driver.ahead).
+        mfull = m - m % PREFETCH_BLOCK
         if typical:
-            for j in range(m):
+            for bb in range(0, mfull, PREFETCH_BLOCK):
+                ahead(red, p_, g_, s_, bb)
+                for j in range(bb, bb + PREFETCH_BLOCK):
+                    red(j, p_, g_, s_, k, q, j)
+            for j in range(mfull, m):
                 red(j, p_, g_, s_, k, q, j)
         else:
-            for j in range(m):
+            for bb in range(0, mfull, PREFETCH_BLOCK):
+                ahead(red, p_, g_, s_, bb)
+                for j in range(bb, bb + PREFETCH_BLOCK):
+                    red(j, p_, g_, s_, k, q, j)
+            for j in range(mfull, m):
                 red(j, p_, g_, s_, k, q, j)
         full = m - m % LANES
         for r in range(nsum):

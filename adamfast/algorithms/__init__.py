@@ -34,6 +34,11 @@ ROOFLINE_KINDS = ("roofline0", "roofline1", "roofline2", "roofline3", "roofline4
 # kind -> how many state buffers it streams (the length of the kernels' ``states``).
 NSTATE = {kind: len(names) for spec in ALGORITHMS.values() for kind, names in spec.kinds.items()}
 NSTATE.update((kind, i) for i, kind in enumerate(ROOFLINE_KINDS))
+# Kinds whose family_kernel pass does not read the grads: a reducing kind's
+# second pass recomputes its update from the state.  The drivers ask ahead
+# only for the lines a pass reads (a prefetched stream costs its traffic).
+NO_GRADS = frozenset(kind for spec in ALGORITHMS.values() for kind in spec.kinds
+                     if "grads" not in spec.passes(kind)[-1].reads)
 _MOST = max(len(names) for spec in ALGORITHMS.values() for names in spec.kinds.values())
 if _MOST >= len(ROOFLINE_KINDS):
     raise ImportError(f"a kind has {_MOST} state buffers: add roofline{_MOST} to ROOFLINE_KINDS, "

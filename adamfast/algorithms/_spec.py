@@ -54,12 +54,18 @@ import numpy as np
 CHUNK = 16384
 # Independent float64 accumulators of the norm pass (kernels/_driver.pxi).
 LANES = 16
-# Bytes ahead of its use at which the norm pass asks for each cache line of
-# the gradients: a pass reading one stream alone keeps too few misses in
-# flight for the hardware prefetchers (kernels/_driver.pxi's
-# AF_SUMSQ_PREFETCH, adamfast/_numba/_norm.py and the benchmark's
-# roofline-passes use it).
+# Bytes ahead of its use at which a pass asks for each cache line of its
+# streams.  The hardware prefetchers alone keep too few misses in flight:
+# for a norm pass, which reads one stream and nothing else, and for an
+# update, whose square roots and divisions fill the out-of-order window
+# (kernels/_driver.pxi, adamfast/_numba/_driver.py and _norm.py, and the
+# benchmark's roofline-passes use it).
 PREFETCH_AHEAD = 4096
+# Elements per block of an update pass: the block's lines of every stream
+# are requested (PREFETCH_AHEAD on) just before it runs.  A multiple of every
+# vector width and of a line's elements; bigger blocks issue more requests
+# at once than a core keeps in flight, and lose them.
+PREFETCH_BLOCK = 128
 # Scalar slots per group row.  Adam needs the most (16); the last two carry
 # the parameter EMA's decay d and 1 - d, which the drivers apply to every kind.
 NSLOT = 18
