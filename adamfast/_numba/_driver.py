@@ -216,6 +216,20 @@ def ahead_one(x, i):
 
 
 @njit(inline="always")
+def _blocks(elem, p, g, s, k, n):
+    # walk's loop without the EMA: each block after its requests (ahead), on
+    # slices of its own from 0, for the reason walk gives.
+    for b in range(0, n, PREFETCH_BLOCK):
+        ahead(elem, p, g, s, b)
+        e = min(b + PREFETCH_BLOCK, n)
+        pb = p[b:e]
+        gb = g[b:e]
+        sb = spans(s, b, e)
+        for i in range(e - b):
+            elem(i, pb, gb, sb, k)
+
+
+@njit(inline="always")
 def walk(elem, p, g, s, ema, k, lo, hi):
     """Elements [lo, hi) with the row ``k``, and the parameter EMA if ``ema`` is not empty.
 
@@ -238,25 +252,10 @@ def walk(elem, p, g, s, ema, k, lo, hi):
         # per vector with both sides computed, but folds it away in the copy
         # where the test before the loop fixed the flag (Adam in cache, 1
         # thread, Intel Xeon: 5-10% less time per element).
-        # Each block walks slices of its own from 0, for the reason above.
         if _typical(elem, k):
-            for b in range(0, n, PREFETCH_BLOCK):
-                ahead(elem, p_, g_, s_, b)
-                e = min(b + PREFETCH_BLOCK, n)
-                pb = p_[b:e]
-                gb = g_[b:e]
-                sb = spans(s_, b, e)
-                for i in range(e - b):
-                    elem(i, pb, gb, sb, k)
+            _blocks(elem, p_, g_, s_, k, n)
         else:
-            for b in range(0, n, PREFETCH_BLOCK):
-                ahead(elem, p_, g_, s_, b)
-                e = min(b + PREFETCH_BLOCK, n)
-                pb = p_[b:e]
-                gb = g_[b:e]
-                sb = spans(s_, b, e)
-                for i in range(e - b):
-                    elem(i, pb, gb, sb, k)
+            _blocks(elem, p_, g_, s_, k, n)
     else:
         # The parameter EMA: one more stream of the same pass, for every kind
         # (the numba version of kernels/_driver.pxi's _span).
