@@ -63,9 +63,10 @@ LANES = 16
 PREFETCH_AHEAD = 4096
 # Elements per block of an update pass: the block's lines of every stream
 # are requested (PREFETCH_AHEAD on) just before it runs.  A multiple of every
-# vector width and of a line's elements; bigger blocks issue more requests
-# at once than a core keeps in flight, and lose them.
-PREFETCH_BLOCK = 128
+# vector width and of a line's elements.  Bigger blocks issue more requests
+# at once than a core keeps in flight, and lose them: docs/benchmarks.md has
+# the sizes measured.
+PREFETCH_BLOCK = 64
 # Scalar slots per group row.  Adam needs the most (16); the last two carry
 # the parameter EMA's decay d and 1 - d, which the drivers apply to every kind.
 NSLOT = 18
