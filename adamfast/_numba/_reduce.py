@@ -70,6 +70,20 @@ def add_squares(arow, x, rows):
 
 
 @njit(inline="always")
+def _rblocks(red, p, g, s, k, q, m):
+    # Elements [0, m) of a sub-block, in prefetched blocks as _driver.walk's
+    # (_driver.ahead); RBLOCK is a multiple of PREFETCH_BLOCK, so only a
+    # chunk's last sub-block has a tail.
+    full = m - m % PREFETCH_BLOCK
+    for b in range(0, full, PREFETCH_BLOCK):
+        ahead(red, p, g, s, b)
+        for j in range(b, b + PREFETCH_BLOCK):
+            red(j, p, g, s, k, q, j)
+    for j in range(full, m):
+        red(j, p, g, s, k, q, j)
+
+
+@njit(inline="always")
 def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
     """Chunk row ``c``: the state written, ``out[c, r]`` the sums of squares."""
     prefer_wide_vectors()
@@ -99,23 +113,11 @@ def reduce_chunk(red, p, g, s, scalars, chunks, out, c):
         p_ = p[b0:b0 + m]
         g_ = g[b0:b0 + m]
         s_ = spans(s, b0, b0 + m)
-        # Two copies of the element loop, as _driver.walk's (see _driver._typical),
-        # in prefetched blocks as there (_driver.ahead).
-        mfull = m - m % PREFETCH_BLOCK
+        # Two copies of the element loop, as _driver.walk's (see _driver._typical).
         if typical:
-            for bb in range(0, mfull, PREFETCH_BLOCK):
-                ahead(red, p_, g_, s_, bb)
-                for j in range(bb, bb + PREFETCH_BLOCK):
-                    red(j, p_, g_, s_, k, q, j)
-            for j in range(mfull, m):
-                red(j, p_, g_, s_, k, q, j)
+            _rblocks(red, p_, g_, s_, k, q, m)
         else:
-            for bb in range(0, mfull, PREFETCH_BLOCK):
-                ahead(red, p_, g_, s_, bb)
-                for j in range(bb, bb + PREFETCH_BLOCK):
-                    red(j, p_, g_, s_, k, q, j)
-            for j in range(mfull, m):
-                red(j, p_, g_, s_, k, q, j)
+            _rblocks(red, p_, g_, s_, k, q, m)
         full = m - m % LANES
         for r in range(nsum):
             add_squares(acc[r], q[r], full // LANES)
