@@ -148,25 +148,36 @@ _PREFETCH = ("llvm.prefetch.p0" if llvm_version_info >= (17,)
              or getattr(llvmlite, "opaque_pointers_enabled", False) else "llvm.prefetch.p0i8")
 
 
-@intrinsic
-def prefetch(typingctx, arr, i):
-    """Ask for the cache line of ``arr[i]`` to be read soon (LLVM's prefetch: no
-    value changes, and an index past the end does not fault)."""
-    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
-        return None
+def _prefetch_intrinsic(locality, doc):
+    @intrinsic
+    def fetch(typingctx, arr, i):
+        if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+            return None
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
-        # read, kept in every cache level, a data (not instruction) line
-        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p),
-                          i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                _PREFETCH)
+            # a read, of a data (not instruction) line
+            builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), i8p),
+                              i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
 
-    return types.none(arr, i), codegen
+        return types.none(arr, i), codegen
+
+    fetch.__doc__ = doc
+    return fetch
+
+
+prefetch = _prefetch_intrinsic(3, """Ask for the cache line of ``arr[i]`` to be read soon, into
+    every cache level (LLVM's prefetch: no value changes, and an index past the end
+    does not fault).""")
+prefetch_l2 = _prefetch_intrinsic(1, """As :func:`prefetch`, into L2 only (prefetcht2): for a
+    pass that reads one stream, whose misses the L1's few fill buffers would cap
+    (_spec.PREFETCH_AHEAD).""")
 
 
 def _typical(elem, k):

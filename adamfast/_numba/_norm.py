@@ -28,23 +28,23 @@ from numba import carray, cfunc, njit, prange
 from numba.extending import overload
 
 from ..algorithms._spec import PREFETCH_AHEAD
-from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address, _generated, prefetch
+from ._driver import BLOCK_SIGNATURE, CHUNK, LANES, _address, _generated, prefetch_l2
 
 if LANES != 16:  # the helpers below spell out 16 lanes
     raise ImportError(f"adamfast._numba._norm expects LANES == 16, got {LANES}")
 
 
 def _ahead(x, o):
-    """Prefetch the lines of row ``x[o:o + LANES]`` moved PREFETCH_AHEAD bytes on
-    (_spec says why)."""
+    """Prefetch into L2 the lines of row ``x[o:o + LANES]`` moved PREFETCH_AHEAD bytes
+    on (_spec says why)."""
 
 
 @overload(_ahead, inline="always")
 def _ahead_impl(x, o):
     size = x.dtype.bitwidth // 8
-    lines = [f"prefetch(x, o + {(PREFETCH_AHEAD + j) // size})"
+    lines = [f"prefetch_l2(x, o + {(PREFETCH_AHEAD + j) // size})"
              for j in range(0, LANES * size, 64)]
-    return _generated("ahead_impl", "x, o", lines, {"prefetch": prefetch})
+    return _generated("ahead_impl", "x, o", lines, {"prefetch_l2": prefetch_l2})
 
 
 @njit(inline="always")

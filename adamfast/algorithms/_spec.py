@@ -59,7 +59,9 @@ LANES = 16
 # for a norm pass, which reads one stream and nothing else, and for an
 # update, whose square roots and divisions fill the out-of-order window
 # (kernels/_driver.pxi, adamfast/_numba/_driver.py and _norm.py, and the
-# benchmark's roofline-passes use it).
+# benchmark's roofline-passes use it).  The norm pass asks into L2 only: a
+# lone read stream keeps more lines in flight there than through the L1's
+# fill buffers (16M float32 on an Intel Xeon: 8% faster; docs/benchmarks.md).
 PREFETCH_AHEAD = 4096
 # Elements per block of an update pass: the block's lines of every stream
 # are requested (PREFETCH_AHEAD on) just before it runs.  A multiple of every

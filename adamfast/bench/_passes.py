@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._numba._driver import prefetch
+from .._numba._driver import prefetch_l2
 from ..algorithms._spec import PREFETCH_AHEAD
 from ._timing import Impl
 
@@ -28,7 +28,7 @@ NAME = "roofline-passes"
 
 # A lone read stream per core keeps too few misses in flight for the hardware
 # prefetchers alone.  The engine's norm pass asks for each line
-# PREFETCH_AHEAD bytes ahead, so this ceiling does too, or the pass it judges
+# PREFETCH_AHEAD bytes ahead, into L2, so this ceiling does too, or the pass it judges
 # would beat it: blocks of _BLOCK elements, each asking for the lines _AHEAD
 # elements on (PREFETCH_AHEAD in float32, twice it in float64; every 8
 # elements: each line of float64, each line of float32 twice).  Constants,
@@ -46,7 +46,7 @@ def _norm(g):
     for b in prange(nblocks):
         o = b * _BLOCK
         for j in range(0, _BLOCK, 8):
-            prefetch(g, o + _AHEAD + j)
+            prefetch_l2(g, o + _AHEAD + j)
         x = g[o:o + _BLOCK]
         part = 0.0
         for j in range(_BLOCK):
