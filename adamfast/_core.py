@@ -391,10 +391,13 @@ class StepCore(FlatState):
             d["step_count"] = t
 
     def _c_step(self, hp):
-        """Hook: a backend's C version of the whole step (scalars included), as a
-        function ``f(t, nthreads)`` returning True once it has written step t, or
+        """The spec's C version of the whole step (scalars included) on this backend, as
+        a function ``f(t, nthreads)`` returning True once it has written step t, or
         None.  It may still decline a call (returns False), like any fast path."""
-        return None
+        make = self.spec.c_step
+        if make is None:
+            return None
+        return make(self._backend, self.flat_params, self.flat_grads, self._plan[1], hp)
 
     def zero_grad(self):
         """Set every gradient to zero (in place: the ``grads`` views stay valid)."""
@@ -415,22 +418,3 @@ class StepCore(FlatState):
                              f"{self._joined.index(joined)} was added (its own count would be "
                              f"negative), got {value!r}")
         self.__dict__["step_count"] = int(value)
-
-
-def _adam_c_step(self, hp):
-    """Adam's whole step in C (adam_step_call: adam_step_fast's step, whose scalars are
-    the C version of adamfast.algorithms.adam.scalars, bit for bit), as a function
-    ``f(t, nthreads)``; it declines like any fast path."""
-    make = self._backend.adam_call
-    if make is None:
-        return None
-    _, states = self._plan
-    max_sq = states[2] if len(states) == 3 else None  # adam_amsgrad's third buffer
-    beta1, beta2 = hp["betas"]
-    return make(self.flat_params, self.flat_grads, states[0], states[1], hp["lr"], beta1, beta2,
-                hp["eps"], hp["weight_decay"], hp["decoupled_weight_decay"], hp["amsgrad"],
-                max_sq, hp["maximize"], hp["eps_hat"], hp["eps_root"], hp["bias_correction"],
-                hp["nesterov"])
-
-
-_C_STEPS = {"adam": _adam_c_step}

@@ -10,8 +10,8 @@ callable with this signature::
                   ema=None) -> None
 
 * ``kind_id`` indexes the backend's ``KINDS``: a structural variant of an
-  algorithm (``"adam"``, ``"adam_amsgrad"``, ``"rmsprop_centered"``, ...) or a
-  roofline kind.  :func:`get_backend` maps names to ids once.
+  algorithm (``adamfast.algorithms.KINDS``: Adam with and without AMSGrad are
+  two) or a roofline kind.  :func:`get_backend` maps names to ids once.
 * Buffers are 1-D, C-contiguous, of one dtype (float32 or float64) and one
   length; ``grads`` is only read; ``states`` is a tuple of exactly
   ``NSTATE[kind_id]`` arrays (each backend exports ``NSTATE``), the kind's
@@ -36,7 +36,7 @@ callable with this signature::
   code is never interrupted midway, and a backend whose kernel runs Python
   code (numba's checks, the reference) sets ``MARKS_UNWRITTEN = True`` and
   tags whatever stops it before its first write with
-  ``exc.adamfast_unwritten = True`` (read by ``adamfast.optim._kernel_wrote``).
+  ``exc.adamfast_unwritten = True`` (read by ``adamfast._core._kernel_wrote``).
 
 The cython module also provides the fast paths ``step_fast(kind, params,
 grads, states, row, num_threads, ema=None)`` (any kind, one group, buffers

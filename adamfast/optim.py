@@ -58,7 +58,7 @@ import numpy as np
 from . import _dispatch, _guard
 # The flat state and the step are adamfast._core's; its private names stay
 # importable from here (adamfast.optim._kernel_wrote, ...).
-from ._core import _C_STEPS, _FLOATS, StepCore, _adam_c_step, _kernel_wrote  # noqa: F401
+from ._core import _FLOATS, StepCore, _kernel_wrote  # noqa: F401
 from ._core import _layout, _Params, _split, _views_of  # noqa: F401
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate  # noqa: F401
@@ -471,7 +471,6 @@ def _make_class(spec, doc):
     cls = type(spec.name, (Optimizer,), {
         "spec": spec, "__signature__": sig, "__doc__": doc, "__module__": __name__,
         "_hp_names": tuple(h.name for h in spec.hyper),
-        "_c_step": _C_STEPS[spec.c_step] if spec.c_step else Optimizer._c_step,
         "_getter": staticmethod(operator.itemgetter("params", *(h.name for h in spec.hyper))),
         "_rebind_checked": frozenset(Optimizer._OWNED + spec.all_state_names()
                               + tuple(h.name for h in spec.hyper) + ("param_groups",))})

@@ -82,11 +82,13 @@ def test_torch_cases_are_adamfast_torchs_peers():
         assert aft.CLASSES[name]._torch_class is getattr(torch.optim, case.torch_name)
 
 
-# Where an algorithm's name may be written: its own files (adamfast/algorithms/), the
-# benchmark and the paper's scripts, which name their rows; and adam_step's spec, as
-# adam_step is Adam's own API.
+# Where an algorithm's or a kind's name may be written: its own files
+# (adamfast/algorithms/, and its numba module adamfast/_numba/<module>.py), the
+# benchmark and the paper's scripts, which name their rows; and adam_step's spec and
+# kinds, as adam_step is Adam's own API.
 _NAME_ALLOWED_DIRS = ("algorithms", "bench", "paper")
-_NAME_ALLOWED_LINES = {("functional.py", '_ADAM = ALGORITHMS["Adam"]')}
+_NAME_ALLOWED_LINES = {("functional.py", '_ADAM = ALGORITHMS["Adam"]'),
+                       ("functional.py", 'kind = "adam_amsgrad" if hp["amsgrad"] else "adam"')}
 
 
 def _quoted_names(text, names):
@@ -97,6 +99,18 @@ def _quoted_names(text, names):
             if pattern.search(line)]
 
 
+def _numba_modules():
+    """The algorithms' own numba modules (adamfast/_numba/<module>.py), from the
+    registry's kinds: none where numba is not installed."""
+    try:
+        import adamfast._numba as nb
+    except ImportError:
+        return set()
+    from adamfast.algorithms import KINDS
+
+    return {nb._MODULES[nb.KINDS.index(kind)] for kind in KINDS}
+
+
 def test_quoted_names_finds_literals_only():
     text = 'a = ("SGD", \'Adagrad\')\nb = "Adam\'s"\nc = "AdamWx"\nd = f"{x}Adam"\n'
     assert _quoted_names(text, ("SGD", "Adagrad", "Adam")) == [(1, 'a = ("SGD", \'Adagrad\')')]
@@ -104,8 +118,12 @@ def test_quoted_names_finds_literals_only():
 
 def test_no_algorithm_name_outside_its_own_files():
     """Group state and per-class behaviour come from the spec (adamfast/algorithms/
-    _spec.py's torch_* fields and functional_step): no module tests a class's name."""
+    _spec.py's torch_* fields, functional_step and c_step): no module tests a class's
+    name or a kind's."""
+    from adamfast.algorithms import KINDS
+
     root = os.path.dirname(adamfast.__file__)
+    own = {os.path.join("_numba", f"{module}.py") for module in _numba_modules()}
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
@@ -117,8 +135,10 @@ def test_no_algorithm_name_outside_its_own_files():
                 continue
             path = os.path.join(dirpath, fn)
             relpath = os.path.normpath(os.path.join(rel, fn))
+            if relpath in own:
+                continue
             with open(path, encoding="utf-8") as f:
-                hits = _quoted_names(f.read(), tuple(ALGORITHMS))
+                hits = _quoted_names(f.read(), tuple(ALGORITHMS) + tuple(KINDS))
             found += [f"{relpath}:{i}: {line}" for i, line in hits
                       if (relpath, line) not in _NAME_ALLOWED_LINES]
     assert not found, "algorithm names outside their own files:\n" + "\n".join(found)

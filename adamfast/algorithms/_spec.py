@@ -295,8 +295,11 @@ class Spec:
                hyperparameter named ``max_grad_norm`` (Lamb) makes it the
                guard's clip: the constructor's value, as timm reads
                ``self.defaults`` (a group's own value is kept, not used)
-    c_step     the name of a C version of the whole step in the cython backend
-               (``"adam"``: adam_step_call), used by the optimizer when it can
+    c_step     ``(backend, params, grads, states, hp) -> f(t, nthreads) or None``:
+               a backend's C version of the whole step over the flat buffers,
+               scalars included (Adam's: the cython backend's adam_call), which
+               the optimizer calls when the group is unchanged; ``f`` returns
+               True once it has written step t, False to decline
     gstate_from_step  for the functional step: ``(name, t) -> value`` when
                the group state follows from the step alone (SGD's momentum
                starts at step 1); otherwise the caller carries it
@@ -319,7 +322,7 @@ class Spec:
     peer: str = ""
     fixed: dict = field(default_factory=dict)
     gstate_from_step: Callable | None = None
-    c_step: str | None = None
+    c_step: Callable | None = None
     torch_scalar_state: tuple = ("step",)
     torch_step_in_group: bool = False
     torch_only: tuple = ()

@@ -147,12 +147,27 @@ _REFERENCE = {"adam": update_adam, "adam_amsgrad": update_adam_amsgrad}
 _TORCH = dict(torch_extra_keywords=("eps_hat", "eps_root", "bias_correction", "nesterov"),
               torch_betas_alike=True, functional_step="adam_step")
 
+def _c_step(backend, params, grads, states, hp):
+    """The whole step in C (the backend's adam_call: adam_step_fast's step, whose
+    scalars are the C version of :func:`scalars`, bit for bit), or None where the
+    backend has none."""
+    make = backend.adam_call
+    if make is None:
+        return None
+    max_sq = states[2] if len(states) == 3 else None  # adam_amsgrad's third buffer
+    beta1, beta2 = hp["betas"]
+    return make(params, grads, states[0], states[1], hp["lr"], beta1, beta2, hp["eps"],
+                hp["weight_decay"], hp["decoupled_weight_decay"], hp["amsgrad"], max_sq,
+                hp["maximize"], hp["eps_hat"], hp["eps_root"], hp["bias_correction"],
+                hp["nesterov"])
+
+
 ADAM = Spec(name="Adam", kinds=_KINDS, hyper=_HYPER, scalars=scalars, kind_of=_kind_of,
-            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_step="adam",
+            reference=_REFERENCE, slots=SLOTS, peer="torch.optim.Adam", c_step=_c_step,
             **_TORCH)
 
 _HYPER_W = tuple(HP(h.name, 1e-2, h.check, h.doc) if h.name == "weight_decay" else h
                  for h in _HYPER if h.name != "decoupled_weight_decay")
 ADAMW = Spec(name="AdamW", kinds=_KINDS, hyper=_HYPER_W, scalars=scalars, kind_of=_kind_of,
              reference=_REFERENCE, slots=SLOTS, peer="torch.optim.AdamW",
-             fixed={"decoupled_weight_decay": True}, c_step="adam", **_TORCH)
+             fixed={"decoupled_weight_decay": True}, c_step=_c_step, **_TORCH)
