@@ -172,16 +172,6 @@ def pass_threads(backend, size, num_threads):
     return num_threads if module.pool_awake() else 1
 
 
-def multiplier(backend, flat_grads, grad_scale, max_grad_norm, skip_nonfinite, num_threads,
-               clip="torch"):
-    """The guard's pass 1: (gradient multiplier or None if skipped, grad_norm, skipped)."""
-    inv = unscale(grad_scale, (flat_grads.dtype,))
-    if max_grad_norm is None and not skip_nonfinite:
-        return inv, None, False
-    total, finite = sumsq(backend, flat_grads, num_threads, inv)
-    return decide(total, finite, inv, max_grad_norm, skip_nonfinite, clip)
-
-
 def decide(total, finite, inv, max_grad_norm, skip_nonfinite, clip="torch"):
     """From the scaled gradients' sum of squares and the unscaled ones' finiteness, the guard's
     (multiplier or None if skipped, grad_norm of the unscaled grads, skipped): the clip

@@ -594,7 +594,7 @@ def test_betas_list_changed_in_place_is_seen_like_a_new_list(backend, name):
     rng = np.random.default_rng(7)
     p0 = rng.standard_normal(100).astype(np.float32)
     grads = [rng.standard_normal(100).astype(np.float32) for _ in range(4)]
-    first = [0.9, 0.999] if name != "Adan" else [0.98, 0.92, 0.99]
+    first = list(ALGORITHMS[name].defaults["betas"])
     later = [0.5] + first[1:]
     runs = []
     for in_place in (True, False):

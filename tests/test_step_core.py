@@ -8,6 +8,7 @@ import adamfast
 from adamfast import _dispatch, _engine, _guard
 from adamfast._core import Run, take_step
 from adamfast.algorithms import ALGORITHMS
+from optim_cases import CASES
 
 ADAM = ALGORITHMS["Adam"]
 HP = ADAM.validate(dict(ADAM.defaults, lr=0.01))
@@ -191,7 +192,7 @@ def test_torch_one_group_takes_the_fast_path_for_every_class():
         if cls.spec.reduce:  # Lamb: two passes (adamfast._reduce), never a fast path
             continue
         ps = [torch.nn.Parameter(torch.randn(5))]
-        opt = cls(ps, lr=1, **({"momentum": 0.9} if name == "SGD" else {}))
+        opt = cls(ps, **{**CASES[name].rich_kw, "lr": 1})
         b = opt._backend
         if b.step_fast is None:
             pytest.skip(f"backend {b.name} has no fast path")
