@@ -24,7 +24,7 @@ cdef extern from "af_pool.h":
     int af_pool_policy() nogil
     double af_pool_estimate(int bucket, int path) nogil
     int af_pool_choose(Py_ssize_t nchunks) nogil
-    void af_pool_record(Py_ssize_t nchunks, int path, long ns) nogil
+    void af_pool_record(Py_ssize_t nchunks, int path, long ns, int woke) nogil
     void af_pool_forget(Py_ssize_t nchunks) nogil
     enum:
         AF_COLD_MIN_CHUNKS
@@ -36,6 +36,7 @@ cdef extern from "af_pool.h":
         AF_POLICY_POOL
         AF_POLICY_TEAM
     const double AF_TRY_COST
+    const long AF_SPIN_NS
 
 
 # A call of fewer elements that finds the workers asleep, away from a loop of
@@ -47,6 +48,8 @@ POOL_COLD_MIN = AF_COLD_MIN_CHUNKS * _CHUNK
 POOL_EXPLORE = AF_EXPLORE
 POOL_EXPLORE_MAX = AF_EXPLORE_MAX
 POOL_TRY_COST = AF_TRY_COST
+# How long the workers spin after a job before they sleep (af_pool.h).
+POOL_SPIN_NS = AF_SPIN_NS
 
 
 def pool_awake():
@@ -126,10 +129,11 @@ def _pool_choose(Py_ssize_t nchunks):
     return af_pool_choose(nchunks)
 
 
-def _pool_record(Py_ssize_t nchunks, int path, long ns):
+def _pool_record(Py_ssize_t nchunks, int path, long ns, bint woke=False):
     """For the tests: record ``ns`` for a call of ``nchunks`` chunks on ``path``, as a
-    call that ran records its time."""
-    af_pool_record(nchunks, path, ns)
+    call that ran records its time; ``woke``: a pool call that found every worker
+    asleep within their spin of the previous call's end."""
+    af_pool_record(nchunks, path, ns, woke)
 
 
 def _pool_forget(Py_ssize_t nchunks):

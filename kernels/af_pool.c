@@ -32,9 +32,6 @@
 #endif
 
 #define AF_MAX_WORKERS 1023
-/* How long a worker spins after a job, in ns: longer would steal a core from
-   the caller's own work between steps (torch's backward). */
-#define AF_SPIN_NS 100000L
 /* Blocks per thread taking part: enough that a late or descheduled thread's
    share is taken by the others in small pieces. */
 #define AF_BLOCKS_PER_THREAD 16
@@ -169,10 +166,14 @@ void af_pool_wake(int nthreads) {
     pthread_mutex_unlock(&af_pool.run_mu);
 }
 
+/* The paths a call can take; they index af_est. */
+enum { AF_PATH_POOL = 0, AF_PATH_TEAM = 1, AF_PATH_CALLER = 2 };
+
 static double af_est[AF_OMP_BUCKETS][3];   /* ns per chunk: [pool, team, caller]; 0 unknown */
 static unsigned af_calls[AF_OMP_BUCKETS];   /* calls per class, for AF_EXPLORE */
 static unsigned af_gap[AF_OMP_BUCKETS][3];  /* calls between tries of a path; 0: AF_EXPLORE */
 static unsigned af_last[AF_OMP_BUCKETS][3]; /* af_calls of the class at the path's last run */
+static unsigned char af_retry[AF_OMP_BUCKETS]; /* 1: the next call runs on the pool (af_record) */
 
 static unsigned af_gap_of(int b, int path) {
     return af_gap[b][path] ? af_gap[b][path] : AF_EXPLORE;
@@ -222,11 +223,31 @@ static void af_team_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthrea
 }
 #endif
 
-static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
+/* woke: a pool call that had to wake its workers, though a pool call right
+   before it would have left them spinning (see af_pool_run). */
+static void af_record(int b, int path, long ns, ptrdiff_t nchunks, int woke) {
     double x = (double)ns / (double)nchunks, *e = &af_est[b][path], fastest = 0.0;
     for (int q = 0; q < 3; q++)
         if (q != path && af_est[b][q] > 0.0 && (fastest == 0.0 || af_est[b][q] < fastest))
             fastest = af_est[b][q];
+    if (path == AF_PATH_POOL && af_policy == AF_POLICY_MEASURED) {
+        /* The fastest path is the caller alone, whose call outlasts the
+           workers' spin: every try of the pool finds them asleep, though in
+           a loop of pool calls they would be awake, so it times a wake-up
+           (at 256K params a class stayed on the caller at 1-thread speed,
+           the pool 1.7x faster warm).  The class's next call runs on the
+           pool and counts, whatever it finds, so a loop whose pool calls
+           always wake their workers is still timed.  Shorter caller calls
+           keep the old tries: at 64K, with a core busy, a second pool call
+           per try cost 3% (python -m adamfast bench --busy-core). */
+        double caller = af_est[b][AF_PATH_CALLER];
+        if (woke && !af_retry[b] && caller > 0.0 && caller <= fastest
+                && caller * (double)nchunks > (double)AF_SPIN_NS) {
+            af_retry[b] = 1;
+            return;
+        }
+        af_retry[b] = 0;
+    }
     if (fastest > 0.0 && *e >= fastest) {
         /* A try of a path that was not the fastest (af_path): near the fastest or
            better, it stays tried often; far slower, half as often as before.  A
@@ -246,9 +267,6 @@ static void af_record(int b, int path, long ns, ptrdiff_t nchunks) {
     }
     *e = (*e == 0.0) ? x : *e + 0.25 * (x - *e);
 }
-
-/* The paths a call can take; they index af_est. */
-enum { AF_PATH_POOL = 0, AF_PATH_TEAM = 1, AF_PATH_CALLER = 2 };
 
 /* The path of a call of nchunks chunks in size class b.  Under the measured
    policy every path allowed is timed: an untried one runs first, then the
@@ -277,7 +295,9 @@ static int af_path(int b, ptrdiff_t nchunks) {
     }
     unsigned calls = ++af_calls[b];
     int pick = best;
-    if (calls % AF_EXPLORE == 0) {
+    if (af_retry[b]) {
+        pick = AF_PATH_POOL;
+    } else if (calls % AF_EXPLORE == 0) {
         double late = 0.0;
         for (int path = 0; path < 3; path++) {
             if (!(allowed & (1u << path)) || path == best) continue;
@@ -322,19 +342,23 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
     if (path == AF_PATH_CALLER) {
         pthread_mutex_unlock(&af_pool.run_mu);
         fn(ctx, 0, nchunks);
-        af_record(bucket, AF_PATH_CALLER, af_ns_since(&now), nchunks);
+        af_record(bucket, AF_PATH_CALLER, af_ns_since(&now), nchunks, 0);
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         return 1;
     }
 #if ADAMFAST_OPENMP
     if (path == AF_PATH_TEAM) {
         af_team_run(fn, ctx, nchunks, nthreads);
-        af_record(bucket, AF_PATH_TEAM, af_ns_since(&now), nchunks);
+        af_record(bucket, AF_PATH_TEAM, af_ns_since(&now), nchunks, 0);
         clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
         pthread_mutex_unlock(&af_pool.run_mu);
         return nthreads;
     }
 #endif
+    /* Every worker asleep (or none started yet), within the spin of the
+       previous call's end: a pool call there would have kept them awake. */
+    int woke = since < AF_SPIN_NS
+               && __atomic_load_n(&af_pool.sleeping, __ATOMIC_ACQUIRE) >= af_pool.started;
     af_start_workers(workers);
     if (workers > af_pool.started) workers = af_pool.started;
     ptrdiff_t nblocks = (ptrdiff_t)(workers + 1) * AF_BLOCKS_PER_THREAD;
@@ -381,7 +405,7 @@ int af_pool_run(af_block_fn fn, void *ctx, ptrdiff_t nchunks, int nthreads) {
             pthread_cond_wait(&af_pool.done_cv, &af_pool.mu);
         pthread_mutex_unlock(&af_pool.mu);
     }
-    af_record(bucket, AF_PATH_POOL, af_ns_since(&now), nchunks);
+    af_record(bucket, AF_PATH_POOL, af_ns_since(&now), nchunks, woke);
     clock_gettime(CLOCK_MONOTONIC, &af_pool.last_end);
     pthread_mutex_unlock(&af_pool.run_mu);
     return workers + 1;
@@ -396,10 +420,10 @@ int af_pool_choose(ptrdiff_t nchunks) {
     return path;
 }
 
-void af_pool_record(ptrdiff_t nchunks, int path, long ns) {
+void af_pool_record(ptrdiff_t nchunks, int path, long ns, int woke) {
     if (path < 0 || path > 2 || nchunks < 1) return;
     pthread_mutex_lock(&af_pool.run_mu);
-    af_record(af_bucket(nchunks), path, ns, nchunks);
+    af_record(af_bucket(nchunks), path, ns, nchunks, woke);
     pthread_mutex_unlock(&af_pool.run_mu);
 }
 
@@ -409,5 +433,6 @@ void af_pool_forget(ptrdiff_t nchunks) {
     for (int path = 0; path < 3; path++)
         af_est[b][path] = 0.0, af_gap[b][path] = 0, af_last[b][path] = 0;
     af_calls[b] = 0;
+    af_retry[b] = 0;
     pthread_mutex_unlock(&af_pool.run_mu);
 }

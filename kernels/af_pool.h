@@ -45,7 +45,10 @@
  * AF_OMP_BUCKETS of them), the recent time per chunk of each path it can
  * take: the pool, the caller alone and, from AF_OMP_MIN_CHUNKS chunks, an
  * OpenMP team; it runs the fastest and tries another one call in
- * AF_EXPLORE, in turn.  With a core busy the caller alone
+ * AF_EXPLORE, in turn.  Where the caller alone is the fastest and its
+ * call outlasts the workers' spin, a try of the pool that had to wake them
+ * is timed again on the next call: a wake-up is not the pool's cost in a
+ * loop of pool calls.  With a core busy the caller alone
  * can win: a worker that claims a block and is then descheduled makes the
  * caller wait out a time slice.  The team claims the same blocks
  * dynamically, so the choice changes speed only.  Without OpenMP
@@ -58,7 +61,7 @@
  * starts new ones if it ever asks for threads.
  *
  * The knobs are the AF_* macros below (af_pool.c holds the internal ones:
- * AF_SPIN_NS, AF_TIGHT_NS, AF_BLOCKS_PER_THREAD, AF_EXPLORE, AF_MAX_WORKERS),
+ * AF_TIGHT_NS, AF_BLOCKS_PER_THREAD, AF_MAX_WORKERS),
  * each with the measurement behind it where it is defined; docs/threads.md
  * describes the behaviour they give.
  */
@@ -108,6 +111,10 @@ typedef void (*af_block_fn)(void *ctx, ptrdiff_t c0, ptrdiff_t c1);
 #define AF_NEAR 1.25
 #define AF_TRY_COST 0.02
 
+/* How long a worker spins after a job, in ns: longer would steal a core from
+   the caller's own work between steps (torch's backward). */
+#define AF_SPIN_NS 100000L
+
 /* af_pool_set_policy's argument. */
 #define AF_POLICY_MEASURED 0   /* the faster of pool and team, as timed (default) */
 #define AF_POLICY_POOL 1       /* the pool only */
@@ -144,7 +151,7 @@ AF_POOL_API double af_pool_estimate(int bucket, int path);
    without running one; a time to record for it, as af_pool_run records a
    call's; and a size class's times and counts cleared. */
 AF_POOL_API int af_pool_choose(ptrdiff_t nchunks);
-AF_POOL_API void af_pool_record(ptrdiff_t nchunks, int path, long ns);
+AF_POOL_API void af_pool_record(ptrdiff_t nchunks, int path, long ns, int woke);
 AF_POOL_API void af_pool_forget(ptrdiff_t nchunks);
 
 #endif /* ADAMFAST_AF_POOL_H */

@@ -224,6 +224,63 @@ def _replay(mod, nchunks, ns_per_chunk, calls):
     return got
 
 
+def test_measured_policy_times_the_pool_warm_when_it_woke_its_workers(pool_policy):
+    """Where the caller alone is the fastest path and its call outlasts the workers'
+    spin (POOL_SPIN_NS), every try of the pool finds them asleep, though in a loop of
+    pool calls they would be awake: the try times a wake-up (at 256K params a size
+    class stayed on the caller at 1-thread speed, the pool 1.7x faster warm).  Such a
+    try records nothing and the class's next call runs on the pool and counts,
+    whatever it finds (no endless deferral).  Shorter caller calls, another fastest
+    path, or a forced policy: recorded as it comes.  Driven through the policy's own
+    hooks, in a size class no real call reaches; times in ns a call."""
+    nchunks = 1 << 20
+    POOL, TEAM, CALLER = 0, 1, 2
+    spin = pool_policy.POOL_SPIN_NS
+
+    def est(path):
+        return pool_policy._pool_policy()[1][nchunks][path] * nchunks
+
+    def start(caller, pool):
+        pool_policy._pool_forget(nchunks)
+        pool_policy._pool_record(nchunks, CALLER, caller)
+        pool_policy._pool_record(nchunks, TEAM, 4 * caller)  # a choice with OpenMP
+        pool_policy._pool_record(nchunks, POOL, pool)
+        assert pool_policy._pool_choose(nchunks) == CALLER
+
+    long_call = 10 * spin
+    pool_policy._set_pool_policy("measured")
+    try:
+        start(long_call, 2 * long_call)
+        pool_policy._pool_record(nchunks, POOL, 3 * long_call, woke=True)
+        assert est(POOL) == pytest.approx(2 * long_call)  # not recorded
+        assert pool_policy._pool_choose(nchunks) == POOL  # timed again, warm
+        pool_policy._pool_record(nchunks, POOL, long_call // 2)
+        assert est(POOL) == pytest.approx(long_call // 2)
+        assert pool_policy._pool_choose(nchunks) == POOL
+        # The retry counts even if it woke the workers again.
+        start(long_call, 2 * long_call)
+        pool_policy._pool_record(nchunks, POOL, 3 * long_call, woke=True)
+        assert pool_policy._pool_choose(nchunks) == POOL
+        pool_policy._pool_record(nchunks, POOL, 3 * long_call, woke=True)
+        assert est(POOL) > 2 * long_call
+        assert pool_policy._pool_choose(nchunks) == CALLER
+        # A caller call within the spin: the try is recorded as it is.
+        short_call = spin // 10
+        start(short_call, 2 * short_call)
+        pool_policy._pool_record(nchunks, POOL, 3 * short_call, woke=True)
+        assert est(POOL) > 2 * short_call
+        assert pool_policy._pool_choose(nchunks) == CALLER
+        # A forced policy times every call as it comes.
+        pool_policy._set_pool_policy("pool")
+        pool_policy._pool_forget(nchunks)
+        pool_policy._pool_record(nchunks, CALLER, long_call)
+        pool_policy._pool_record(nchunks, POOL, 2 * long_call, woke=True)
+        assert est(POOL) == pytest.approx(2 * long_call)
+    finally:
+        pool_policy._set_pool_policy("measured")
+        pool_policy._pool_forget(nchunks)
+
+
 def test_measured_policy_tries_a_far_slower_path_ever_less_often(pool_policy):
     """A path whose tries keep losing by far (the OpenMP team with a core busy took 7x
     the caller's time at 1M) is tried half as often after each, until its tries cost
