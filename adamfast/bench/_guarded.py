@@ -29,9 +29,12 @@ What is compared, in one run, per thread count and size:
   timed apart (then one more untimed call), rounds are interleaved in a
   fresh shuffled order, the caches are flushed before every timed step (a
   read-only pass over twice the L3), medians with p25-p75, and every ratio is
-  paired round by round.  The roofline is the engine's ``roofline2`` kind (28
-  B/param of trivial arithmetic) through the backend's ``family_kernel``;
-  "% roof" is each row's nominal traffic over its time, against it.
+  paired round by round.  The roofline is the faster of two rows of 28
+  B/param of trivial arithmetic: the engine's ``roofline2`` kind through the
+  backend's ``family_kernel``, and a plain numba ``prange`` loop outside
+  adamfast's drivers (when numba is installed), so that a loss in the drivers
+  does not lower the ceiling too; "% roof" is each row's nominal traffic over
+  its time, against it.
 
 Targets (issue 8), at 16M float32, 1 and 2 threads: guarded >= 1.5x torch's
 pipeline, guarded+EMA >= 2.0x torch's pipeline+EMA, guarded within 1.25x of
@@ -178,7 +181,30 @@ def _make_rows(n, dtype, backend, seed):
     def roofline():
         b.kernel(kid, rp, rg, (r0, r1), table, chunks, _dispatch.get_num_threads())
     rows.insert(0, _Row(f"roofline ({b.name})", roofline, 28))
+    prange = _prange_roofline(rp, rg, (r0, r1))
+    if prange is not None:
+        rows.insert(1, _Row("roofline (numba prange)", prange, 28))
     return rows
+
+
+def _prange_roofline(p, g, states):
+    """The same traffic in a plain numba ``prange`` loop (the main table's
+    ``roofline-prange``), outside adamfast's drivers, on adamfast's thread count:
+    so that a loss in the drivers the adamfast rows share does not lower the
+    ceiling too.  None without numba."""
+    try:
+        import numba
+
+        from ._passes import one_pass
+    except Exception:
+        return None
+    from adamfast import _dispatch
+
+    from ._settings import on_numba_threads
+
+    # The rows are made after the table's thread count is set (run).
+    threads = min(_dispatch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    return on_numba_threads(threads, lambda: one_pass(p, g, states))
 
 
 def _measure(rows, rounds, seed, flush, progress, label):
@@ -215,8 +241,11 @@ def _quart(x):
 
 def _report(title, rows, n, dtype):
     by = {r.name: r for r in rows}
-    roof = statistics.median(rows[0].times)
-    roof_gbs = n * rows[0].nbytes / roof / 1e6
+    # The fastest roofline row is the ceiling (each is 28 B/param).
+    roof_row = min((r for r in rows if r.name.startswith("roofline")),
+                   key=lambda r: statistics.median(r.times))
+    roof = statistics.median(roof_row.times)
+    roof_gbs = n * roof_row.nbytes / roof / 1e6
     item = np.dtype(dtype).itemsize / 4  # the nominal bytes are float32's
     print(f"\n{title} ({n:,} params)")
     print(f"{'implementation':<36}{'B/param':>8}{'ms/step':>9}{'p25-p75':>15}{'GB/s':>8}"
