@@ -19,6 +19,7 @@ import numpy as np
 from . import _dispatch, _engine, _guard
 from ._core_flat import _FLOATS, FlatState, _layout, _Params, _split, _views_of  # noqa: F401
 from .algorithms._spec import describe, learning_rate
+from ._validate import MAX_STEP
 
 
 def _kernel_wrote(exc, module):
@@ -165,25 +166,34 @@ class StepCore(FlatState):
     """:class:`FlatState` and the step over it."""
 
     @staticmethod
-    def _numeric_lr(hp):
+    def _numeric_lr(hp, where=""):
         """Validate with a schedule's place taken by a number (it is checked each step)."""
         if callable(hp.get("lr")) and not isinstance(hp.get("lr"), (int, float)):
-            learning_rate("lr", hp["lr"])
+            learning_rate(where + "lr", hp["lr"])
             hp = dict(hp, lr=0.0)
         return hp
 
     def _check_grads(self, grads):
         """Validate a gradient argument fully before anything is copied."""
         dtype = self.flat_params.dtype
+        shapes = self._shapes
         if isinstance(grads, np.ndarray):
-            if grads.dtype != dtype or grads.size != self.flat_grads.size:
-                raise ValueError(f"grads given as one array must be {dtype} with "
-                                 f"{self.flat_grads.size} elements (all params, in order), got "
-                                 f"{describe(grads)}")
+            n = self.flat_grads.size
+            # Any other shape of that size would be read in some order that need not be
+            # the params' (a transposed gradient): refused rather than guessed.
+            one_param = len(shapes) == 1
+            one = one_param and grads.shape == tuple(shapes[0])
+            if grads.dtype != dtype or grads.size != n or not (grads.ndim == 1 or one):
+                alt = f" or shaped like the one param {tuple(shapes[0])}" if one_param else ""
+                raise ValueError(f"grads given as one array must be {dtype} with {n} elements "
+                                 f"(all params, in order), 1-D{alt}, got {describe(grads)}")
             return [(self.flat_grads, grads.reshape(-1))]
+        if isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
+            raise TypeError(f"grads must be None, one numpy.ndarray or a sequence of arrays (one "
+                            f"per param), got {describe(grads)}")
         grads = list(grads)
-        if len(grads) != len(self._shapes):
-            raise ValueError(f"grads must hold one array per parameter ({len(self._shapes)}), got "
+        if len(grads) != len(shapes):
+            raise ValueError(f"grads must hold one array per parameter ({len(shapes)}), got "
                              f"{len(grads)}")
         pairs = []
         for i, (g, dst) in enumerate(zip(grads, self.grads)):
@@ -220,10 +230,14 @@ class StepCore(FlatState):
             if raw[0] is not plists[gi]:
                 self._check_structure()
             cached = self._cache[gi]
-            if cached is None or cached[0] != raw:
+            try:
+                stale = cached is None or cached[0] != raw
+            except (TypeError, ValueError):  # an == that is no bool (an array): check afresh
+                stale = True
+            if stale:
                 lr = raw[1]
-                hp = spec.validate(self._numeric_lr(dict(zip(names, raw[1:]))),
-                                   f"param_groups[{gi}]: ")
+                where = f"param_groups[{gi}]: "
+                hp = spec.validate(self._numeric_lr(dict(zip(names, raw[1:])), where), where)
                 hp["lr"] = lr if callable(lr) else hp["lr"]
                 # A copy of each list (betas): the group's own list may be edited in
                 # place, and the cached one must then compare unequal.
@@ -412,6 +426,10 @@ class StepCore(FlatState):
     def step_count(self, value):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"step_count must be an integer >= 0, got {describe(value)}")
+        if value >= MAX_STEP - 1:  # the next step, step_count + 1, must convert
+            raise ValueError(f"step_count must be below 2**1023 - 1 (the maths takes the next "
+                             f"step as a double), got an integer of {int(value).bit_length()} "
+                             f"bits")
         joined = max(self._joined)
         if value < joined:
             raise ValueError(f"step_count must be >= {joined}, the step count when param group "

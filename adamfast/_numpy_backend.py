@@ -24,7 +24,8 @@ Conventions, stated once for the whole package
   multiplies ``theta`` by ``1 - lr * weight_decay`` first and leaves the
   state alone (``torch.optim.AdamW``, ``decoupled_weight_decay=True``).
 * NaN or Inf in ``grads`` are not checked for: they propagate into the state
-  and the parameters exactly as in PyTorch.  Maxima propagate NaN like
+  and the parameters, as in PyTorch (not always as the same non-finite
+  value: docs/guarded-step.md).  Maxima propagate NaN like
   ``np.maximum``.
 * A learning-rate schedule (:mod:`adamfast.schedules`, e.g. the paper's
   ``lr/sqrt(t)``) is evaluated in Python at each step; kernels see only the
@@ -122,6 +123,12 @@ def family_kernel(kind_id, params, grads, states, scalars, chunks, num_threads, 
             new = [None if parts[0] is None else np.concatenate(parts)
                    for parts in zip(*staged)]
         targets = (params,) + states + ((ema,) if ema is not None else ())
+        # As the compiled kernels check it: one read-only target would otherwise
+        # stop the writes below after some of them.
+        for name, target in zip(("params", *(f"states[{j}]" for j in range(len(states))),
+                                 "ema"), targets):
+            if not target.flags.writeable:
+                raise ValueError(f"family_kernel: {name} must be writable")
         writes = map(operator.setitem, targets, repeat(index),
                      new if ema is not None else new[:-1])
     except BaseException as exc:

@@ -22,6 +22,10 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _describe = describe
 
 
+# Steps from here on would overflow a double in beta ** t (or t + 1, for Nesterov).
+MAX_STEP = 2**1023
+
+
 def step(value, name="step"):
     """A positive integer: the 1-based number t of this update."""
     if type(value) is not int:
@@ -32,6 +36,9 @@ def step(value, name="step"):
     if value < 1:
         raise ValueError(f"{name} must be a positive integer (the 1-based update count t), "
                          f"got {value}")
+    if value >= MAX_STEP:
+        raise ValueError(f"{name} must be below 2**1023 (the maths takes it as a double), got "
+                         f"an integer of {value.bit_length()} bits")
     return value
 
 
@@ -53,10 +60,13 @@ def _array(name, arr, writable):
     flags = arr.flags
     if not flags.c_contiguous:
         # Updating a contiguous copy would leave the caller's array untouched,
-        # so refuse rather than copy.
-        raise ValueError(f"{name} must be C-contiguous so it can be updated in place, got "
-                         f"{_describe(arr)} with strides {arr.strides}; pass "
-                         f"np.ascontiguousarray({name}) and keep using that array")
+        # so refuse rather than copy; a read-only array is refused too, rather
+        # than copied behind the caller's back at every step.
+        why = "so it can be updated in place" if writable else \
+            "(the kernels read it as one flat run)"
+        raise ValueError(f"{name} must be C-contiguous {why}, got {_describe(arr)} with strides "
+                         f"{arr.strides}; pass np.ascontiguousarray({name})"
+                         + (" and keep using that array" if writable else ""))
     if writable and not flags.writeable:
         raise ValueError(f"{name} must be writable, got a read-only {_describe(arr)}")
     if not flags.aligned:

@@ -59,6 +59,7 @@ from . import _dispatch, _guard
 # The flat state and the step are adamfast._core's; its private names stay
 # importable from here (adamfast.optim._kernel_wrote, ...).
 from ._core import _FLOATS, StepCore, _kernel_wrote  # noqa: F401
+from ._validate import MAX_STEP
 from ._core import _layout, _Params, _split, _views_of  # noqa: F401
 from .algorithms import ALGORITHMS
 from .algorithms._spec import describe, learning_rate  # noqa: F401
@@ -137,11 +138,12 @@ class Optimizer(StepCore):
         self._backend = _dispatch.get_backend(backend)
         guard = _guard.check_options(max_grad_norm, skip_nonfinite, ema_decay)
         self.defaults = defaults
-        spec.validate(self._numeric_lr(defaults), "")
+        spec.validate(self._numeric_lr(defaults, ""), "")
 
         groups = _as_groups(params)
         dtype = None
         arrays = []
+        seen = {}  # id -> first index (the arrays are alive in `arrays` meanwhile)
         hps = []
         for gi, (garrays, overrides) in enumerate(groups):
             spec.check_names(overrides, f"param_groups[{gi}]: ")
@@ -161,9 +163,12 @@ class Optimizer(StepCore):
                 elif a.dtype != dtype:
                     raise TypeError(f"params[{i}] must have the dtype of params[0] ({dtype}), got "
                                     f"{a.dtype}: one optimizer holds one dtype")
+                if seen.setdefault(id(a), i) != i:  # two copies that would drift apart
+                    raise ValueError(f"params[{i}] is params[{seen[id(a)]}]: the same array "
+                                     f"twice (a param belongs to one group, once)")
                 arrays.append(a)
-        clean = [spec.validate(self._numeric_lr(hp), f"param_groups[{gi}]: ")
-                 for gi, hp in enumerate(hps)]
+        wheres = [f"param_groups[{gi}]: " for gi in range(len(hps))]
+        clean = [spec.validate(self._numeric_lr(hp, w), w) for hp, w in zip(hps, wheres)]
 
         self._setup(arrays, [len(g[0]) for g in groups], clean, hps, guard)
 
@@ -283,7 +288,7 @@ class Optimizer(StepCore):
                                  f"belongs to one group only")
         hp = dict(self.defaults)
         hp.update(overrides)
-        clean = spec.validate(self._numeric_lr(hp), "param_group: ")
+        clean = spec.validate(self._numeric_lr(hp, "param_group: "), "param_group: ")
 
         # Valid: lay out new buffers (an allocation failure changes nothing yet).
         plist = self._append_group(arrays, clean)
@@ -362,8 +367,10 @@ class Optimizer(StepCore):
         step = state_dict["step"]
         if isinstance(step, np.ndarray) and step.ndim == 0:
             step = step.item()
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"state_dict['step'] must be an integer >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0 or \
+                step >= MAX_STEP - 1:
+            raise ValueError(f"state_dict['step'] must be an integer >= 0 and below 2**1023 - "
+                             f"1, got {describe(step)}")
         groups = state_dict["param_groups"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict['param_groups'] must be a list of "
@@ -382,7 +389,8 @@ class Optimizer(StepCore):
             absent = [n for n in names if n not in saved]
             if absent:
                 raise ValueError(f"state_dict['param_groups'][{gi}] is missing {absent}")
-            spec.validate(self._numeric_lr(hp), f"state_dict['param_groups'][{gi}]: ")
+            spec.validate(self._numeric_lr(hp, f"state_dict['param_groups'][{gi}]: "),
+                          f"state_dict['param_groups'][{gi}]: ")
             new_hps.append(hp)
         kind = spec.kind_of([self._numeric_lr(h) for h in new_hps])
         needed = spec.state_names(kind)

@@ -15,6 +15,9 @@ from 0 the conversion is stated.
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
 
 from .algorithms._spec import nonneg
 
@@ -23,9 +26,10 @@ __all__ = ["constant", "inverse_sqrt", "inverse_time", "step_decay", "exponentia
 
 
 def _count(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
+            value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 class _Schedule:

@@ -133,17 +133,27 @@ def flag(name, value):
 def learning_rate(name, value):
     """lr: a finite number >= 0, or a schedule (a callable of the 1-based step)."""
     if callable(value) and not isinstance(value, (numbers.Number, np.ndarray)):
+        if isinstance(value, type):
+            # float(t) == t: a type taken for a schedule would make lr the step count.
+            raise TypeError(f"{name} must be a number or a schedule (a function of the step), "
+                            f"got the type {value.__qualname__}")
         return value
     return nonneg(name, value)
+
+
+def numbers_in(name, value, n, what):
+    """``value`` as a tuple of ``n`` values: a tuple or a list only, the containers
+    whose in-place edits a step can see (a tuple cannot change; a group's list is
+    copied into the cache of checked settings), unlike an array's."""
+    if not isinstance(value, (tuple, list)) or len(value) != n:
+        raise TypeError(f"{name} must be a tuple or list of {what}, got {describe(value)}")
+    return tuple(value)
 
 
 def pair(check):
     """A pair of values, each checked by ``check`` (torch's ``betas``)."""
     def check_pair(name, value):
-        try:
-            a, b = value
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a pair of numbers, got {describe(value)}") from None
+        a, b = numbers_in(name, value, 2, "two numbers")
         return (check(f"{name}[0]", a), check(f"{name}[1]", b))
     return check_pair
 

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from ._spec import HP, Spec, describe, flag, learning_rate, nonneg, unit_open
+from ._spec import HP, Spec, flag, learning_rate, nonneg, numbers_in, unit_open
 
 # The scalar row's slots, named once (tests/test_family.py checks the constants
 # below against it): the numba kernels import the constants, setup.py renders
@@ -88,11 +88,7 @@ def update_adan(p, g, s, k):
 
 
 def _betas(name, value):
-    try:
-        b1, b2, b3 = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be three numbers (beta1, beta2, beta3), got "
-                        f"{describe(value)}") from None
+    b1, b2, b3 = numbers_in(name, value, 3, "three numbers (beta1, beta2, beta3)")
     return tuple(unit_open(f"{name}[{j}]", b) for j, b in enumerate((b1, b2, b3)))
 
 
