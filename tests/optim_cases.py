@@ -233,3 +233,36 @@ def kind_cases():
             assert spec.kind_of([hp]) == kind, (spec.name, kind)
             cases[kind] = (spec, hp)
     return cases
+
+
+def buffer_switches():
+    """Per algorithm with a torch.optim peer whose per-group switches decide which state
+    buffers are updated (the kinds): ``(name, on, off)``, ``on`` the hyperparameters
+    of its largest kind, ``off`` those of a smaller kind (the switches ``on`` sets,
+    at their defaults, then that kind's case).  torch leaves a buffer that a group's
+    settings do not use untouched, and uses it again when they switch back."""
+    from adamfast.algorithms import ALGORITHMS
+
+    out = []
+    for name, case in TORCH_CASES.items():
+        if not case.structural_switches:
+            continue
+        spec = ALGORITHMS[name]
+        full = max(case.kinds, key=lambda k: len(spec.kinds[k]))
+        on = case.kinds[full]
+        for kind, kw in case.kinds.items():
+            if kind != full:
+                off = dict({k: spec.defaults[k] for k in on}, **kw)
+                out.append((name, on, off))
+    return out
+
+
+def buffer_switch_params():
+    """buffer_switches() as pytest params with readable ids."""
+    import pytest
+
+    def text(kw):
+        return ",".join(f"{k}={v}" for k, v in kw.items())
+
+    return [pytest.param(n, on, off, id=f"{n}-off:{text(off)}")
+            for n, on, off in buffer_switches()]

@@ -6,7 +6,7 @@ import pytest
 
 import adamfast
 from conftest import assert_close
-from optim_cases import CASES, TORCH_CASES, peer_case_params
+from optim_cases import CASES, TORCH_CASES, buffer_switch_params, peer_case_params
 
 torch = pytest.importorskip("torch")
 
@@ -52,6 +52,50 @@ def test_matches_torch_with_groups(backend, dtype, name, kw, torch_default_dtype
         for key, buf in opt.state.items():
             if key in state:
                 assert_close(buf[opt._slices[i]].reshape(mine.shape), state[key].numpy(), dtype,
+                             f"{name} {key}[{i}]")
+
+
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_torch_front_end_switch_off_leaves_the_buffer_as_torch(backend, dtype, name, on, off,
+                                                               two_groups, torch_default_dtype):
+    """adamfast.torch, group 0 switching a buffer's flag (AMSGrad, centered, momentum) off
+    for some steps and on again: torch.optim leaves the buffer alone meanwhile.  The
+    front end keeps a buffer it holds (its kind does not shrink), so even one group
+    runs the switch inside the larger kind."""
+    import adamfast.torch as aft
+
+    rng = np.random.default_rng(11)
+    init = [torch.from_numpy(np.asarray(rng.standard_normal(s), dtype)) for s in SHAPES]
+    off_steps = range(4, 10)
+
+    def grads(t):  # large while the switch is off: a buffer updated meanwhile stays apart
+        r = np.random.default_rng(900 + t)
+        scale = 10.0 if t in off_steps else 0.01
+        return [torch.from_numpy(np.asarray(r.standard_normal(s) * scale + 0.1, dtype))
+                for s in SHAPES]
+
+    runs = []
+    for cls in (getattr(torch.optim, CASES[name].torch_name), getattr(aft, name)):
+        params = [torch.nn.Parameter(a.clone()) for a in init]
+        groups = [{"params": params[:2], **on}]
+        if two_groups:
+            groups.append({"params": params[2:], **on})
+        kw = {"foreach": False} if cls.__module__.startswith("torch.") else {"backend": backend}
+        opt = cls(groups, lr=CASES[name].parity_lr, **kw)
+        stepped = params if two_groups else params[:2]
+        for t in range(1, 15):
+            opt.param_groups[0].update(off if t in off_steps else on)
+            for p, g in zip(stepped, grads(t)):
+                p.grad = g
+            opt.step()
+        runs.append((stepped, opt))
+    (tps, topt), (aps, aopt) = runs
+    for i, (tp, ap) in enumerate(zip(tps, aps)):
+        assert_close(ap.detach().numpy(), tp.detach().numpy(), dtype, f"{name} params[{i}]")
+        for key, buf in topt.state[tp].items():
+            if key != "step" and torch.is_tensor(buf):
+                assert_close(aopt.state[ap][key].numpy(), buf.numpy(), dtype,
                              f"{name} {key}[{i}]")
 
 

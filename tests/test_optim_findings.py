@@ -1,6 +1,8 @@
 """The NumPy optimizers' findings of issue 14: an interrupted step keeps its counters with its
 buffers (3), concurrent step() calls on one optimizer are serialized (4), the param-group
-structure changes only through add_param_group (5), and NAdam's group state is validated (9a)."""
+structure changes only through add_param_group (5), and NAdam's group state is validated (9a);
+and a per-group switch gating a state buffer (AMSGrad, centered, momentum) switched off leaves
+that group's buffer as torch does, whatever the other groups' settings."""
 
 import copy
 import math
@@ -14,6 +16,8 @@ import pytest
 
 import adamfast
 from adamfast.algorithms import ALGORITHMS
+from conftest import assert_close
+from optim_cases import CASES, buffer_switch_params
 
 SHAPES = [(3, 4), (17,), ()]
 
@@ -610,3 +614,87 @@ def test_betas_list_changed_in_place_is_seen_like_a_new_list(backend, name):
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     for key in runs[1][1]:
         np.testing.assert_array_equal(runs[0][1][key], runs[1][1][key], err_msg=key)
+
+
+# --- a switch gating a state buffer acts per group ------------------------------------------
+
+SWITCH_STEPS = 14
+SWITCH_OFF = range(4, 10)  # the steps (1-based) where group 0 has the switch off
+
+
+def _switch_grads(dtype, t):
+    # Large while the switch is off, small before and after: a running maximum (AMSGrad)
+    # or an average (grad_avg, momentum_buffer) updated in those steps stays far from
+    # one left alone, in the steps after the switch is back on.
+    rng = np.random.default_rng(900 + t)
+    scale = 10.0 if t in SWITCH_OFF else 0.01
+    return [np.asarray(rng.standard_normal(s) * scale + 0.1, dtype) for s in SHAPES]
+
+
+def _run_switching(name, on, off, init, backend, two_groups, dtype):
+    lr = CASES[name].parity_lr
+    groups = [{"params": init[:2], **on}]
+    if two_groups:
+        groups.append({"params": init[2:], **on})
+    opt = getattr(adamfast, name)(groups, lr=lr, backend=backend)
+    n = len(init) if two_groups else 2
+    for t in range(1, SWITCH_STEPS + 1):
+        opt.param_groups[0].update(off if t in SWITCH_OFF else on)
+        opt.step(_switch_grads(dtype, t)[:n])
+    return opt
+
+
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_switch_off_in_one_group_leaves_its_buffer_as_torch(backend, name, on, off, two_groups,
+                                                            dtype):
+    """Group 0 switches a buffer's flag off for some steps and on again; group 1 (when
+    there) keeps it on.  torch.optim leaves group 0's buffer alone while off: params
+    and every state buffer of both groups match torch element by element."""
+    torch = pytest.importorskip("torch")
+    init = arrays(3, dtype)
+    tparams = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
+    n = len(init) if two_groups else 2
+    tgroups = [{"params": tparams[:2], **on}]
+    if two_groups:
+        tgroups.append({"params": tparams[2:], **on})
+    topt = getattr(torch.optim, CASES[name].torch_name)(tgroups, lr=CASES[name].parity_lr,
+                                                        foreach=False)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
+    try:
+        for t in range(1, SWITCH_STEPS + 1):
+            topt.param_groups[0].update(off if t in SWITCH_OFF else on)
+            for tp, g in zip(tparams[:n], _switch_grads(dtype, t)):
+                tp.grad = torch.from_numpy(g.copy())
+            topt.step()
+    finally:
+        torch.set_default_dtype(before)
+    opt = _run_switching(name, on, off, init, backend, two_groups, dtype)
+    for i, (mine, tp) in enumerate(zip(opt.params, tparams[:n])):
+        assert_close(mine, tp.detach().numpy(), dtype, f"params[{i}]")
+        state = topt.state[tp]
+        buffers = {k for k, v in state.items() if k != "step" and torch.is_tensor(v)}
+        assert buffers <= set(opt.state), (buffers, set(opt.state))
+        for key in buffers:
+            assert_close(opt.state[key][opt._slices[i]].reshape(mine.shape), state[key].numpy(),
+                         dtype, f"{key}[{i}]")
+
+
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_a_groups_steps_do_not_depend_on_another_groups_switch(backend, name, on, off):
+    """Group 0 toggling its switch steps exactly as it does alone, bit for bit, while
+    group 1 keeps the switch on (a larger kind runs both); and every backend steps both
+    groups as the reference does, bit for bit."""
+    init = arrays(3)
+    both = _run_switching(name, on, off, init, backend, True, np.float64)
+    alone = _run_switching(name, on, off, init[:2], backend, False, np.float64)
+    n = alone.flat_params.size
+    assert bits(both.flat_params[:n]) == bits(alone.flat_params)
+    for key, buf in alone.state.items():
+        assert bits(both.state[key][:n]) == bits(buf), key
+    ref = _run_switching(name, on, off, init, "numpy", True, np.float64)
+    assert bits(both.flat_params) == bits(ref.flat_params)
+    for key, buf in ref.state.items():
+        assert bits(both.state[key]) == bits(buf), key

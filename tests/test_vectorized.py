@@ -248,12 +248,14 @@ def test_numba_norm_pass_uses_packed_float64(tmp_path):
 
 
 @pytest.mark.skipif("numba" not in adamfast.available_backends(), reason="numba not installed")
-@pytest.mark.parametrize("module, name", [("sgd", "sgd_momentum"), ("lamb", "lamb_reduce")])
+@pytest.mark.parametrize("module, name", [("sgd", "sgd_momentum"), ("lamb", "lamb_reduce"),
+                                          ("rmsprop", "rmsprop_centered")])
 def test_numba_typical_row_runs_a_loop_without_selects(tmp_path, module, name):
     """_driver.walk's copy of the loop for the typical row (_typical), and
     _reduce.reduce_chunk's: with the flags fixed by the test before it, LLVM
-    drops the selects (SGD momentum's flags, Lamb's weight decay in pass 1),
-    which it otherwise keeps in the vector loop as a compare and branch each.
+    drops the selects (SGD momentum's flags, RMSprop's centered, which also picks
+    the grad_avg stored, Lamb's weight decay in pass 1), which it otherwise keeps
+    in the vector loop as a compare and branch each.
     Both loops ask for their lines ahead (_driver.ahead), pass 1 too."""
     out = _run_entry_ir(
         f"ir = entry_ir({module!r}, {name!r})\n"

@@ -31,18 +31,20 @@ def elem_adam(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_adam_amsgrad(i, p, g, s, k):
-    # The numba version of update_adam_amsgrad.  The max is kept even when this group has
-    # amsgrad off (k[AMS] == 0): the kind's buffer stays the running maximum
-    # for groups that share it, as in the reference.
+    # The numba version of update_adam_amsgrad.  A group with amsgrad off (k[AMS] == 0)
+    # stores its running max back unchanged, as the reference leaves it (torch.optim.Adam
+    # freezes it): a select, not a branch, so the loop stays vectorized.
     gi, pi = grads_params(i, p, g, k)
     m = k[B1] * s[0][i] + k[OMB1] * gi
     v = k[B2] * s[1][i] + k[OMB2] * (gi * gi)
-    vm = nanmax(s[2][i], v)
-    vv = vm if k[AMS] != 0 else v
+    old = s[2][i]
+    vm = nanmax(old, v)
+    use = k[AMS] != 0
+    vv = vm if use else v
     num = k[C1] * m + k[C2] * gi
     s[0][i] = m
     s[1][i] = v
-    s[2][i] = vm
+    s[2][i] = vm if use else old
     p[i] = pi - k[STEP] * (num / (np.sqrt(vv * k[A] + k[R]) * k[B] + k[EPS]))
 
 

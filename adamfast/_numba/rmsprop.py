@@ -4,7 +4,8 @@ Slots, named by the reference module's SLOTS, by index:
 0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
 8 centered?, 9 momentum > 0?.  State: square_avg [, grad_avg] [, momentum_buffer].
 A kind is the union of the groups' structure; centered and momentum are
-per-group flags inside it, selected element-wise.
+per-group flags inside it, selected element-wise (a group with one off stores
+that buffer back unchanged).
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ def elem_rmsprop(i, p, g, s, k):
 
 @njit(inline="always")
 def elem_rmsprop_centered(i, p, g, s, k):
-    # The numba version of update_rmsprop_centered.  grad_avg is kept for every group of
-    # the kind; only the denominator depends on the group's flag.
+    # The numba version of update_rmsprop_centered.  A group with centered off stores
+    # grad_avg back unchanged, which equals the reference leaving it alone.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
-    ga = k[ALPHA] * s[1][i] + k[OMA] * gi
+    old = s[1][i]
+    ga = k[ALPHA] * old + k[OMA] * gi
+    cen = k[CEN] != 0
     centered = np.sqrt(sq - ga * ga)
     plain = np.sqrt(sq)
-    avg = (centered if k[CEN] != 0 else plain) + k[EPS]
+    avg = (centered if cen else plain) + k[EPS]
     s[0][i] = sq
-    s[1][i] = ga
+    s[1][i] = ga if cen else old
     p[i] = pi - k[LR] * (gi / avg)
 
 
@@ -70,16 +73,18 @@ def elem_rmsprop_centered_momentum(i, p, g, s, k):
     # The numba version of update_rmsprop_centered_momentum: both flags, as above.
     gi, pi = grads_params(i, p, g, k)
     sq = k[ALPHA] * s[0][i] + k[OMA] * (gi * gi)
-    ga = k[ALPHA] * s[1][i] + k[OMA] * gi
+    old_ga = s[1][i]
+    ga = k[ALPHA] * old_ga + k[OMA] * gi
+    cen = k[CEN] != 0
     centered = np.sqrt(sq - ga * ga)
     plain = np.sqrt(sq)
-    avg = (centered if k[CEN] != 0 else plain) + k[EPS]
+    avg = (centered if cen else plain) + k[EPS]
     q = gi / avg
     old = s[2][i]
     buf = k[MOM] * old + q
     use = k[USEMOM] != 0
     s[0][i] = sq
-    s[1][i] = ga
+    s[1][i] = ga if cen else old_ga
     s[2][i] = buf if use else old
     p[i] = pi - k[LR] * (buf if use else q)
 

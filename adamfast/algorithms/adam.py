@@ -7,7 +7,8 @@ The maths, per element, for step ``t`` (1-based)::
     g     = g + weight_decay * theta           otherwise (L2, torch.optim.Adam)
     m     = beta1*m + (1 - beta1)*g
     v     = beta2*v + (1 - beta2)*g*g
-    vmax  = max(vmax, v); v := vmax            amsgrad (NaN-propagating max)
+    vmax  = max(vmax, v); v := vmax            amsgrad (NaN-propagating max); a group
+                                               with amsgrad off leaves vmax alone
     m_hat = m / (1 - beta1^t)
             or, nesterov=True (optax.adam(nesterov=True)):
             beta1*m/(1 - beta1^(t+1)) + (1 - beta1)*g/(1 - beta1^t)
@@ -97,18 +98,19 @@ def _update(p, g, m, v, vmax, k, amsgrad_kind):
     m_new = k[B1] * m + k[OMB1] * g
     v_new = k[B2] * v + k[OMB2] * (g * g)
     vv = v_new
-    if amsgrad_kind:
-        vm = np.where((vmax != vmax) | (vmax >= v_new), vmax, v_new)  # np.maximum semantics
-        if k[AMS] != 0:
-            vv = vm
+    ams = amsgrad_kind and k[AMS] != 0
+    if ams:
+        vv = np.where((vmax != vmax) | (vmax >= v_new), vmax, v_new)  # np.maximum semantics
     denom = np.sqrt(vv * k[A] + k[R]) * k[B] + k[EPS]
     num = k[C1] * m_new + k[C2] * g
     p_new = theta - k[STEP] * (num / denom)
     # Everything is computed; only now write (a failure above writes nothing).
     m[...] = m_new
     v[...] = v_new
-    if amsgrad_kind:
-        vmax[...] = vm
+    # A group with amsgrad off leaves its running max alone, as torch.optim.Adam does
+    # (frozen, and used again when amsgrad is switched back on), whatever the kind.
+    if ams:
+        vmax[...] = vv
     p[...] = p_new
 
 

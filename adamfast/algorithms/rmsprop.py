@@ -13,8 +13,11 @@ Per element::
 
 ``centered`` and ``momentum > 0`` need state buffers, so the kind (which
 buffers exist) is the union over the groups; within a kind they are per-group
-flags selected element-wise, so groups may differ.  torch updates grad_avg
-with ``lerp``; this computes ``alpha*ga + (1-alpha)*g`` (a few ulps apart).
+flags selected element-wise, so groups may differ.  A group with a flag off
+leaves that buffer alone, as torch.optim.RMSprop does (it is used again when
+the flag is switched back on), whichever kind runs the step.  torch updates
+grad_avg with ``lerp``; this computes ``alpha*ga + (1-alpha)*g`` (a few ulps
+apart).
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ def _update(p, g, sq, ga, buf, k):
     if k[L2] != 0:
         g = g + k[L2] * theta
     sq_new = k[ALPHA] * sq + k[OMA] * (g * g)
-    if ga is not None:
+    if ga is not None and k[CEN] != 0:
         ga_new = k[ALPHA] * ga + k[OMA] * g
-        avg = np.sqrt(sq_new - ga_new * ga_new) if k[CEN] != 0 else np.sqrt(sq_new)
+        avg = np.sqrt(sq_new - ga_new * ga_new)
     else:
         avg = np.sqrt(sq_new)
     avg = avg + k[EPS]
@@ -57,7 +60,7 @@ def _update(p, g, sq, ga, buf, k):
         d = q
     p_new = theta - k[LR] * d
     sq[...] = sq_new
-    if ga is not None:
+    if ga is not None and k[CEN] != 0:
         ga[...] = ga_new
     if buf is not None and k[USEMOM] != 0:
         buf[...] = buf_new

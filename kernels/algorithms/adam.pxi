@@ -27,10 +27,14 @@ cdef inline void _e_adam_amsgrad(Py_ssize_t i, floating* p, const floating* g, f
         gi = gi + k[L2] * pi
     cdef floating m = k[ADAM_B1] * s[0][i] + k[ADAM_OMB1] * gi
     cdef floating v = k[ADAM_B2] * s[1][i] + k[ADAM_OMB2] * (gi * gi)
-    cdef floating vm = _nanmax(s[2][i], v)
-    cdef floating vv = vm if k[ADAM_AMS] != 0 else v
+    cdef floating old = s[2][i]
+    cdef floating vm = _nanmax(old, v)
+    cdef bint use = k[ADAM_AMS] != 0
+    cdef floating vv = vm if use else v
     cdef floating num = k[ADAM_C1] * m + k[ADAM_C2] * gi
     s[0][i] = m
     s[1][i] = v
-    s[2][i] = vm
+    # A group with amsgrad off stores its running max back unchanged (torch.optim.Adam
+    # leaves it alone), a blend that keeps the loop vectorized.
+    s[2][i] = vm if use else old
     p[i] = pi - k[ADAM_STEP] * (num / (_sqrt(vv * k[ADAM_A] + k[ADAM_R]) * k[ADAM_B] + k[ADAM_EPS]))

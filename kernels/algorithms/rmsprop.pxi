@@ -2,6 +2,8 @@
 # (slots, named by the reference module's SLOTS, by index:
 #  0 gs, 1 ps, 2 l2, 3 alpha, 4 1-alpha, 5 eps, 6 lr, 7 momentum,
 #  8 centered?, 9 momentum > 0?).  State: square_avg [, grad_avg] [, momentum_buffer].
+# A group with centered or momentum off stores that buffer back unchanged
+# (torch.optim.RMSprop leaves it alone), a blend that keeps the loop vectorized.
 
 cdef inline floating _rms_grad(Py_ssize_t i, floating* p, const floating* g, const floating* k,
                                floating* pi) noexcept nogil:
@@ -27,10 +29,12 @@ cdef inline void _e_rmsprop_centered(Py_ssize_t i, floating* p, const floating* 
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
     cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
-    cdef floating ga = k[RMSPROP_ALPHA] * s[1][i] + k[RMSPROP_OMA] * gi
-    cdef floating avg = (_sqrt(sq - ga * ga) if k[RMSPROP_CEN] != 0 else _sqrt(sq)) + k[RMSPROP_EPS]
+    cdef floating old = s[1][i]
+    cdef floating ga = k[RMSPROP_ALPHA] * old + k[RMSPROP_OMA] * gi
+    cdef bint cen = k[RMSPROP_CEN] != 0
+    cdef floating avg = (_sqrt(sq - ga * ga) if cen else _sqrt(sq)) + k[RMSPROP_EPS]
     s[0][i] = sq
-    s[1][i] = ga
+    s[1][i] = ga if cen else old
     p[i] = pi - k[RMSPROP_LR] * (gi / avg)
 
 
@@ -52,12 +56,14 @@ cdef inline void _e_rmsprop_centered_momentum(Py_ssize_t i, floating* p, const f
     cdef floating pi
     cdef floating gi = _rms_grad(i, p, g, k, &pi)
     cdef floating sq = k[RMSPROP_ALPHA] * s[0][i] + k[RMSPROP_OMA] * (gi * gi)
-    cdef floating ga = k[RMSPROP_ALPHA] * s[1][i] + k[RMSPROP_OMA] * gi
-    cdef floating avg = (_sqrt(sq - ga * ga) if k[RMSPROP_CEN] != 0 else _sqrt(sq)) + k[RMSPROP_EPS]
+    cdef floating old_ga = s[1][i]
+    cdef floating ga = k[RMSPROP_ALPHA] * old_ga + k[RMSPROP_OMA] * gi
+    cdef bint cen = k[RMSPROP_CEN] != 0
+    cdef floating avg = (_sqrt(sq - ga * ga) if cen else _sqrt(sq)) + k[RMSPROP_EPS]
     cdef floating q = gi / avg
     cdef floating buf = k[RMSPROP_MOM] * s[2][i] + q
     cdef bint use = k[RMSPROP_USEMOM] != 0
     s[0][i] = sq
-    s[1][i] = ga
+    s[1][i] = ga if cen else old_ga
     s[2][i] = buf if use else s[2][i]
     p[i] = pi - k[RMSPROP_LR] * (buf if use else q)
