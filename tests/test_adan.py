@@ -301,3 +301,61 @@ def test_torch_signature_and_refusals(timm_adan):
     aft.Adan([p], foreach=True)  # accepted and ignored
     with pytest.raises(ValueError, match="caution"):
         aft.Adan([p], caution=True)
+
+
+# Which params lack a gradient at which step (0-based), with the pair's groups
+# [params 0, 1] and [param 2]: timm counts every step() call in every group's "step",
+# and a param's first gradient at a later count starts its difference from zero.
+MISSING = {
+    "one-param": {0: (1,), 3: (1,)},
+    "whole-group": {0: (0, 1), 2: (2,)},
+    "every-group": {1: (0, 1, 2)},
+    "every-group-first": {0: (0, 1, 2)},
+    "first-two-steps": {0: (2,), 1: (2,)},
+}
+
+
+@pytest.mark.parametrize("missing", list(MISSING))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_params_without_grads_count_as_timm(timm_adan, missing, backend):
+    torch, timm_cls = timm_adan
+    if backend not in adamfast.available_backends():
+        pytest.skip(f"{backend} not available")
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, False, backend)
+    _peaks(torch, a, timm_opt)
+    for t in range(6):
+        for j, (x, y) in enumerate(zip(a, c)):
+            g = torch.randn(x.shape, dtype=dtype)
+            none = j in MISSING[missing].get(t, ())
+            x.grad = None if none else g.clone()
+            y.grad = None if none else g.clone()
+        timm_opt.step()
+        ours.step()
+        _peaks(torch, a, timm_opt)
+        sd = ours.state_dict()
+        assert [g.get("step") for g in sd["param_groups"]] == \
+            [g.get("step") for g in timm_opt.param_groups], f"step {t}"
+        assert set(sd["state"]) == set(timm_opt.state_dict()["state"]), f"step {t}"
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype)
+
+
+def test_group_step_survives_a_checkpoint_of_params_without_state(timm_adan):
+    """A group whose param has no state yet: its count comes from the group (timm's),
+    and the param's first gradient starts its difference from zero, both ways."""
+    torch, timm_cls = timm_adan
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, False, "auto")
+    for _ in range(3):
+        for j, x in enumerate(a):
+            x.grad = None if j == 2 else torch.randn(x.shape, dtype=dtype)
+        timm_opt.step()
+    with torch.no_grad():
+        for x, y in zip(a, c):
+            y.copy_(x)
+    ours.load_state_dict(timm_opt.state_dict())
+    assert [g.get("step") for g in ours.state_dict()["param_groups"]] == [3, 3]
+    _steps(torch, a, c, timm_opt, ours, 3, dtype)
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype)
+    assert [g.get("step") for g in ours.state_dict()["param_groups"]] == \
+        [g["step"] for g in timm_opt.param_groups] == [6, 6]

@@ -475,3 +475,79 @@ def test_torch_signature_and_refusals(timm_lamb):
         aft.Lamb([p], caution=True)
     with pytest.raises(ValueError, match="corrected_weight_decay"):
         aft.Lamb([p], corrected_weight_decay=True)
+
+
+# Which params lack a gradient at which step (0-based), with the pair's groups
+# [params 0, 1] and [param 2]: timm counts every step() call in every group's "step".
+MISSING = {
+    "one-param": {0: (1,), 3: (1,)},
+    "whole-group": {0: (0, 1), 2: (2,)},
+    "first-two-steps": {0: (2,), 1: (2,)},
+}
+
+
+def _steps_missing(torch, a, c, timm_opt, ours, missing, dtype, steps=6):
+    peak = timm_opt.__dict__.setdefault("_test_peak", {})
+    for t in range(steps):
+        for j, (x, y) in enumerate(zip(a, c)):
+            g = torch.randn(x.shape, dtype=dtype)
+            none = j in missing.get(t, ())
+            x.grad = None if none else g.clone()
+            y.grad = None if none else g.clone()
+        timm_opt.step()
+        ours.step()
+        for j, x in enumerate(a):
+            if "exp_avg" in timm_opt.state.get(x, {}):
+                now = timm_opt.state[x]["exp_avg"].abs()
+                old = peak.get(j)
+                peak[j] = now if old is None else torch.maximum(old, now)
+        sd = ours.state_dict()
+        assert [g.get("step") for g in sd["param_groups"]] == \
+            [float(g["step"]) for g in timm_opt.param_groups], f"step {t}"
+        assert set(sd["state"]) == set(timm_opt.state_dict()["state"]), f"step {t}"
+
+
+@pytest.mark.parametrize("missing", list(MISSING))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_params_without_grads_count_as_timm(timm_lamb, missing, backend):
+    torch, timm_cls = timm_lamb
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, backend)
+    _steps_missing(torch, a, c, timm_opt, ours, MISSING[missing], dtype)
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype, 6)
+
+
+def test_a_step_without_any_grad_counts_as_timm(timm_lamb):
+    """timm's clip stacks the grads' norms and fails when there are none: without the
+    clip, a step() with no gradient at all still advances every group's count."""
+    torch, timm_cls = timm_lamb
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, "auto", max_grad_norm=None)
+    _steps_missing(torch, a, c, timm_opt, ours, {0: (0, 1, 2), 3: (0, 1, 2)}, dtype)
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype, 6)
+
+
+def test_clip_is_read_from_defaults_at_each_step_as_timm(timm_lamb):
+    torch, timm_cls = timm_lamb
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, "auto", max_grad_norm=0.5)
+    _steps(torch, a, c, timm_opt, ours, 2, dtype, scale=3.0)
+    for opt in (timm_opt, ours):
+        opt.defaults["max_grad_norm"] = 0.01
+    assert ours.max_grad_norm == 0.01
+    _steps(torch, a, c, timm_opt, ours, 2, dtype, scale=3.0)
+    for opt in (timm_opt, ours):
+        opt.defaults["max_grad_norm"] = None
+    assert ours.max_grad_norm is None
+    _steps(torch, a, c, timm_opt, ours, 2, dtype, scale=3.0)
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype, 6)
+    # A value timm could not use is refused at the step, before anything is written.
+    ours.defaults["max_grad_norm"] = -1.0
+    for y in c:
+        y.grad = torch.ones_like(y)
+    before = [y.detach().clone() for y in c]
+    with pytest.raises(ValueError, match=r"defaults\['max_grad_norm'\]"):
+        ours.step()
+    assert all(torch.equal(y.detach(), b) for y, b in zip(c, before))
+    ours.defaults["max_grad_norm"] = 1.0
+    ours.step()

@@ -3,8 +3,9 @@
 In-place hyperparameter changes (Tensor lr under a scheduler, Tensor and list
 betas), a step interrupted after the kernel wrote, concurrent and re-entrant
 ``step()``, sparse gradients, deepcopy and pickle, Adagrad's state at
-construction, ``torch.compile`` around a training step, and the size of a
-submodule's checkpoint.
+construction, ``torch.compile`` around a training step, the size of a
+submodule's checkpoint, a structural switch (AMSGrad, momentum, centered) turned
+on mid-training or by a checkpoint, and the step counts a checkpoint may hold.
 """
 
 import copy
@@ -22,7 +23,8 @@ import adamfast  # noqa: E402
 import adamfast.torch as aft  # noqa: E402
 from adamfast.algorithms import ALGORITHMS  # noqa: E402
 from conftest import TOL  # noqa: E402
-from optim_cases import CASES, GROUP_SCALAR_DTYPE, TORCH_CASES  # noqa: E402
+from optim_cases import (CASES, GROUP_SCALAR_DTYPE, TORCH_CASES,  # noqa: E402
+                         buffer_switch_params)
 
 BACKENDS = adamfast.available_backends()
 SHAPES = [(4, 3), (17,), (), (5,)]
@@ -60,6 +62,19 @@ def assert_same(tparams, topt, aparams, aopt, what):
         assert set(ts) == set(as_), f"{what}: state keys of params[{i}]: {set(ts)} vs {set(as_)}"
         for k in ts:
             close(as_[k], ts[k], dt, f"{what}: {k}[{i}]")
+
+
+def step_both(tp, topt, ap, aopt, steps, torch_step=None, what=None):
+    """Steps ``steps`` of torch's and adamfast's optimizers on the same grads,
+    compared after each when ``what`` names the check."""
+    for t in steps:
+        gs = grads_at(t, tp)
+        give(tp, gs)
+        give(ap, gs)
+        (torch_step or (lambda o: o.step()))(topt)
+        aopt.step()
+        if what is not None:
+            assert_same(tp, topt, ap, aopt, f"{what} step {t}")
 
 
 def snapshot(params, opt):
@@ -813,3 +828,276 @@ def test_compact_save_of_a_submodule():
     m2 = torch.nn.Linear(256, 10)
     m2.load_state_dict(compact)
     assert torch.equal(m2.weight, m[1].weight.detach())
+
+
+# --- 16: a structural switch turned on mid-training ---------------------------------------
+
+def _torch_step_filling(opt):
+    """torch's step, where a switch group 0 turned on after the state was created
+    (AMSGrad, centered, RMSprop's momentum) makes torch raise KeyError for the buffer it
+    did not create: that buffer starts at zero, as adamfast documents (torch's SGD
+    starts its momentum buffer from the gradient by itself)."""
+    for _ in range(8):
+        try:
+            return opt.step()
+        except KeyError as exc:
+            key = exc.args[0]
+            for p in opt.param_groups[0]["params"]:
+                st = opt.state.get(p)
+                if st and key not in st:
+                    st[key] = torch.zeros_like(p)
+    raise AssertionError("torch's step kept raising KeyError")
+
+
+def _groups_of(params, off):
+    return [{"params": params[:2], **off}, {"params": params[2:], "lr": 0.02, **off}]
+
+
+def _hp_of(opt):
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["state-unread", "state-read"])
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_a_switch_turned_on_mid_training_matches_torch(name, on, off, read):
+    """Group 0 turns its switch on after two steps (group 1 keeps it off), whether or not
+    the state was looked at in between: torch's result, params and every buffer."""
+    tp, ap = make_params(), make_params()
+    topt = getattr(torch.optim, name)(_groups_of(tp, off), lr=0.01)
+    aopt = getattr(aft, name)(_groups_of(ap, off), lr=0.01)
+    for t in range(7):
+        if t == 2:
+            if read:
+                aopt.state_dict()
+            for o in (topt, aopt):
+                o.param_groups[0].update(on)
+        gs = grads_at(t, tp)
+        give(tp, gs)
+        give(ap, gs)
+        _torch_step_filling(topt)
+        aopt.step()
+        if t >= 2:
+            assert_same(tp, topt, ap, aopt, f"{name} step {t}")
+
+
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_a_failed_step_after_a_switch_writes_nothing_and_the_retry_switches(name, on, off):
+    tp, ap = make_params(), make_params()
+    topt = getattr(torch.optim, name)(tp, lr=0.01, **off)
+    aopt = getattr(aft, name)(ap, lr=0.01, **off)
+    step_both(tp, topt, ap, aopt, range(2))
+    for o in (topt, aopt):
+        o.param_groups[0].update(on)
+    groups = _hp_of(aopt)
+    gs = grads_at(2, tp)
+    give(ap, gs)
+    view = ap[1].data
+    ap[1].data = view.clone()  # rebound behind the optimizer's back: refused before writing
+    with pytest.raises(RuntimeError, match="no longer shares memory"):
+        aopt.step()
+    ap[1].data = view
+    assert _hp_of(aopt) == groups
+    assert_same(tp, topt, ap, aopt, f"{name} after the failed step")  # torch: not stepped
+    step_both(tp, topt, ap, aopt, range(2, 6), _torch_step_filling, f"{name} after the retry:")
+
+
+def test_sgd_momentum_turned_on_later_starts_from_the_gradient_like_torch():
+    """The trial's loop: dampening set, momentum 0 then 0.9, the state never read."""
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    aopt = aft.SGD([p], lr=0.1, dampening=0.5)
+    topt = torch.optim.SGD([q], lr=0.1, dampening=0.5)
+    for t in range(6):
+        if t == 2:
+            for o in (aopt, topt):
+                o.param_groups[0]["momentum"] = 0.9
+        for x in (p, q):
+            x.grad = torch.full((3,), float(t + 1))
+        topt.step()
+        aopt.step()
+    close(p, q, np.float32, "params")
+    close(aopt.state[p]["momentum_buffer"], topt.state[q]["momentum_buffer"], np.float32,
+          "momentum_buffer")
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["state-unread", "state-read"])
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_loading_a_checkpoint_that_switches_on_matches_torch(name, on, off, read):
+    """A torch checkpoint made with the switch on, loaded into an adamfast optimizer
+    built without it that already stepped: it loads and continues as torch does."""
+    tp, ap = make_params(), make_params()
+    topt = getattr(torch.optim, name)(tp, lr=0.01, **on)
+    for t in range(3):
+        give(tp, grads_at(t, tp))
+        topt.step()
+    ck = copy.deepcopy(topt.state_dict())
+    aopt = getattr(aft, name)(ap, lr=0.01, **off)
+    for t in range(2):
+        give(ap, grads_at(10 + t, ap))
+        aopt.step()
+    if read:
+        aopt.state_dict()
+    aopt.load_state_dict(ck)
+    assert _hp_of(aopt) == _hp_of(topt)
+    with torch.no_grad():
+        for a, b in zip(ap, tp):
+            a.copy_(b)
+    assert_same(tp, topt, ap, aopt, f"{name} loaded")
+    step_both(tp, topt, ap, aopt, range(3, 7), what=f"{name} after the load:")
+
+
+@pytest.mark.parametrize("name,on,off", buffer_switch_params())
+def test_a_refused_checkpoint_that_switches_on_changes_nothing(name, on, off):
+    """The same checkpoint with one bad entry: refused, and the optimizer goes on as if
+    it had never been offered (its groups, state and counts untouched)."""
+    tp, ap = make_params(), make_params()
+    ref = getattr(aft, name)(tp, lr=0.01, **on)
+    for t in range(3):
+        give(tp, grads_at(t, tp))
+        ref.step()
+    bad = copy.deepcopy(ref.state_dict())
+    bad["param_groups"][0]["lr"] = 0.5
+    bad["state"][3] = dict(bad["state"][3])
+    buffer = [k for k, v in bad["state"][3].items() if v.numel() > 1][-1]
+    bad["state"][3][buffer] = torch.zeros(7)  # the wrong size
+    topt = getattr(torch.optim, name)(tp, lr=0.01, **off)
+    aopt = getattr(aft, name)(ap, lr=0.01, **off)
+    with torch.no_grad():
+        for a, b in zip(ap, tp):
+            a.copy_(b)
+    for t in range(2):
+        gs = grads_at(10 + t, tp)
+        give(tp, gs)
+        give(ap, gs)
+        topt.step()
+        aopt.step()
+    groups = _hp_of(aopt)
+    with pytest.raises(ValueError, match="elements"):
+        aopt.load_state_dict(bad)
+    assert _hp_of(aopt) == groups
+    for t in range(2, 6):
+        gs = grads_at(10 + t, tp)
+        give(tp, gs)
+        give(ap, gs)
+        topt.step()
+        aopt.step()
+        assert_same(tp, topt, ap, aopt, f"{name} step {t} after the refused load")
+
+
+# --- 17: the step counts a checkpoint holds ------------------------------------------------
+
+def _adam_checkpoint(step):
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = aft.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["step"] = step
+    sd["param_groups"][0]["lr"] = 0.5
+    return sd
+
+
+@pytest.mark.parametrize("step", [float("nan"), float("inf"), -float("inf"), -3.0, -1, 2.5,
+                                  torch.tensor(float("nan")), torch.tensor(2.5),
+                                  torch.tensor(-3.0), torch.tensor([1.0, 2.0]), "3",
+                                  torch.tensor(True)],
+                         ids=repr)
+def test_a_checkpoint_step_that_is_no_count_is_refused_before_writing(step):
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 3))
+    opt = aft.Adam([p], lr=0.1)
+    for t in range(2):
+        p.grad = torch.full((3,), 0.5 - t)
+        opt.step()
+    snap = snapshot([p], opt)
+    with pytest.raises((ValueError, TypeError), match=r"\['state'\]\[0\]\['step'\]") as info:
+        opt.load_state_dict(_adam_checkpoint(step))
+    if not isinstance(step, str) and (not isinstance(step, torch.Tensor) or (
+            step.numel() == 1 and step.dtype != torch.bool)):
+        assert info.type is ValueError
+        assert "whole number >= 0" in str(info.value)
+        shown = step.item() if isinstance(step, torch.Tensor) else step
+        assert repr(float(shown)) in str(info.value) or repr(shown) in str(info.value)
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert_unchanged([p], opt, snap, "after the refused checkpoint")
+    assert opt.state[p]["step"].item() == 2
+
+
+@pytest.mark.parametrize("step", [3, 3.0, 0, 0.0, 1e9, torch.tensor(3.0),
+                                  torch.tensor(3.0, dtype=torch.float64), torch.tensor(3),
+                                  np.float32(3.0), np.int64(3)], ids=repr)
+def test_a_checkpoint_step_that_is_a_count_loads_like_torch(step):
+    """A whole step count in any of the forms torch's own checkpoints hold (a float32
+    tensor, an int, a float) loads, and the next step matches torch's."""
+    sd = _adam_checkpoint(step)
+    out = []
+    for cls in (aft.Adam, torch.optim.Adam):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = cls([p], lr=0.1)
+        opt.load_state_dict(copy.deepcopy(sd))
+        p.grad = torch.ones(3)
+        opt.step()
+        out.append((p.detach().clone(), float(opt.state[p]["step"])))
+    assert out[0][1] == out[1][1] == float(np.float32(float(step) + 1))
+    close(out[0][0], out[1][0], np.float32, "after the loaded step")
+
+
+@pytest.mark.parametrize("name", [n for n, s in ALGORITHMS.items() if s.torch_step_in_group])
+def test_a_copy_of_a_group_counting_class_continues_as_the_original(name):
+    """A class counting steps per group (timm's Adan and Lamb): a copy keeps the
+    counts (a param without a gradient so far included) and steps exactly as the
+    original."""
+    params = make_params()
+    opt = getattr(aft, name)(params, lr=0.01, weight_decay=0.02)
+    for t in range(3):
+        give(params, grads_at(t, params), skip=(1,) if t < 2 else ())
+        opt.step()
+    params2, opt2 = copy.deepcopy((params, opt))
+    assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+    for t in range(3, 6):
+        gs = grads_at(t, params)
+        give(params, gs)
+        give(params2, gs)
+        opt.step()
+        opt2.step()
+    for p, q in zip(params, params2):
+        assert torch.equal(p.detach(), q.detach())
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, opt2.state[q][k]), k
+
+
+def test_a_switch_survives_a_step_refused_for_another_groups_setting():
+    """AMSGrad turned on in group 0 while group 1 holds a refused lr: the step is
+    refused; with group 1's lr put back (the very object it held), the next step
+    turns AMSGrad on as torch (with its buffer started at zero) does."""
+    tp, ap = make_params(), make_params()
+    topt = torch.optim.Adam(_groups_of(tp, {}), lr=0.01)
+    aopt = aft.Adam(_groups_of(ap, {}), lr=0.01)
+    step_both(tp, topt, ap, aopt, range(2))
+    for o in (topt, aopt):
+        o.param_groups[0]["amsgrad"] = True
+    lr = aopt.param_groups[1]["lr"]
+    aopt.param_groups[1]["lr"] = -1.0
+    give(ap, grads_at(2, ap))
+    with pytest.raises(ValueError, match="lr"):
+        aopt.step()
+    aopt.param_groups[1]["lr"] = lr
+    step_both(tp, topt, ap, aopt, range(2, 5), _torch_step_filling, "")
+
+
+@pytest.mark.parametrize("step", [float("nan"), 2.5, -1, torch.tensor(float("inf"))], ids=repr)
+@pytest.mark.parametrize("name", [n for n, s in ALGORITHMS.items() if s.torch_step_in_group])
+def test_a_group_step_that_is_no_count_is_refused_before_writing(name, step):
+    params = make_params()
+    opt = getattr(aft, name)(params, lr=0.01)
+    for t in range(2):
+        give(params, grads_at(t, params))
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["step"] = step
+    sd["param_groups"][0]["lr"] = 0.5
+    snap = snapshot(params, opt)
+    with pytest.raises(ValueError, match=r"\['param_groups'\]\[0\]\['step'\] must be a finite "
+                                         r"whole number >= 0"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == 0.01
+    assert opt.state_dict()["param_groups"][0]["step"] == 2
+    assert_unchanged(params, opt, snap, "after the refused checkpoint")

@@ -279,8 +279,16 @@ class Spec:
                state, for adamfast.torch's state_dict (SGD: none; NAdam: step
                and mu_product)
     torch_step_in_group  the torch peer counts steps per param group, in
-               ``group["step"]``, not per param (timm's Adan): adamfast.torch's
+               ``group["step"]``, not per param (timm's Adan and Lamb): the count
+               advances at every ``step()`` call, for every group, a param
+               without a gradient included (it is not updated, and its first
+               gradient meets the group's count); adamfast.torch's step,
                state_dict and load_state_dict do the same
+    first_slot the slot that is 1.0 on a param's first step, where the kernel
+               starts a state buffer from the gradient (Adan's previous
+               gradient): ``scalars`` sets it at t == 1, and a front end whose
+               count is the group's (``torch_step_in_group``) sets it too for a
+               param that first has a gradient at a later count
     torch_only the peer's constructor keywords that adamfast.torch accepts and
                ignores, as ``(name, default)`` pairs (timm's ``foreach``)
     torch_extra_keywords  hyperparameters of the spec that the torch peer's
@@ -303,8 +311,8 @@ class Spec:
                ``"torch"`` (clip_grad_norm_'s, the default) or ``"timm"``
                (grads / max(norm / max_grad_norm, 1), no 1e-6).  A spec with a
                hyperparameter named ``max_grad_norm`` (Lamb) makes it the
-               guard's clip: the constructor's value, as timm reads
-               ``self.defaults`` (a group's own value is kept, not used)
+               guard's clip; adamfast.torch reads ``opt.defaults`` at each step,
+               as timm does (a group's own value is kept, not used)
     c_step     ``(backend, params, grads, states, hp) -> f(t, nthreads) or None``:
                a backend's C version of the whole step over the flat buffers,
                scalars included (Adam's: the cython backend's adam_call), which
@@ -335,6 +343,7 @@ class Spec:
     c_step: Callable | None = None
     torch_scalar_state: tuple = ("step",)
     torch_step_in_group: bool = False
+    first_slot: str | None = None
     torch_only: tuple = ()
     torch_extra_keywords: tuple = ()
     torch_sparse_grads: bool = False
@@ -375,6 +384,9 @@ class Spec:
         if self.torch_sparse_check is not None and not self.torch_sparse_grads:
             raise ValueError(f"{self.name}: torch_sparse_check is set but torch_sparse_grads "
                              f"is False")
+        if self.first_slot is not None and self.first_slot not in slots:
+            raise ValueError(f"{self.name}: first_slot must be one of the slots, got "
+                             f"{self.first_slot!r}")
         if self.clip not in ("torch", "timm"):
             raise ValueError(f"{self.name}: clip must be 'torch' or 'timm', got {self.clip!r}")
         seen = []
@@ -382,6 +394,8 @@ class Spec:
             seen += [n for n in names if n not in seen]
         # Frozen: computed once here, read on every step.
         object.__setattr__(self, "_all_state", tuple(seen))
+        object.__setattr__(self, "first_index", None if self.first_slot is None
+                           else slots.index(self.first_slot))
         object.__setattr__(self, "_hp_names", tuple(h.name for h in self.hyper))
         object.__setattr__(self, "_checks", tuple((h.name, h.check) for h in self.hyper))
         object.__setattr__(self, "_gstate_checks", {

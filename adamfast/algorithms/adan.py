@@ -21,8 +21,11 @@ it (its state keys are this spec's buffer names, so checkpoints load both
 ways), and ``u`` is computed as ``g + neg_pre_grad``.  ``0 - g`` rather than
 ``-g``: timm writes ``0 + (-1)*g``, which is +0 for a zero gradient.  Step 1
 uses ``0 - g`` for the previous gradient (slot FIRST), as timm replaces the
-state's value then.  Each step reads and writes four state buffers besides
-params and grads: 44 bytes per float32 parameter.
+state's value then; so does a param's first gradient at a later step in
+adamfast.torch, whose count is the group's as timm's is (a param without a
+gradient at step 1 starts at the group's count; spec ``first_slot``).  Each
+step reads and writes four state buffers besides params and grads: 44 bytes
+per float32 parameter.
 
 timm's ``caution=True`` (the "Cautious Optimizers" mask) is not implemented:
 it is refused.  timm's bias corrections and step sizes are computed in
@@ -111,4 +114,5 @@ ADAN = Spec(
            HP("caution", False, _no_caution, "timm's caution mask: not implemented (False only)")),
     scalars=scalars, kind_of=lambda groups: "adan",
     reference={"adan": update_adan}, slots=SLOTS, peer="timm.optim.Adan",
-    torch_scalar_state=(), torch_step_in_group=True, torch_only=(("foreach", None),))
+    torch_scalar_state=(), torch_step_in_group=True, first_slot="FIRST",
+    torch_only=(("foreach", None),))

@@ -1,7 +1,9 @@
 """LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT
 in 76 minutes", 2019), as ``timm.optim.Lamb`` (NVIDIA's FusedLAMB variant).
 
-For step ``t`` (1-based, counted per param group), per tensor (each array of
+For step ``t`` (1-based, counted per param group: in adamfast.torch, as in timm,
+every ``step()`` call advances every group's count, whether or not its params
+have gradients), per tensor (each array of
 the NumPy API, each parameter of adamfast.torch), element by element::
 
     g      = grad / max(global_norm / max_grad_norm, 1)   the guard's clip (below)
@@ -35,7 +37,8 @@ timm's formula: the gradient multiplier is ``1 / max(norm / max_grad_norm,
 1)`` over the global L2 norm of every gradient of the optimizer (no 1e-6,
 unlike torch's ``clip_grad_norm_``), folded into the kernels' gradient
 multiplier: adamfast never writes the caller's gradients, where timm divides
-``p.grad`` in place.  As timm, the constructor's value is the one used; a
+``p.grad`` in place.  As timm, adamfast.torch.Lamb reads
+``opt.defaults["max_grad_norm"]`` at each step (validated when it changes); a
 param group's own ``max_grad_norm`` is kept in the group and not used.
 ``None`` switches clipping off.
 

@@ -1,10 +1,10 @@
 """adamfast.torch: drop-in ``torch.optim`` optimizers for CPU tensors, one kernel call per step.
 
 ``adamfast.torch.Adam, AdamW, Adamax, NAdam, RAdam, Adagrad, RMSprop, SGD,
-Adadelta, Lion`` subclass :class:`torch.optim.Optimizer` and take the
+Adadelta, Lion, Adan, Lamb`` subclass :class:`torch.optim.Optimizer` and take the
 installed torch class's constructor signature (Lion:
 ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)``,
-optax's formula), plus the keyword-only ``backend=``, the guarded step's ``max_grad_norm``,
+optax's formula; Adan and Lamb: timm's, ``foreach`` accepted and ignored), plus the keyword-only ``backend=``, the guarded step's ``max_grad_norm``,
 ``skip_nonfinite`` and ``ema_decay`` (below) and, on Adam and AdamW,
 ``eps_hat``, ``eps_root``, ``bias_correction`` and ``nesterov`` (see
 :mod:`adamfast.algorithms.adam`).  Replacing ``torch.optim.AdamW`` by
@@ -29,7 +29,10 @@ non-contiguous param is refused, never updated through a copy.
 Gradients: binding, and ``set_to_none``
 =======================================
 The step uses exactly the params whose ``p.grad`` is not None (torch's rule:
-params without a gradient are skipped, their state and step count untouched).
+params without a gradient are skipped, their state and step count untouched;
+Adan and Lamb count steps per group as timm's do, every ``step()`` call
+advancing every group's count, and a param's first gradient then meets its
+group's count).
 At each step, a ``p.grad`` that is not the optimizer's view of the flat
 gradient buffer (a fresh tensor after ``zero_grad(set_to_none=True)``, or one
 the user assigned) is checked, copied into the flat buffer and **rebound**:
@@ -77,7 +80,12 @@ them, in place included: a Tensor ``lr`` that a scheduler ``fill_``s, Tensor
 betas changed in place, list betas mutated.  Each step sees the current
 values, and a changed value is validated before anything is written (as at
 construction: a refused value raises ValueError and the step changes
-nothing).  Unchanged groups cost one identity check over the group's values,
+nothing).  A structural switch turned on (AMSGrad, RMSprop's ``centered`` and
+``momentum``, SGD's ``momentum``) lays the buffers out again at the next step
+that goes through, whether or not the state was read in between: SGD's
+momentum buffer starts from the gradient, as torch's does, the others at zero
+(torch.optim raises KeyError there).  A step refused before writing leaves
+the switch pending for the next one.  Unchanged groups cost one identity check over the group's values,
 plus reading the Tensors' and lists' values.
 
 Checkpoints
@@ -92,8 +100,11 @@ state tensors are views of the flat buffers (references, as torch's are: use
 these dicts: it marks the params that stepped for the first time, and the next
 look at ``opt.state`` (``state_dict()``, ``opt.state[p]``) fills their entries,
 with the settings that step used.  ``load_state_dict``
-checks everything first and then copies into the existing views; it never
-rebinds them.  Checkpoints load into ``torch.optim`` and back.  The extras
+checks everything first (a ``step`` must be a finite whole number >= 0, as a
+tensor of any real dtype, an int or a float) and then copies into the existing
+views, laying the buffers out again when the checkpoint's groups turn a
+structural switch on; it never rebinds them, and a refused checkpoint changes
+nothing.  Checkpoints load into ``torch.optim`` and back.  The extras
 (``eps_hat`` ...) appear in ``param_groups`` only when set to a non-default
 value, so a default adamfast checkpoint's groups have exactly torch's keys.
 As torch's, Adagrad creates ``step`` and ``sum`` in its constructor (for the

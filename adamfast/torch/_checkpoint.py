@@ -7,11 +7,36 @@ them as its methods.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from ._common import _PARAM_ARGS
+
+def step_count(value, where):
+    """A step count from a checkpoint, as a float: a finite whole number >= 0, given as
+    torch's checkpoints hold it (a scalar tensor of any real dtype, an int, a float)."""
+    x = value
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{where} must be one number (a step count), got a tensor of "
+                             f"shape {tuple(x.shape)}")
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{where} must be a real number (a step count), got a tensor of "
+                            f"dtype {x.dtype}")
+        x = x.item()
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{where} must be a real number (a step count), got "
+                        f"{type(value).__name__} {value!r}")
+    x = float(x)
+    if not (math.isfinite(x) and x >= 0 and x.is_integer()):
+        raise ValueError(f"{where} must be a finite whole number >= 0 (a step count), got "
+                         f"{x!r}")
+    return x
+
 
 def load_state_dict(self, state_dict):
     """torch's format in; checked entirely, then copied into the existing views."""
@@ -26,8 +51,10 @@ def load_state_dict(self, state_dict):
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(self.param_groups):
         raise ValueError("loaded state dict has a different number of parameter groups")
+    spec = self.spec
     id_map = {}
     new_groups = []
+    group_steps = []
     for gi, (own, saved) in enumerate(zip(self.param_groups, saved_groups)):
         if len(saved["params"]) != len(own["params"]):
             raise ValueError("loaded state dict contains a parameter group that doesn't "
@@ -39,6 +66,11 @@ def load_state_dict(self, state_dict):
         where = f"state_dict['param_groups'][{gi}]: "
         self._check_flags(group, where)
         new_groups.append((group, self._validate(group, where)))
+        # The peer's group count (timm's): absent before the group's first step.
+        group_steps.append(step_count(saved["step"], f"state_dict['param_groups'][{gi}]"
+                                      f"['step']")
+                           if spec.torch_step_in_group and saved.get("step") is not None
+                           else 0.0)
     pindex = {id(p): i for i, p in enumerate(self._plist)}
     loaded = {}
     for sid, st in state_dict["state"].items():
@@ -60,48 +92,67 @@ def load_state_dict(self, state_dict):
         missing = [k for k in keys if k not in st]
         if missing:
             raise ValueError(f"state_dict['state'][{sid!r}] is missing {missing} for "
-                             f"{self.spec.name} with these settings")
+                             f"{spec.name} with these settings")
+        scalars = {}
         for k in keys:
             v = st[k]
-            if not isinstance(v, torch.Tensor) and k in self._scalar_keys:
-                v = torch.tensor(float(v))
+            where = f"state_dict['state'][{sid!r}][{k!r}]"
+            if k == "step":
+                scalars[k] = step_count(v, where)
+                continue
+            if k in self._scalar_keys:
+                if not isinstance(v, torch.Tensor):
+                    v = torch.tensor(float(v))
+                if v.numel() == 1 and not v.is_complex() and k in (spec.gstate or {}):
+                    scalars[k] = spec.check_gstate(k, float(v), where)
             if not isinstance(v, torch.Tensor) or v.is_complex():
-                raise TypeError(f"state_dict['state'][{sid!r}][{k!r}] must be a real tensor")
+                raise TypeError(f"{where} must be a real tensor")
             want = 1 if k in self._scalar_keys else p.numel()
             if v.numel() != want:
-                raise ValueError(f"state_dict['state'][{sid!r}][{k!r}] must have {want} "
-                                 f"elements, got shape {tuple(v.shape)}")
-        loaded[i] = (st, keys)
+                raise ValueError(f"{where} must have {want} elements, got shape "
+                                 f"{tuple(v.shape)}")
+        loaded[i] = (st, keys, scalars)
     ema_in = self._check_ema(state_dict, id_map, pindex)
-    # Everything fits: write.
-    for own, (group, _) in zip(self.param_groups, new_groups):
-        params = own["params"]
-        own.clear()
-        own.update(group)
-        own["params"] = params
-    self._hp_cache = {}
+    # Everything fits: write.  First torch's dicts owed by the last step, with the
+    # settings it used (the cache, which the new groups replace).
+    if self._stale:
+        self._sync_state()
     hps = [hp for _, hp in new_groups]
-    need_layout = False
-    for slab in self._slabs:
-        need = self._needed_names([hps[g] for g in set(slab.groups)])
-        if not need <= set(slab.names):
-            need_layout = True
-    if need_layout:
-        self._layout()
+    before = [dict(own) for own in self.param_groups]
+    try:
+        for own, (group, _) in zip(self.param_groups, new_groups):
+            params = own["params"]
+            own.clear()
+            own.update(group)
+            own["params"] = params
+        self._hp_cache = {}
+        for slab in self._slabs:
+            need = self._needed_names([hps[g] for g in set(slab.groups)])
+            if not need <= set(slab.names):  # a switch the checkpoint turns on: grow
+                self._layout()
+                break
+    except BaseException:
+        for own, old in zip(self.param_groups, before):
+            own.clear()
+            own.update(old)
+        self._hp_cache = {}
+        raise
     for i, p in enumerate(self._plist):
         slab, k = self._slab_of(i)
-        hp = hps[self._gidx[i]]
+        gi = self._gidx[i]
+        hp = hps[gi]
         entry = loaded.get(i)
-        extra = {}
+        # timm counts per group: a param without state still has the group's count.
+        counted = group_steps[gi] if spec.torch_step_in_group else None
         if entry is None:
             for name in slab.names:
                 slab.views[k][name].fill_(self._init_value(name, hp))
-            self._steps_np[i] = 0
-            self._gs.reset(i, self.spec)
+            self._steps_np[i] = 0.0 if counted is None else counted
+            self._gs.reset(i, spec)
             self.state.pop(p, None)
             self._has_state[i] = self._filled[i] = False
             continue
-        st, keys = entry
+        st, keys, scalars = entry
         for name in slab.names:
             if name in keys:
                 src = st[name]
@@ -110,13 +161,13 @@ def load_state_dict(self, state_dict):
                 slab.views[k][name].copy_(src.reshape(slab.views[k][name].shape))
             else:
                 slab.views[k][name].fill_(self._init_value(name, hp))
-        if "step" in keys:
-            self._steps_np[i] = float(st["step"])
-        elif self.spec.torch_step_in_group:  # timm's Adan: the group counts the steps
-            self._steps_np[i] = float(new_groups[self._gidx[i]][0].get("step", 1))
+        if "step" in scalars:
+            self._steps_np[i] = scalars["step"]
+        elif counted is not None:
+            self._steps_np[i] = counted
         else:  # SGD keeps no step: whether momentum started is the state
             self._steps_np[i] = 1.0 if keys else 0.0
-        self._gs.set(i, loaded_gstate(self.spec, st, keys, int(self._steps_np[i])))
+        self._gs.set(i, loaded_gstate(spec, scalars, keys, int(self._steps_np[i])))
         extra = {kk: v for kk, v in st.items() if kk not in keys}
         self.state.pop(p, None)
         self._has_state[i] = self._filled[i] = False
@@ -135,16 +186,17 @@ def load_state_dict(self, state_dict):
         hook(self)
 
 
-def loaded_gstate(spec, st, keys, steps):
-    """A param's group state from its loaded torch state ``st`` (``keys``: the entries
-    taken), after ``steps`` steps: an entry torch keeps is read, one that follows from
-    the step count (``spec.gstate_from_step``) is derived, any other starts afresh."""
+def loaded_gstate(spec, scalars, keys, steps):
+    """A param's group state from its loaded torch state (``scalars``: its scalar
+    entries, checked; ``keys``: the entries taken), after ``steps`` steps: an entry
+    torch keeps is read, one that follows from the step count
+    (``spec.gstate_from_step``) is derived, any other starts afresh."""
     if not spec.gstate:
         return None
     out = {}
     for name, default in spec.gstate.items():
         if name in keys:
-            out[name] = float(st[name])
+            out[name] = scalars[name]
         elif spec.gstate_from_step is not None:
             out[name] = spec.gstate_from_step(name, steps + 1)
         else:
@@ -192,6 +244,8 @@ def copy_state(self):
         {i: e.clone() for i, e in enumerate(self._ema_list)},
         # The group state in float64 (state_dict() holds torch's scalar dtype)
         "group_state": {name: a.copy() for name, a in self._gs.arrays.items()},
+        # Every param's count, those without state included (a peer counting per group)
+        "steps": self._steps_np.copy(),
         "defaults": dict(self.defaults),
         "options": {"max_grad_norm": self._max_grad_norm,
                     "skip_nonfinite": self._skip_nonfinite,

@@ -8,7 +8,7 @@ import torch
 
 from ..algorithms import ALGORITHMS
 from ._common import _GUARDED
-from ._optimizer import Optimizer
+from ._optimizer import DEFAULTS_CLIP, Optimizer
 
 def _signature(spec, torch_cls):
     P = inspect.Parameter
@@ -55,7 +55,10 @@ def _make(name):
     torch_names = set(inspect.signature(torch_cls).parameters) if torch_cls else None
     extras = ({h.name: h.default for h in spec.hyper if h.name not in torch_names}
               if torch_names is not None else {})
-    return type(name, (Optimizer,), {
+    body = {
         "spec": spec, "_torch_class": torch_cls, "__signature__": sig,
         "__doc__": doc, "__module__": __package__, "_scalar_keys": spec.torch_scalar_state,
-        "_extras": extras, "_hp_names": tuple(h.name for h in spec.hyper)})
+        "_extras": extras, "_hp_names": tuple(h.name for h in spec.hyper)}
+    if "max_grad_norm" in spec.defaults:  # timm's Lamb: the clip is read from defaults
+        body["_max_grad_norm"] = DEFAULTS_CLIP
+    return type(name, (Optimizer,), body)

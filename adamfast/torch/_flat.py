@@ -284,5 +284,12 @@ def refresh(self, slab):
         for arr in (self._steps_np, *self._gs.arrays.values()):
             if idx.size and not (arr[idx] == arr[idx[0]]).all():
                 uniform = False
-    slab.uniform = uniform
     slab.all_state = bool(self._has_state[slab.index].all())
+    if self.spec.first_slot is not None and not slab.all_state:
+        # A param's first step at a later count than 1 needs a row of its own
+        # (spec.first_slot), which classes_run gives it.
+        for g in rows:
+            has = self._has_state[slab.members[g]]
+            if not has.all() and (has.any() or self._steps_np[slab.first[g]] > 0):
+                uniform = False
+    slab.uniform = uniform

@@ -115,6 +115,10 @@ def group_hp(self, gi, group):
     read = _readers(raw)
     seen = None if read is None else read()  # before validating: a change after it is seen
     hp = self._validate(group, where)
+    if self._stale:
+        # The state the last step made is owed to torch's dicts with the settings that
+        # step used, which the cache still holds: fill them before it takes the new ones.
+        self._sync_state()
     self._hp_cache[gi] = [tuple(group.values()), hp, read, seen, raw]
     return hp
 

@@ -15,9 +15,37 @@ from collections.abc import Mapping
 import torch
 
 from .. import _dispatch, _guard
+from ..algorithms._spec import nonneg
 from . import _checkpoint, _flat, _hooks, _hyper, _step
 from ._common import _GUARDED, _PARAM_ARGS, _STATE_AT_CONSTRUCTION, _describe, _refusal
 from ._hyper import _plain
+
+
+_UNSEEN = object()
+
+
+def _clip_of_defaults(self):
+    """The guard's clip of a class whose clip is a hyperparameter (timm's Lamb), read
+    from ``self.defaults`` at each step as timm reads it; validated when it changes."""
+    d = self.__dict__
+    seen = d["_clip_seen"]
+    if "defaults" not in d:  # in the constructor, before the defaults exist
+        return seen[1]
+    value = d["defaults"].get("max_grad_norm")
+    if value is not seen[0]:
+        plain = _plain(value)
+        seen = (value, None if plain is None else nonneg("defaults['max_grad_norm']", plain))
+        d["_clip_seen"] = seen
+    return seen[1]
+
+
+def _set_clip(self, value):
+    self.__dict__["_clip_seen"] = (_UNSEEN, value)
+
+
+# The ``_max_grad_norm`` of such a class: its other classes keep a plain attribute,
+# so that their step pays nothing for it.
+DEFAULTS_CLIP = property(_clip_of_defaults, _set_clip)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -170,7 +198,8 @@ class Optimizer(torch.optim.Optimizer):
 
     @property
     def max_grad_norm(self):
-        """The global L2 norm the gradients are clipped to (None: no clipping)."""
+        """The global L2 norm the gradients are clipped to (None: no clipping); where it
+        is a hyperparameter (Lamb), ``defaults["max_grad_norm"]``, as timm reads it."""
         return self._max_grad_norm
 
     @property
@@ -239,8 +268,9 @@ class Optimizer(torch.optim.Optimizer):
         ``"param_groups"``, so the checkpoint still loads into torch.optim."""
         out = super().state_dict()
         if self.spec.torch_step_in_group:
-            # The peer's step count per group (timm's Adan): the most steps any of
-            # the group's params took, absent before its first step, as there.
+            # The peer's step count per group (timm's), which every param of the group
+            # holds (after a checkpoint whose params differ: the most), absent before
+            # the group's first step, as there.
             for gi, g in enumerate(out["param_groups"]):
                 steps = [self._steps_np[i] for i, gj in enumerate(self._gidx) if gj == gi]
                 if steps and max(steps) > 0:
@@ -265,8 +295,9 @@ class Optimizer(torch.optim.Optimizer):
         known = self.__signature__.parameters
         kwargs = {k: v for k, v in state["defaults"].items()
                   if k in known and k not in _PARAM_ARGS}
-        Optimizer.__init__(self, [dict(g) for g in state["param_groups"]], **kwargs,
-                           **state["options"])
+        # A guard option that is also a hyperparameter (Lamb's max_grad_norm) is in both.
+        kwargs.update({k: v for k, v in state["options"].items() if k not in kwargs})
+        Optimizer.__init__(self, [dict(g) for g in state["param_groups"]], **kwargs)
         groups, n = [], 0
         for g in self.param_groups:
             groups.append(dict(g, params=list(range(n, n + len(g["params"])))))
@@ -278,4 +309,8 @@ class Optimizer(torch.optim.Optimizer):
         for name, values in saved.items():
             self._gs.arrays[name][:] = values
         self._gs.mirror()
+        if state.get("steps") is not None:
+            self._steps_np[:] = state["steps"]
+        for slab in self._slabs:
+            self._refresh(slab)
         self.last_result = state["last_result"]

@@ -188,23 +188,34 @@ def step(self, closure=None, *, grad_scale=None):
         # place (the common case): the method call costs as much as the test.
         cache = self._hp_cache
         hps = []
-        for gi, g in enumerate(groups):
-            c = cache.get(gi)
-            if c is not None and c[2] is None and len(g) == len(c[0]) and \
-                    all(map(_is, g.values(), c[0])):
-                hps.append(c[1])
-            else:
-                hps.append(self._group_hp(gi, g))
-        if self._hp_changed:
-            for slab in self._slabs:
-                need = self._needed_names([hps[g] for g in set(slab.groups)])
-                if not need <= set(slab.names):  # a structural switch was turned on: grow
-                    self._layout()
-                    hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
-                    break
-        plans = [(slab, *self._collect(slab, hps)) for slab in self._slabs]
+        try:
+            for gi, g in enumerate(groups):
+                c = cache.get(gi)
+                if c is not None and c[2] is None and len(g) == len(c[0]) and \
+                        all(map(_is, g.values(), c[0])):
+                    hps.append(c[1])
+                else:
+                    hps.append(self._group_hp(gi, g))
+            # The grads are checked before a switch turned on grows the layout, so that
+            # a refused step leaves the buffers and torch's state dicts as they were.
+            plans = [(slab, *self._collect(slab, hps)) for slab in self._slabs]
+            if self._hp_changed:
+                for slab in self._slabs:
+                    need = self._needed_names([hps[g] for g in set(slab.groups)])
+                    if not need <= set(slab.names):  # a structural switch was turned on
+                        self._layout()
+                        hps = [self._group_hp(gi, g) for gi, g in enumerate(groups)]
+                        plans = [(slab, *self._collect(slab, hps)) for slab in self._slabs]
+                        break
+        except BaseException:
+            if self._hp_changed:
+                # The cache took settings this step did not apply: the next step must
+                # see them as changed, or it would take them without growing the layout.
+                self._hp_cache = {}
+            raise
         spec = self.spec
         nthreads = _dispatch.get_num_threads()
+        guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
         # Everything is valid: from here on, write (the gradients first: the guard reads them).
         for slab, inactive, foreign in plans:
             if foreign:
@@ -217,16 +228,33 @@ def step(self, closure=None, *, grad_scale=None):
                         else:  # sparse: densified (duplicates summed), p.grad left as is
                             slab.gviews[k].copy_(g.to_dense())
         runs = []
+        idle = []
         for slab, inactive, foreign in plans:
             run = (self._uniform_run(slab, hps) if inactive is None and slab.uniform else
                    self._classes_run(slab, set(inactive or ()), hps))
             if run is not None:
                 runs.append(run)
-        guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
+            elif spec.torch_step_in_group:  # no gradient here, but the groups still count
+                idle.append((slab, self._steps_np[slab.index] + 1))
+        count_idle = None
+        if idle:
+            def count_idle():
+                for slab, after in idle:  # assignments: may be made twice (adamfast._core.Run)
+                    self._steps_np[slab.index] = after
+                    self._refresh(slab)
+            if runs:  # counted with the last run's commit: never without the writes
+                commit = runs[-1].commit
+
+                def both():
+                    commit()
+                    count_idle()
+                runs[-1].commit = both
         # Nothing changes in a skipped step: params, state, EMA and step counts (GradScaler's
         # found_inf is skipped exactly as torch's fused optimizers skip it).
         result = self.last_result = take_step(self._backend, runs, guard, nthreads,
                                               skip=amp_skip, clip=spec.clip)
+        if count_idle is not None and not runs and not result.skipped:
+            count_idle()
         return loss if closure is not None else result
 
 def uniform_run(self, slab, hps):
@@ -287,11 +315,16 @@ def classes_run(self, slab, inactive, hps):
     members = []
     spans = []
     steps = self._steps_np
+    first_at = spec.first_index
+    has = self._has_state
     for k, (i, g, (lo, hi)) in enumerate(zip(slab.index, slab.groups, slab.ranges)):
         if k in inactive:
             continue
         gs = self._gs.get(i)
-        key = (g, float(steps[i]), None if gs is None else tuple(gs.values()))
+        # A param's first step at a later count (its group counted while it had no
+        # gradient) starts from its gradient, as at count 1: a row of its own.
+        first = first_at is not None and not has[i]
+        key = (g, float(steps[i]), None if gs is None else tuple(gs.values()), first)
         c = classes.get(key)
         if c is None:
             c = classes[key] = len(classes)
@@ -308,13 +341,17 @@ def classes_run(self, slab, inactive, hps):
     if not classes:
         return None
     rows, news = [], []
-    for (g, step, _), c in classes.items():
+    for (g, step, _, first), c in classes.items():
         row, new = spec.scalars(int(step) + 1, hps[g], self._gs.get(members[c][0]))
+        if first:
+            row = row[:first_at] + (1.0,) + row[first_at + 1:]
         rows.append(row)
         news.append(new)
     members = [np.asarray(idx, dtype=np.intp) for idx in members]
     everyone = np.concatenate(members)
-    after = steps[everyone] + 1
+    # The peer's count is the group's (timm's): params without a gradient count too.
+    counted = slab.index if spec.torch_step_in_group else everyone
+    after = steps[counted] + 1
     run = slab.run
     run.rows, run.chunks, run.single = rows, chunk_table(
         [r[1:] for r in ranges], [r[0] for r in ranges]), False
@@ -326,7 +363,7 @@ def classes_run(self, slab, inactive, hps):
             self._gs.set(idx, new)
         self._has_state[everyone] = True
         self._stale = True
-        steps[everyone] = after
+        steps[counted] = after
         self._refresh(slab)
 
     run.commit = commit
