@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -17,6 +19,37 @@ _CHECK = 32  # params whose data pointer each step checks, in rotation (see _ste
 _SPARSE = tuple(n for n, s in ALGORITHMS.items() if s.torch_sparse_grads)
 _STATE_AT_CONSTRUCTION = tuple(n for n, s in ALGORITHMS.items() if s.torch_state_at_construction)
 _BETAS_ALIKE = tuple(n for n, s in ALGORITHMS.items() if s.torch_betas_alike)
+
+
+# A StorageImpl's count of users (the tensors on its memory), or None where this
+# torch has no such call: then every bound view's pointer is compared at every step.
+_storage_uses = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _holders(g):
+    """(Python references, users of its memory) of the tensor ``g``, called with
+    ``g`` a local variable of the caller; None where torch cannot count them."""
+    if _storage_uses is None:
+        return None
+    return sys.getrefcount(g), _storage_uses(g.untyped_storage()._cdata)
+
+
+def _counts_of_a_grad_held_by_its_param_only():
+    p = torch.zeros(1, requires_grad=True)
+    p.grad = torch.zeros(1)
+    g = p.grad
+    return _holders(g)
+
+
+# What _holders gives for a grad that nothing but its param holds (a fresh grad of
+# backward, or one assigned and dropped): only such a grad may be replaced by the
+# flat buffer's view, since nobody could see the change.  A grad the user keeps,
+# or whose memory another tensor shares, stays p.grad and is copied at each step.
+_ALONE = _counts_of_a_grad_held_by_its_param_only()
+
+
+def _alone(holders):
+    return holders is not None and holders[0] <= _ALONE[0] and holders[1] <= _ALONE[1]
 
 
 def _scalar_dtype():

@@ -14,7 +14,7 @@ import torch
 
 from .._core import Run
 from .._core_flat import _allocate, _layout, _views_of
-from ._common import _NP, _scalar_dtype
+from ._common import _NP, _alone, _holders, _scalar_dtype
 
 class _GroupState:
     """The spec's group state (``spec.gstate``: name -> value before the first step),
@@ -72,6 +72,9 @@ class _Slab:
         self.chunks = None    # the chunk table of its groups (rows: the groups, in order)
         self.groups = []      # the group index of each param
         self.gviews = []      # the bound gradient views, per param
+        self.gptrs = []       # their data_ptr, as laid out
+        self.gstore = None    # the StorageImpl under slab.grad and gviews (its address)
+        self.guses = None     # its count of users when every view was last seen bound
         self.ptrs = []        # expected data_ptr per param
         self.np = {}          # "param", "grad", state names -> flat numpy buffers
         self.grad = None      # the flat gradient buffer as a torch tensor (zero_grad)
@@ -136,6 +139,7 @@ def layout(self):
                 arr[i] = self._gs.arrays[name][j]
             has[i] = self._has_state[j]
     gs.mirror()
+    ours = {id(v) for slab in self._slabs for v in slab.gviews}
     slabs = []
     for dtype in (torch.float32, torch.float64):
         members = [i for i in range(n) if plist[i].dtype == dtype]
@@ -164,8 +168,11 @@ def layout(self):
         if ema_on:
             slab.np["ema"] = np_ema
         slab.ema = np_ema
-        flat = {k: _views_of(torch.from_numpy(v), lay) for k, v in slab.np.items()}
-        slab.grad = torch.from_numpy(np_grads)
+        bases = {k: torch.from_numpy(v) for k, v in slab.np.items()}
+        flat = {k: _views_of(t, lay) for k, t in bases.items()}
+        # One storage under slab.grad and the gradient views: its count of users
+        # tells a view rebound away from it (_step.unbind_rebound).
+        slab.grad = bases["grad"]
         slab.empty = np.zeros(0, _NP[dtype])
         slab.ranges = [(s.start, s.stop) for s in lay["_slices"]]
         slab.bounds = lay["_tensors"]
@@ -176,8 +183,12 @@ def layout(self):
             pv.copy_(p.data)
             gv = flat["grad"][k]
             grad = p.grad
+            bind = False
             if grad is not None:
                 gv.copy_(grad)
+                # Our own view of the old layout, or a grad nobody else can see replaced.
+                bind = id(grad) in ours or (grad.layout == torch.strided and
+                                            _alone(_holders(grad)))
             old = self.state.get(p) or {}
             views = {}
             for name in slab.names:
@@ -191,14 +202,16 @@ def layout(self):
                 ev = flat["ema"][k]
                 ev.copy_(old_ema.get(id(p), p.data))
                 slab.ema_views.append(ev)
-            new_state.append((p, pv, gv, grad is not None, views))
+            new_state.append((p, pv, gv, bind, views))
         # Everything is allocated and copied: now rebind.
-        for k, (p, pv, gv, had_grad, views) in enumerate(new_state):
+        for k, (p, pv, gv, bind, views) in enumerate(new_state):
             p.data = pv
-            if had_grad:
+            if bind:
                 p.grad = gv
             slab.gviews.append(gv)
+            slab.gptrs.append(gv.data_ptr())
             slab.ptrs.append(pv.data_ptr())
+        slab.gstore = slab.grad.untyped_storage()._cdata
         slab.views = [v for *_, v in new_state]
         slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],
                        tuple(slab.np[n] for n in slab.names), None, slab.ema,

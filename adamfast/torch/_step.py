@@ -16,7 +16,7 @@ import torch
 
 from .. import _dispatch, _guard
 from .._core import take_step
-from ._common import _CHECK, _NP, _SPARSE, _describe
+from ._common import _CHECK, _NP, _SPARSE, _alone, _describe, _holders, _storage_uses
 from ._hyper import _plain
 from .._engine import chunk_table
 
@@ -32,6 +32,7 @@ def collect(self, slab, hps):
     """
     inactive = foreign = None
     params = slab.params
+    unbind_rebound(slab)
     # Every grad the bound view (the common case) is one test run in C, without a
     # Python loop over the params; only otherwise are they sorted one by one.
     if not all(map(_is, map(_grad_of, params), slab.gviews)):
@@ -50,6 +51,26 @@ def collect(self, slab, hps):
     for k in foreign or ():
         self._check_grad(slab, k, hps)
     return inactive, foreign
+
+def unbind_rebound(slab):
+    """Give up the gradient views whose memory was rebound (``p.grad.data = x``):
+    each is replaced by a fresh view of the flat buffer, and the rebound tensor,
+    still ``p.grad``, is then read like any grad the optimizer did not bind.
+
+    The views share one storage: while its count of users is the one last seen
+    with every view bound, none was rebound (one C call); only when it moved are
+    the views' pointers compared.  A rebinding that coincides with a new
+    tensor on that memory kept alive until the next step would go unseen."""
+    uses = slab.guses
+    if uses is not None and _storage_uses(slab.gstore) == uses:
+        return
+    views = slab.gviews
+    for k, (v, ptr) in enumerate(zip(views, slab.gptrs)):
+        if v.data_ptr() != ptr:
+            lo, hi = slab.ranges[k]
+            views[k] = slab.grad[lo:hi].view(slab.params[k].shape)
+    if _storage_uses is not None:
+        slab.guses = _storage_uses(slab.gstore)
 
 def check_ptrs(slab):
     """Refuse a slab whose params' .data was rebound: _CHECK params per step, in
@@ -175,7 +196,8 @@ def step(self, closure=None, *, grad_scale=None):
             slab = slabs[0]
             if c is not None and c[2] is None and slab.uniform and len(g) == len(c[0]) and \
                     all(map(_is, g.values(), c[0])) and \
-                    all(map(_is, map(_grad_of, slab.params), slab.gviews)):
+                    all(map(_is, map(_grad_of, slab.params), slab.gviews)) and \
+                    slab.guses is not None and _storage_uses(slab.gstore) == slab.guses:
                 check_ptrs(slab)
                 run = self._uniform_run(slab, (c[1],))
                 guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
@@ -224,7 +246,8 @@ def step(self, closure=None, *, grad_scale=None):
                         g = slab.params[k].grad
                         if g.layout == torch.strided:
                             slab.gviews[k].copy_(g)
-                            slab.params[k].grad = slab.gviews[k]
+                            if _alone(_holders(g)):  # else the user still sees g
+                                slab.params[k].grad = slab.gviews[k]
                         else:  # sparse: densified (duplicates summed), p.grad left as is
                             slab.gviews[k].copy_(g.to_dense())
         runs = []
