@@ -96,3 +96,40 @@ def test_a_bound_grad_whose_data_is_rebound_is_read_as_rebound(name, keep):
         same(pa, pb)
     oa.zero_grad(set_to_none=False)
     assert all(not p.grad.any() for p in pa)
+
+
+def many_stepped(seed, n=100):
+    """n params and their Adam, one step taken."""
+    torch.manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(n)]
+    opt = aft.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return params, opt
+
+
+def test_a_rebound_param_is_refused_at_the_next_step_among_many():
+    # Any param's .data rebound is found at the next step, however many params there
+    # are, and the step writes nothing.
+    params, opt = many_stepped(2)
+    params[97].data = params[97].data.clone()
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"param 97 .* no longer shares memory"):
+        opt.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+
+
+def test_a_rebound_param_whose_old_memory_is_kept_is_found_within_a_rotation():
+    # old = p.data; p.data = new: the flat buffer keeps its count of users, so the
+    # rotating pointer check is what finds it, within len(params) / _CHECK steps.
+    from adamfast.torch._common import _CHECK
+
+    params, opt = many_stepped(3)
+    old = params[97].data
+    params[97].data = old.clone()
+    with pytest.raises(RuntimeError, match=r"param 97 .* no longer shares memory"):
+        for _ in range(-(-len(params) // _CHECK)):
+            opt.step()
+    assert old.data_ptr() != params[97].data_ptr()

@@ -13,7 +13,9 @@ _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _GUARDED = {"max_grad_norm": None, "skip_nonfinite": False, "ema_decay": None}
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PARAM_ARGS = ("params", "param_names")
-_CHECK = 32  # params whose data pointer each step checks, in rotation (see _step.collect)
+# Params whose data pointer each step checks, in rotation, besides the count of
+# their storage's users (see _step.check_ptrs).
+_CHECK = 16
 # The registry's names of torch classes with these behaviours, each declared by its
 # algorithm's spec (adamfast/algorithms/_spec.py says what each one means).
 _SPARSE = tuple(n for n, s in ALGORITHMS.items() if s.torch_sparse_grads)

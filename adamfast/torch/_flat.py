@@ -84,6 +84,8 @@ class _Slab:
         self.uniform = True   # every group's params at one step count and group state
         self.full = None      # (group rows, chunk table) when every param steps
         self.everyone = False  # the slab holds every param (step counts: one numpy op)
+        self.pstore = None    # the StorageImpl the params' .data share (its address)
+        self.puses = None     # its count of users when every param was last seen on it
         self.check_at = 0     # where the rotating data-pointer check resumes
         self.ema = None       # the flat parameter EMA (numpy) when ema_decay is set
         self.ema_views = []   # its views, per param
@@ -212,6 +214,7 @@ def layout(self):
             slab.gptrs.append(gv.data_ptr())
             slab.ptrs.append(pv.data_ptr())
         slab.gstore = slab.grad.untyped_storage()._cdata
+        slab.pstore = bases["param"].untyped_storage()._cdata
         slab.views = [v for *_, v in new_state]
         slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],
                        tuple(slab.np[n] for n in slab.names), None, slab.ema,

@@ -73,19 +73,24 @@ def unbind_rebound(slab):
         slab.guses = _storage_uses(slab.gstore)
 
 def check_ptrs(slab):
-    """Refuse a slab whose params' .data was rebound: _CHECK params per step, in
-    rotation (all of them when there are few): p.data_ptr() costs as much as the
-    rest of the per-param work."""
+    """Refuse a slab whose params' .data was rebound.
+
+    The params share one storage: while its count of users is the one last seen
+    with every param on it, none was rebound but for a rebinding that coincides
+    with a new tensor on that memory (``old = p.data; p.data = new``), which
+    _CHECK params per step, in rotation, find.  Only when the count moved are all
+    the pointers compared: p.data_ptr() costs as much as the rest of the
+    per-param work."""
     params = slab.params
-    n = len(params)
+    ptrs = slab.ptrs
     lo = 0
-    if n > _CHECK:
+    uses = slab.puses
+    whole = uses is None or _storage_uses(slab.pstore) != uses
+    if not whole and len(params) > _CHECK:
         lo = slab.check_at
-        slab.check_at = (lo + _CHECK) % n
+        slab.check_at = (lo + _CHECK) % len(params)
         params = params[lo:lo + _CHECK]
-        ptrs = slab.ptrs[lo:lo + _CHECK]
-    else:
-        ptrs = slab.ptrs
+        ptrs = ptrs[lo:lo + _CHECK]
     if list(map(_data_ptr, params)) != ptrs:
         k = lo + next(j for j, (p, ptr) in enumerate(zip(params, ptrs)) if p.data_ptr() != ptr)
         raise RuntimeError(
@@ -94,6 +99,8 @@ def check_ptrs(slab):
             f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
             f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
             f"optimizer after such changes")
+    if whole and _storage_uses is not None:
+        slab.puses = _storage_uses(slab.pstore)
 
 def check_grad(self, slab, k, hps):
     """A grad the optimizer has not bound: refused, naming what is wrong, unless the
