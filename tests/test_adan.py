@@ -336,6 +336,9 @@ def test_params_without_grads_count_as_timm(timm_adan, missing, backend):
         sd = ours.state_dict()
         assert [g.get("step") for g in sd["param_groups"]] == \
             [g.get("step") for g in timm_opt.param_groups], f"step {t}"
+        # timm's group["step"] is live in param_groups too, not only in checkpoints.
+        assert [g.get("step") for g in ours.param_groups] == \
+            [g.get("step") for g in timm_opt.param_groups], f"live step {t}"
         assert set(sd["state"]) == set(timm_opt.state_dict()["state"]), f"step {t}"
     _assert_near_timm(torch, a, c, timm_opt, ours, dtype)
 
@@ -357,5 +360,7 @@ def test_group_step_survives_a_checkpoint_of_params_without_state(timm_adan):
     assert [g.get("step") for g in ours.state_dict()["param_groups"]] == [3, 3]
     _steps(torch, a, c, timm_opt, ours, 3, dtype)
     _assert_near_timm(torch, a, c, timm_opt, ours, dtype)
+    assert [g.get("step") for g in ours.param_groups] == \
+        [g.get("step") for g in timm_opt.param_groups]
     assert [g.get("step") for g in ours.state_dict()["param_groups"]] == \
         [g["step"] for g in timm_opt.param_groups] == [6, 6]

@@ -504,6 +504,9 @@ def _steps_missing(torch, a, c, timm_opt, ours, missing, dtype, steps=6):
         sd = ours.state_dict()
         assert [g.get("step") for g in sd["param_groups"]] == \
             [float(g["step"]) for g in timm_opt.param_groups], f"step {t}"
+        # timm's group["step"] is live in param_groups too, not only in checkpoints.
+        assert [g.get("step") for g in ours.param_groups] == \
+            [g.get("step") for g in sd["param_groups"]], f"step {t}"
         assert set(sd["state"]) == set(timm_opt.state_dict()["state"]), f"step {t}"
 
 

@@ -222,6 +222,11 @@ def layout(self):
         slabs.append(slab)
     self._plist = plist
     self._gidx = gidx
+    # Per group, its first param's index (every param of a group counted by group
+    # holds the group's count): timm's group["step"] read from it (_step.group_steps).
+    self._gfirst = {}
+    for i, gi in enumerate(gidx):
+        self._gfirst.setdefault(gi, i)
     self._steps = steps
     self._steps_np = steps.numpy()
     # 0-dim views, one per param, made once: torch's state["step"] (a scalar tensor)

@@ -228,6 +228,7 @@ class Optimizer(torch.optim.Optimizer):
     _check_sparse = _step.check_sparse
     _uniform_run = _step.uniform_run
     _classes_run = _step.classes_run
+    _group_steps = _step.group_steps
 
     # --- gradients ------------------------------------------------------------
 

@@ -272,6 +272,7 @@ def step(self, closure=None, *, grad_scale=None):
                 for slab, after in idle:  # assignments: may be made twice (adamfast._core.Run)
                     self._steps_np[slab.index] = after
                     self._refresh(slab)
+                self._group_steps()
             if runs:  # counted with the last run's commit: never without the writes
                 commit = runs[-1].commit
 
@@ -310,6 +311,7 @@ def uniform_run(self, slab, hps):
     # Every param of the optimizer at step t - 1 (one slab, every group at one count):
     # the counts become t with one fill, ~1 us less than adding 1 to each.
     fill = t if slab.everyone and len(ts) == 1 else None
+    group_counted = spec.torch_step_in_group
     run = slab.run
     # (The spec's checks make every hyperparameter a float, so the rows are tuples of
     # floats, as the fast path takes them; another row would only make it decline.)
@@ -330,9 +332,20 @@ def uniform_run(self, slab, hps):
             self._steps_np += 1
         else:
             steps[slab.index] += 1
+        if group_counted:
+            self._group_steps()
 
     run.commit = commit
     return run
+
+def group_steps(self):
+    """timm's ``group["step"]`` for a spec counted by group: kept live in
+    param_groups, as the peer's is, from the group's first step on."""
+    steps = self._steps_np
+    for gi, i in self._gfirst.items():
+        t = int(steps[i])
+        if t:
+            self.param_groups[gi]["step"] = t
 
 def classes_run(self, slab, inactive, hps):
     """The general case: params at different step counts or group states, or some
@@ -395,6 +408,8 @@ def classes_run(self, slab, inactive, hps):
         self._stale = True
         steps[counted] = after
         self._refresh(slab)
+        if spec.torch_step_in_group:
+            self._group_steps()
 
     run.commit = commit
     return run
