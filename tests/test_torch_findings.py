@@ -1101,3 +1101,19 @@ def test_a_group_step_that_is_no_count_is_refused_before_writing(name, step):
     assert opt.param_groups[0]["lr"] == 0.01
     assert opt.state_dict()["param_groups"][0]["step"] == 2
     assert_unchanged(params, opt, snap, "after the refused checkpoint")
+
+
+def test_adagrad_group_initial_accumulator_value_starts_that_groups_sum():
+    """A documented difference: torch.optim.Adagrad starts every group's sum from the
+    constructor's value; adamfast.torch honours the group's own."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = aft.Adagrad([{"params": [a]}, {"params": [b], "initial_accumulator_value": 0.5}],
+                      initial_accumulator_value=0.25)
+    sd = opt.state_dict()["state"]
+    assert torch.equal(sd[0]["sum"], torch.full((3,), 0.25))
+    assert torch.equal(sd[1]["sum"], torch.full((2,), 0.5))
+    ta, tb = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    ref = torch.optim.Adagrad([{"params": [ta]},
+                               {"params": [tb], "initial_accumulator_value": 0.5}],
+                              initial_accumulator_value=0.25)
+    assert torch.equal(ref.state[tb]["sum"], torch.full((2,), 0.25))  # torch ignores the group's
