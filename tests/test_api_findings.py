@@ -70,8 +70,9 @@ def test_one_grad_array_must_be_flat_or_shaped_like_the_single_param():
     g = np.zeros((2, 3))
     g[0, 1] = 1.0
     opt = adamfast.SGD([w], lr=1.0, backend="numpy")
-    with pytest.raises(ValueError, match=r"grads given as one array must be .*, 1-D or "
-                                         r"shaped like the one param \(2, 3\), got array\(shape=\(3, 2\)"):
+    with pytest.raises(ValueError, match=r"grads given as one array must be .*, 1-D or shaped "
+                                         r"like the one param \(2, 3\), got "
+                                         r"array\(shape=\(3, 2\)"):
         opt.step(g.T)
     assert opt.step_count == 0
     np.testing.assert_array_equal(opt.params[0], w)

@@ -4,7 +4,8 @@
 Adadelta, Lion, Adan, Lamb`` subclass :class:`torch.optim.Optimizer` and take the
 installed torch class's constructor signature (Lion:
 ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)``,
-optax's formula; Adan and Lamb: timm's, ``foreach`` accepted and ignored), plus the keyword-only ``backend=``, the guarded step's ``max_grad_norm``,
+optax's formula; Adan and Lamb: timm's, ``foreach`` accepted and ignored),
+plus the keyword-only ``backend=``, the guarded step's ``max_grad_norm``,
 ``skip_nonfinite`` and ``ema_decay`` (below) and, on Adam and AdamW,
 ``eps_hat``, ``eps_root``, ``bias_correction`` and ``nesterov`` (see
 :mod:`adamfast.algorithms.adam`).  Replacing ``torch.optim.AdamW`` by
@@ -85,8 +86,8 @@ nothing).  A structural switch turned on (AMSGrad, RMSprop's ``centered`` and
 that goes through, whether or not the state was read in between: SGD's
 momentum buffer starts from the gradient, as torch's does, the others at zero
 (torch.optim raises KeyError there).  A step refused before writing leaves
-the switch pending for the next one.  Unchanged groups cost one identity check over the group's values,
-plus reading the Tensors' and lists' values.
+the switch pending for the next one.  Unchanged groups cost one identity
+check over the group's values, plus reading the Tensors' and lists' values.
 
 Checkpoints
 ===========
