@@ -133,3 +133,57 @@ def test_a_rebound_param_whose_old_memory_is_kept_is_found_within_a_rotation():
         for _ in range(-(-len(params) // _CHECK)):
             opt.step()
     assert old.data_ptr() != params[97].data_ptr()
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_a_grad_on_memory_numpy_owns_stays_the_grad(name):
+    # torch counts no user of memory a NumPy array owns: such a grad is the user's.
+    pa, oa, pb, ob = pair(name)
+    bufs = [np.zeros(p.shape, np.float32) for p in pa]
+    for p, buf in zip(pa, bufs):
+        p.grad = torch.from_numpy(buf)
+    for t in range(4):
+        for buf in bufs:
+            buf[...] = t + 1.0
+        for p, buf in zip(pb, bufs):
+            p.grad = torch.from_numpy(buf.copy())
+        oa.step()
+        ob.step()
+        same(pa, pb)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_grad_data_rebound_while_the_old_memory_is_kept_is_read(name):
+    # Manual averaging written with .data: the list of old grads is alive at the step,
+    # so the flat buffer's count of users does not move.
+    torch.manual_seed(4)
+    ma = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    mb = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    mb.load_state_dict(ma.state_dict())
+    for m, opt in ((ma, getattr(aft, name)(ma.parameters(), lr=0.1)),
+                   (mb, getattr(torch.optim, name)(mb.parameters(), lr=0.1))):
+        torch.manual_seed(5)
+        for t in range(5):
+            opt.zero_grad(set_to_none=False)
+            x = torch.randn(4, 8)
+            torch.nn.functional.mse_loss(m(x), torch.randn(4, 8)).backward()
+            if t >= 2:
+                grads = [p.grad.data for p in m.parameters()]
+                flat = torch.cat([g.reshape(-1) for g in grads]) / 2
+                off = 0
+                for p in m.parameters():
+                    p.grad.data = flat[off:off + p.numel()].view_as(p)
+                    off += p.numel()
+            opt.step()
+    same(ma.parameters(), mb.parameters())
+
+
+def test_a_param_in_shared_memory_is_refused():
+    # Hogwild: each process's optimizer must update the shared tensor itself, which a
+    # flat buffer of the optimizer's own cannot do.
+    model = torch.nn.Linear(3, 2)
+    model.share_memory()
+    with pytest.raises(ValueError, match=r"is in shared memory"):
+        aft.SGD(model.parameters(), lr=0.1)
+    assert model.weight.is_shared()
+

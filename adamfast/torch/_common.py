@@ -13,9 +13,9 @@ _NP = {torch.float32: np.float32, torch.float64: np.float64}
 _GUARDED = {"max_grad_norm": None, "skip_nonfinite": False, "ema_decay": None}
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PARAM_ARGS = ("params", "param_names")
-# Params whose data pointer each step checks, in rotation, besides the count of
-# their storage's users (see _step.check_ptrs).
-_CHECK = 16
+# Params, and gradient views, whose data pointer each step checks in rotation,
+# besides the count of their storage's users (_step.check_ptrs, _step.check_views).
+_CHECK = 8
 # The registry's names of torch classes with these behaviours, each declared by its
 # algorithm's spec (adamfast/algorithms/_spec.py says what each one means).
 _SPARSE = tuple(n for n, s in ALGORITHMS.items() if s.torch_sparse_grads)
@@ -30,10 +30,15 @@ _storage_uses = getattr(torch._C, "_storage_Use_Count", None)
 
 def _holders(g):
     """(Python references, users of its memory) of the tensor ``g``, called with
-    ``g`` a local variable of the caller; None where torch cannot count them."""
+    ``g`` a local variable of the caller; None where they cannot be counted: no
+    such call in this torch, or memory torch does not own alone (a NumPy array's,
+    not resizable; shared with other processes)."""
     if _storage_uses is None:
         return None
-    return sys.getrefcount(g), _storage_uses(g.untyped_storage()._cdata)
+    st = g.untyped_storage()
+    if not st.resizable() or st.is_shared():
+        return None
+    return sys.getrefcount(g), _storage_uses(st._cdata)
 
 
 def _counts_of_a_grad_held_by_its_param_only():
@@ -75,6 +80,10 @@ def _refusal(p):
                 f"with fused=True on accelerators)")
     if p.layout != torch.strided:
         return f"has layout {p.layout}: sparse tensors are not supported"
+    if p.is_shared():
+        return ("is in shared memory (share_memory(), Hogwild): adamfast.torch moves params "
+                "into its own flat buffer, and the shared tensor would no longer be updated; "
+                "use torch.optim for shared params")
     if p.is_complex():
         return "is complex: complex params are not supported"
     if p.dtype in (torch.float16, torch.bfloat16):

@@ -14,7 +14,7 @@ import torch
 
 from .._core import Run
 from .._core_flat import _allocate, _layout, _views_of
-from ._common import _NP, _alone, _holders, _scalar_dtype
+from ._common import _CHECK, _NP, _alone, _holders, _scalar_dtype
 
 class _GroupState:
     """The spec's group state (``spec.gstate``: name -> value before the first step),
@@ -75,6 +75,9 @@ class _Slab:
         self.gptrs = []       # their data_ptr, as laid out
         self.gstore = None    # the StorageImpl under slab.grad and gviews (its address)
         self.guses = None     # its count of users when every view was last seen bound
+        self.gcheck_at = 0    # where the rotating check of the views' pointers resumes
+        self.few = None       # with few params, they and gviews (_step.still_bound)
+        self.few_ptrs = None  # and their pointers
         self.ptrs = []        # expected data_ptr per param
         self.np = {}          # "param", "grad", state names -> flat numpy buffers
         self.grad = None      # the flat gradient buffer as a torch tensor (zero_grad)
@@ -173,7 +176,7 @@ def layout(self):
         bases = {k: torch.from_numpy(v) for k, v in slab.np.items()}
         flat = {k: _views_of(t, lay) for k, t in bases.items()}
         # One storage under slab.grad and the gradient views: its count of users
-        # tells a view rebound away from it (_step.unbind_rebound).
+        # tells a view rebound away from it (_step.check_views).
         slab.grad = bases["grad"]
         slab.empty = np.zeros(0, _NP[dtype])
         slab.ranges = [(s.start, s.stop) for s in lay["_slices"]]
@@ -214,6 +217,9 @@ def layout(self):
             slab.gptrs.append(gv.data_ptr())
             slab.ptrs.append(pv.data_ptr())
         slab.gstore = slab.grad.untyped_storage()._cdata
+        if len(slab.params) <= _CHECK:
+            slab.few = slab.params + slab.gviews
+            slab.few_ptrs = slab.ptrs + slab.gptrs
         slab.pstore = bases["param"].untyped_storage()._cdata
         slab.views = [v for *_, v in new_state]
         slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],

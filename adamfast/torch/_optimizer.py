@@ -245,7 +245,7 @@ class Optimizer(torch.optim.Optimizer):
         for slab in self._slabs:
             # A view rebound away from the flat buffer is p.grad's own memory now,
             # zeroed in place below as torch does.
-            _step.unbind_rebound(slab)
+            _step.check_views(slab)
             # torch's fill runs on its intra-op threads, as torch.optim's zero_grad
             # does; NumPy's fill is one thread (a 17M-param model: ~7 ms).
             slab.grad.zero_()

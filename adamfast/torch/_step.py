@@ -32,7 +32,7 @@ def collect(self, slab, hps):
     """
     inactive = foreign = None
     params = slab.params
-    unbind_rebound(slab)
+    check_views(slab)
     # Every grad the bound view (the common case) is one test run in C, without a
     # Python loop over the params; only otherwise are they sorted one by one.
     if not all(map(_is, map(_grad_of, params), slab.gviews)):
@@ -52,25 +52,50 @@ def collect(self, slab, hps):
         self._check_grad(slab, k, hps)
     return inactive, foreign
 
-def unbind_rebound(slab):
-    """Give up the gradient views whose memory was rebound (``p.grad.data = x``):
-    each is replaced by a fresh view of the flat buffer, and the rebound tensor,
-    still ``p.grad``, is then read like any grad the optimizer did not bind.
+def check_views(slab):
+    """Whether every gradient view is still bound to the flat buffer.  A view whose
+    memory was rebound (``p.grad.data = x``) is given up: replaced by a fresh view,
+    and the rebound tensor, still ``p.grad``, is then read like any grad the
+    optimizer did not bind (and False is returned).
 
     The views share one storage: while its count of users is the one last seen
-    with every view bound, none was rebound (one C call); only when it moved are
-    the views' pointers compared.  A rebinding that coincides with a new
-    tensor on that memory kept alive until the next step would go unseen."""
-    uses = slab.guses
-    if uses is not None and _storage_uses(slab.gstore) == uses:
-        return
+    with every view bound, none was rebound but for a rebinding that keeps the
+    old memory alive (a list of p.grad.data taken before ``p.grad.data =
+    averaged``), which _CHECK views per step, in rotation, find (such code
+    rebinds every grad, so at once).  Only when the count moved, or the rotation
+    found one, are all the pointers compared."""
     views = slab.gviews
+    n = len(views)
+    if n <= _CHECK:  # the rotation would cover them all: compare them all
+        if list(map(_data_ptr, views)) == slab.gptrs:
+            return True
+    elif slab.guses is not None and _storage_uses(slab.gstore) == slab.guses:
+        lo = slab.gcheck_at
+        slab.gcheck_at = (lo + _CHECK) % n
+        if list(map(_data_ptr, views[lo:lo + _CHECK])) == slab.gptrs[lo:lo + _CHECK]:
+            return True
+    bound = True
     for k, (v, ptr) in enumerate(zip(views, slab.gptrs)):
         if v.data_ptr() != ptr:
             lo, hi = slab.ranges[k]
             views[k] = slab.grad[lo:hi].view(slab.params[k].shape)
-    if _storage_uses is not None:
+            bound = False
+    if not bound and slab.few is not None:
+        slab.few = slab.params + views
+    if n > _CHECK and _storage_uses is not None:
         slab.guses = _storage_uses(slab.gstore)
+    return bound
+
+def still_bound(slab):
+    """check_views and check_ptrs in one: with few params (slab.few: the params and
+    the gradient views, whose pointers are slab.few_ptrs), one comparison of all
+    their pointers says that nothing was rebound."""
+    few = slab.few
+    if few is not None and list(map(_data_ptr, few)) == slab.few_ptrs:
+        return True
+    bound = check_views(slab)
+    check_ptrs(slab)
+    return bound
 
 def check_ptrs(slab):
     """Refuse a slab whose params' .data was rebound.
@@ -84,11 +109,11 @@ def check_ptrs(slab):
     params = slab.params
     ptrs = slab.ptrs
     lo = 0
-    uses = slab.puses
-    whole = uses is None or _storage_uses(slab.pstore) != uses
-    if not whole and len(params) > _CHECK:
+    n = len(params)
+    whole = n <= _CHECK or slab.puses is None or _storage_uses(slab.pstore) != slab.puses
+    if not whole:
         lo = slab.check_at
-        slab.check_at = (lo + _CHECK) % len(params)
+        slab.check_at = (lo + _CHECK) % n
         params = params[lo:lo + _CHECK]
         ptrs = ptrs[lo:lo + _CHECK]
     if list(map(_data_ptr, params)) != ptrs:
@@ -99,7 +124,7 @@ def check_ptrs(slab):
             f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
             f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
             f"optimizer after such changes")
-    if whole and _storage_uses is not None:
+    if whole and n > _CHECK and _storage_uses is not None:
         slab.puses = _storage_uses(slab.pstore)
 
 def check_grad(self, slab, k, hps):
@@ -202,10 +227,8 @@ def step(self, closure=None, *, grad_scale=None):
             g = groups[0]
             slab = slabs[0]
             if c is not None and c[2] is None and slab.uniform and len(g) == len(c[0]) and \
-                    all(map(_is, g.values(), c[0])) and \
-                    all(map(_is, map(_grad_of, slab.params), slab.gviews)) and \
-                    slab.guses is not None and _storage_uses(slab.gstore) == slab.guses:
-                check_ptrs(slab)
+                    all(map(_is, g.values(), c[0])) and still_bound(slab) and \
+                    all(map(_is, map(_grad_of, slab.params), slab.gviews)):
                 run = self._uniform_run(slab, (c[1],))
                 guard = (inv, self._max_grad_norm, self._skip_nonfinite, self._ema_decay)
                 result = self.last_result = take_step(self._backend, (run,), guard,
