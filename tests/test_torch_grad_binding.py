@@ -4,6 +4,8 @@ from what torch.optim reads.  A grad the user still holds keeps being the grad,
 and a bound view whose storage was rebound (``p.grad.data = ...``) is read as
 rebound."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,52 @@ def test_a_param_in_shared_memory_is_refused():
         aft.SGD(model.parameters(), lr=0.1)
     assert model.weight.is_shared()
 
+
+RESETS = {
+    "exp_avg replaced": lambda o, ps: [o.state[p].__setitem__("exp_avg", torch.zeros_like(p))
+                                       for p in ps],
+    "step replaced": lambda o, ps: [o.state[p].__setitem__("step", torch.tensor(0.0))
+                                    for p in ps],
+    "one param's state cleared": lambda o, ps: o.state[ps[0]].clear(),
+    "one param's state deleted": lambda o, ps: o.state.__delitem__(ps[1]),
+    "state.clear()": lambda o, ps: o.state.clear(),
+    "opt.state replaced": lambda o, ps: setattr(o, "state", collections.defaultdict(dict)),
+}
+
+
+@pytest.mark.parametrize("reset", list(RESETS))
+def test_state_edited_through_opt_state_is_what_the_next_step_uses(reset):
+    # Resetting moments through opt.state, as continual-learning and RL code does with
+    # torch.optim; the checkpoint afterwards holds what the step used.
+    torch.manual_seed(0)
+    pa = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+    pb = [torch.nn.Parameter(p.detach().clone()) for p in pa]
+    oa, ob = aft.Adam(pa, lr=1e-2), torch.optim.Adam(pb, lr=1e-2)
+    for t in range(8):
+        gs = [torch.randn(5) for _ in pa]
+        for ps, o in ((pa, oa), (pb, ob)):
+            if t == 4:
+                RESETS[reset](o, ps)
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            o.step()
+        same(pa, pb)
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sb:
+        for key in sb[k]:
+            np.testing.assert_allclose(sa[k][key].numpy(), sb[k][key].numpy(), rtol=1e-6,
+                                       atol=1e-7, err_msg=f"{reset}: state {k} {key}")
+
+
+def test_a_replaced_state_tensor_of_the_wrong_size_is_refused_before_writing():
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = aft.Adam([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.state[p]["exp_avg"] = torch.zeros(3)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"opt\.state\[param 0\]\['exp_avg'\] must have 4 "
+                                         r"elements, got shape \(3,\)"):
+        opt.step()
+    assert torch.equal(p.detach(), before)

@@ -252,3 +252,104 @@ def copy_state(self):
                     "ema_decay": self._ema_decay, "backend": self._backend.name},
         "last_result": self.last_result,
     }
+
+
+def reconcile_state(self):
+    """Take torch's state dicts back as the user left them, once ``opt.state`` was
+    read or set since the last step: a param whose dict was emptied, deleted or
+    replaced starts afresh, as torch.optim starts a param without state; a tensor
+    put in place of a view has its values copied in (the view goes back in the
+    dict, as ``load_state_dict`` leaves it); a replaced scalar (``step``,
+    ``mu_product``) is read.  Everything is checked before anything is written."""
+    spec = self.spec
+    ts = self.__dict__["_torch_state"]
+    if not isinstance(ts, Mapping):
+        raise TypeError(f"opt.state must be a dict (param -> state), got {type(ts).__name__}")
+    # A new opt.state holds nothing of the old one: every param with state is looked
+    # at, not only those whose entries were filled in.
+    replaced = self.__dict__.get("_state_replaced")
+    plan = []
+    for i in np.flatnonzero(self._has_state if replaced else self._filled).tolist():
+        p = self._plist[i]
+        st = ts.get(p)
+        gi = self._gidx[i]
+        cached = self._hp_cache.get(gi)
+        hp = cached[1] if cached is not None else self._validate(
+            self.param_groups[gi], f"param_groups[{gi}]: ")
+        if not isinstance(st, Mapping) or not st:
+            # Emptied, deleted or replaced: afresh, unless it keeps nothing anyway.
+            if self._state_keys(hp):
+                plan.append((i, None, None))
+            continue
+        # The entries as the user left them, against the views they were filled with
+        # (settings switched since may need more: the step fills those).
+        slab, k = self._slab_of(i)
+        changes = []
+        for key, v in st.items():
+            if key == "step" and "step" in self._scalar_keys:
+                own = self._step_views[i]
+            elif key in self._gs.views:
+                own = self._gs.views[key][i]
+            elif key in slab.names:
+                own = slab.views[k][key]
+            else:
+                continue
+            if v is own:
+                continue
+            where = f"opt.state[param {i}][{key!r}]"
+            if key == "step":
+                changes.append((key, own, step_count(v, where)))
+            elif key in self._gs.views:
+                changes.append((key, own, spec.check_gstate(key, _one(v, where), where)))
+            else:
+                if not isinstance(v, torch.Tensor) or v.is_complex():
+                    raise TypeError(f"{where} must be a real tensor, got {type(v).__name__}")
+                if v.numel() != own.numel():
+                    raise ValueError(f"{where} must have {own.numel()} elements, got shape "
+                                     f"{tuple(v.shape)}")
+                changes.append((key, own, v))
+        if changes:
+            plan.append((i, st, changes))
+    self.__dict__["_exposed"] = self.__dict__["_state_replaced"] = False
+    if not plan:
+        return
+    touched = set()
+    with torch.no_grad():
+        for i, st, changes in plan:
+            slab, k = self._slab_of(i)
+            touched.add(id(slab))
+            if changes is None:
+                hp = self._hp_cache[self._gidx[i]][1] if self._gidx[i] in self._hp_cache \
+                    else self._validate(self.param_groups[self._gidx[i]], "")
+                for name in slab.names:
+                    slab.views[k][name].fill_(self._init_value(name, hp))
+                if not spec.torch_step_in_group:  # timm's count is the group's
+                    self._steps_np[i] = 0.0
+                self._gs.reset(i, spec)
+                ts.pop(self._plist[i], None)
+                self._has_state[i] = self._filled[i] = False
+                continue
+            for key, own, v in changes:
+                if key == "step":
+                    self._steps_np[i] = v
+                elif key in self._gs.views:
+                    self._gs.set(i, {key: v})
+                else:
+                    src = v.to_dense() if v.layout != torch.strided else v
+                    own.copy_(src.reshape(own.shape))
+                st[key] = own
+    for slab in self._slabs:
+        if id(slab) in touched:
+            self._refresh(slab)
+
+
+def _one(v, where):
+    """A scalar state entry as a float (a one-element real tensor or a number)."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.is_complex():
+            raise ValueError(f"{where} must be one real number, got a tensor of shape "
+                             f"{tuple(v.shape)}")
+        return v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{where} must be a real number, got {type(v).__name__}")
+    return float(v)

@@ -165,13 +165,16 @@ class Optimizer(torch.optim.Optimizer):
     def state(self):
         """torch's per-param state (``opt.state[p]``): views of the flat buffers,
         filled on access for params that took their first step since the last one."""
-        if self.__dict__.get("_stale"):
+        d = self.__dict__
+        if d.get("_stale"):
             self._sync_state()
-        return self.__dict__["_torch_state"]
+        d["_exposed"] = True  # the next step takes back what the caller may change
+        return d["_torch_state"]
 
     @state.setter
     def state(self, value):
         self.__dict__["_torch_state"] = value
+        self.__dict__["_exposed"] = self.__dict__["_state_replaced"] = True
     _refresh = _flat.refresh
 
     # --- torch's machinery (adamfast/torch/_hooks.py) -------------------------
@@ -263,6 +266,7 @@ class Optimizer(torch.optim.Optimizer):
     load_state_dict = _checkpoint.load_state_dict
     _check_ema = _checkpoint.check_ema
     _copy_state = _checkpoint.copy_state
+    _reconcile_state = _checkpoint.reconcile_state
 
     def state_dict(self):
         """torch's ``state_dict()``, plus, with ``ema_decay``, the top-level key ``"ema"``:

@@ -205,6 +205,8 @@ def step(self, closure=None, *, grad_scale=None):
             finally:
                 self._closure_thread = None
         d = self.__dict__
+        if d.get("_exposed"):
+            self._reconcile_state()
         amp_scale = d.get("grad_scale")
         found_inf = d.get("found_inf")
         if grad_scale is not None:
