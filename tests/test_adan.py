@@ -364,3 +364,25 @@ def test_group_step_survives_a_checkpoint_of_params_without_state(timm_adan):
         [g.get("step") for g in timm_opt.param_groups]
     assert [g.get("step") for g in ours.state_dict()["param_groups"]] == \
         [g["step"] for g in timm_opt.param_groups] == [6, 6]
+
+
+def test_a_group_step_the_user_writes_is_the_count_as_in_timm(timm_adan):
+    """timm's count is group["step"]: a restart writes it (timm's restart_opt sets it to
+    0 and zeroes the state), and the next step counts from there."""
+    torch, timm_cls = timm_adan
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, False, "auto")
+    _steps(torch, a, c, timm_opt, ours, 3, dtype)
+    for opt, params in ((timm_opt, a), (ours, c)):
+        for group in opt.param_groups:
+            group["step"] = 0
+        for x in params:
+            for key in NAMES:
+                opt.state[x][key] = torch.zeros_like(x)
+    _steps(torch, a, c, timm_opt, ours, 3, dtype)
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype)
+    assert [g["step"] for g in ours.param_groups] == [3, 3]
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['step'\] must be a finite whole "
+                                         r"number >= 0"):
+        ours.param_groups[0]["step"] = -1
+        ours.step()

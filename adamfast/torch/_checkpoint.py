@@ -71,6 +71,10 @@ def load_state_dict(self, state_dict):
                                       f"['step']")
                            if spec.torch_step_in_group and saved.get("step") is not None
                            else 0.0)
+        if spec.torch_step_in_group and saved.get("step") is not None:
+            # The count, not the checkpoint's object: a tensor there may be the peer's
+            # own, which its steps then add to.
+            group["step"] = int(group_steps[-1])
     pindex = {id(p): i for i, p in enumerate(self._plist)}
     loaded = {}
     for sid, st in state_dict["state"].items():

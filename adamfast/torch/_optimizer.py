@@ -232,6 +232,7 @@ class Optimizer(torch.optim.Optimizer):
     _uniform_run = _step.uniform_run
     _classes_run = _step.classes_run
     _group_steps = _step.group_steps
+    _adopt_group_steps = _step.adopt_group_steps
 
     # --- gradients ------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import _dispatch, _guard
+from . import _checkpoint
 from .._core import take_step
 from ._common import _CHECK, _NP, _SPARSE, _alone, _describe, _holders, _storage_uses
 from ._hyper import _plain
@@ -207,6 +208,8 @@ def step(self, closure=None, *, grad_scale=None):
         d = self.__dict__
         if d.get("_exposed"):
             self._reconcile_state()
+        if self.spec.torch_step_in_group:
+            self._adopt_group_steps()
         amp_scale = d.get("grad_scale")
         found_inf = d.get("found_inf")
         if grad_scale is not None:
@@ -371,6 +374,22 @@ def group_steps(self):
         t = int(steps[i])
         if t:
             self.param_groups[gi]["step"] = t
+
+def adopt_group_steps(self):
+    """A group["step"] written since the last step (timm's restart_opt sets it to 0)
+    is the group's count from now on, as timm reads it."""
+    steps = self._steps_np
+    moved = False
+    for gi, i in self._gfirst.items():
+        v = self.param_groups[gi].get("step")
+        if v is None or v == steps[i]:
+            continue
+        t = _checkpoint.step_count(v, f"param_groups[{gi}]['step']")
+        steps[[j for j, g in enumerate(self._gidx) if g == gi]] = t
+        moved = True
+    if moved:
+        for slab in self._slabs:
+            self._refresh(slab)
 
 def classes_run(self, slab, inactive, hps):
     """The general case: params at different step counts or group states, or some
