@@ -5,6 +5,7 @@ and a bound view whose storage was rebound (``p.grad.data = ...``) is read as
 rebound."""
 
 import collections
+import collections.abc
 
 import numpy as np
 import pytest
@@ -238,3 +239,45 @@ def test_a_replaced_state_tensor_of_the_wrong_size_is_refused_before_writing():
                                          r"elements, got shape \(3,\)"):
         opt.step()
     assert torch.equal(p.detach(), before)
+
+
+class _ListLike(collections.abc.MutableSequence):
+    """A mutable sequence that is no list, as a config library's (OmegaConf's ListConfig)."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __setitem__(self, i, v):
+        self._items[i] = v
+
+    def __delitem__(self, i):
+        del self._items[i]
+
+    def __len__(self):
+        return len(self._items)
+
+    def insert(self, i, v):
+        self._items.insert(i, v)
+
+
+@pytest.mark.parametrize("make", [np.array, _ListLike], ids=["ndarray", "sequence"])
+def test_betas_as_any_sequence_work_as_in_torch_and_are_read_each_step(make):
+    pa, pb = [torch.nn.Parameter(torch.ones(3))], [torch.nn.Parameter(torch.ones(3))]
+    oa = aft.Adam(pa, lr=0.1, betas=make([0.9, 0.99]))
+    ob = torch.optim.Adam(pb, lr=0.1, betas=(0.9, 0.99))
+    for t in range(4):
+        if t == 2:  # a group override of the same kind, edited in place
+            oa.param_groups[0]["betas"] = make([0.8, 0.99])
+            ob.param_groups[0]["betas"] = (0.8, 0.99)
+        if t == 3:
+            oa.param_groups[0]["betas"][0] = 0.5
+            ob.param_groups[0]["betas"] = (0.5, 0.99)
+        for p in pa + pb:
+            p.grad = torch.full((3,), t + 1.0)
+        oa.step()
+        ob.step()
+        same(pa, pb)
+

@@ -146,7 +146,10 @@ def numbers_in(name, value, n, what):
     whose in-place edits a step can see (a tuple cannot change; a group's list is
     copied into the cache of checked settings), unlike an array's."""
     if not isinstance(value, (tuple, list)) or len(value) != n:
-        raise TypeError(f"{name} must be a tuple or list of {what}, got {describe(value)}")
+        raise TypeError(f"{name} must be a tuple or list of {what}, got {describe(value)}"
+                        + ("" if isinstance(value, (tuple, list)) else
+                           " (convert it with tuple(): an array edited in place would go "
+                           "unseen)"))
     return tuple(value)
 
 

@@ -8,6 +8,7 @@ them as its methods.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,9 +22,17 @@ def _plain(value):
             raise ValueError(f"a tensor hyperparameter must hold one value, got shape "
                              f"{tuple(value.shape)}")
         return value.item()
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) or _other_sequence(value):
+        # torch takes any sequence of betas (an array, a config library's list): a
+        # tuple of its values for the spec, whose check takes tuples and lists only.
         return tuple(_plain(v) for v in value)
     return value
+
+
+def _other_sequence(value):
+    """A sequence other than a tuple, list or str: an array, a config's list."""
+    return isinstance(value, (np.ndarray, Sequence)) and \
+        not isinstance(value, (tuple, list, str, bytes))
 
 
 _PLAIN_TYPES = (float, int, bool, str, type(None), np.float64, np.float32, np.bool_)
@@ -42,6 +51,8 @@ def _reader(value):
         if all(r is None for r in parts):
             return value.copy if isinstance(value, list) else None
         return lambda: [v if r is None else r() for v, r in zip(value, parts)]
+    if _other_sequence(value):  # may be edited in place, as a list
+        return lambda: [_plain(v) for v in value]
     return None
 
 
