@@ -386,3 +386,15 @@ def test_a_group_step_the_user_writes_is_the_count_as_in_timm(timm_adan):
                                          r"number >= 0"):
         ours.param_groups[0]["step"] = -1
         ours.step()
+
+
+def test_a_deleted_group_step_restarts_the_count_as_in_timm(timm_adan):
+    torch, timm_cls = timm_adan
+    dtype = torch.float32
+    a, c, timm_opt, ours = _pair(torch, timm_cls, dtype, False, "auto")
+    _steps(torch, a, c, timm_opt, ours, 3, dtype)
+    for opt in (timm_opt, ours):
+        del opt.param_groups[0]["step"]
+    _steps(torch, a, c, timm_opt, ours, 2, dtype)
+    assert [g["step"] for g in ours.param_groups] == [g["step"] for g in timm_opt.param_groups]
+    _assert_near_timm(torch, a, c, timm_opt, ours, dtype)

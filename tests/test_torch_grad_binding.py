@@ -281,3 +281,31 @@ def test_betas_as_any_sequence_work_as_in_torch_and_are_read_each_step(make):
         ob.step()
         same(pa, pb)
 
+
+@pytest.mark.parametrize("then", ["add_param_group", "deepcopy", "pickle"])
+def test_a_state_reset_survives_what_relays_or_copies_the_optimizer(then):
+    import copy
+    import pickle
+
+    def run(cls):
+        torch.manual_seed(0)
+        p, q = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))
+        opt = cls([p], lr=1e-2)
+        for _ in range(3):
+            p.grad = torch.full((4,), 0.5)
+            opt.step()
+        opt.state[p].clear()
+        if then == "add_param_group":
+            opt.add_param_group({"params": [q]})
+        elif then == "deepcopy":
+            p, opt = copy.deepcopy((p, opt))
+        else:
+            p, opt = pickle.loads(pickle.dumps((p, opt)))
+        for _ in range(2):
+            p.grad = torch.full((4,), 0.5)
+            opt.step()
+        return p, opt.state[p]
+
+    (pa, sa), (pb, sb) = run(aft.Adam), run(torch.optim.Adam)
+    same([pa], [pb])
+    assert float(sa["step"]) == float(sb["step"]) == 2.0

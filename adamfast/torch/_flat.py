@@ -119,6 +119,8 @@ def init_value(self, name, hp):
 
 def layout(self):
     """(Re)build every slab from the params of param_groups, keeping values and state."""
+    if self._slabs and self.__dict__.get("_exposed"):
+        self._reconcile_state()  # what the caller did to opt.state comes along
     hps = [self._validate(g, f"param_groups[{gi}]: ") for gi, g in enumerate(self.param_groups)]
     plist, gidx = [], []
     for gi, g in enumerate(self.param_groups):

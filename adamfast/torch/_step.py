@@ -382,9 +382,14 @@ def adopt_group_steps(self):
     moved = False
     for gi, i in self._gfirst.items():
         v = self.param_groups[gi].get("step")
-        if v is None or v == steps[i]:
+        if v is None:
+            if not steps[i]:
+                continue
+            t = 0.0  # deleted: timm starts the count again
+        elif v == steps[i]:
             continue
-        t = _checkpoint.step_count(v, f"param_groups[{gi}]['step']")
+        else:
+            t = _checkpoint.step_count(v, f"param_groups[{gi}]['step']")
         steps[[j for j, g in enumerate(self._gidx) if g == gi]] = t
         moved = True
     if moved:
