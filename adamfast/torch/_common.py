@@ -14,7 +14,7 @@ _GUARDED = {"max_grad_norm": None, "skip_nonfinite": False, "ema_decay": None}
 _TORCH_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PARAM_ARGS = ("params", "param_names")
 # Params, and gradient views, whose data pointer each step checks in rotation,
-# besides the count of their storage's users (_step.check_ptrs, _step.check_views).
+# besides the count of their storage's users (PtrWatch).
 _CHECK = 8
 # The registry's names of torch classes with these behaviours, each declared by its
 # algorithm's spec (adamfast/algorithms/_spec.py says what each one means).
@@ -26,6 +26,47 @@ _BETAS_ALIKE = tuple(n for n, s in ALGORITHMS.items() if s.torch_betas_alike)
 # A StorageImpl's count of users (the tensors on its memory), or None where this
 # torch has no such call: then every bound view's pointer is compared at every step.
 _storage_uses = getattr(torch._C, "_storage_Use_Count", None)
+
+
+_data_ptr = torch.Tensor.data_ptr
+
+
+class PtrWatch:
+    """Tensors on one storage, laid out at known data pointers: which of them point
+    elsewhere now (their ``.data`` rebound).
+
+    While the storage's count of users is the one last seen with every tensor on
+    it, none was rebound but for a rebinding that keeps the old memory alive (a
+    new tensor on it meanwhile, as ``old = p.data; p.data = new``), which _CHECK
+    tensors per call, in rotation, find.  With _CHECK tensors or fewer, or when
+    the count moved, all are compared: data_ptr() costs as much as the rest of
+    the per-param work."""
+
+    __slots__ = ("store", "uses", "at")
+
+    def __init__(self, store):
+        self.store = store  # the StorageImpl's address
+        self.uses = None    # its count of users when every tensor was last seen on it
+        self.at = 0         # where the rotation resumes
+
+    def moved(self, objs, ptrs):
+        """The positions in ``objs`` whose data pointer is no longer in ``ptrs``
+        (empty when none)."""
+        n = len(objs)
+        if n > _CHECK and self.uses is not None and _storage_uses(self.store) == self.uses:
+            lo = self.at
+            self.at = (lo + _CHECK) % n
+            if list(map(_data_ptr, objs[lo:lo + _CHECK])) == ptrs[lo:lo + _CHECK]:
+                return ()
+        elif list(map(_data_ptr, objs)) == ptrs:
+            self.seen(n)
+            return ()
+        return [k for k, (o, ptr) in enumerate(zip(objs, ptrs)) if o.data_ptr() != ptr]
+
+    def seen(self, n):
+        """Every one of the ``n`` tensors is on the storage again: its count now."""
+        if n > _CHECK and _storage_uses is not None:
+            self.uses = _storage_uses(self.store)
 
 
 def _holders(g):

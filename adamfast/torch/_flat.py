@@ -14,7 +14,7 @@ import torch
 
 from .._core import Run
 from .._core_flat import _allocate, _layout, _views_of
-from ._common import _CHECK, _NP, _alone, _holders, _scalar_dtype
+from ._common import _CHECK, _NP, PtrWatch, _alone, _holders, _scalar_dtype
 
 class _GroupState:
     """The spec's group state (``spec.gstate``: name -> value before the first step),
@@ -73,9 +73,7 @@ class _Slab:
         self.groups = []      # the group index of each param
         self.gviews = []      # the bound gradient views, per param
         self.gptrs = []       # their data_ptr, as laid out
-        self.gstore = None    # the StorageImpl under slab.grad and gviews (its address)
-        self.guses = None     # its count of users when every view was last seen bound
-        self.gcheck_at = 0    # where the rotating check of the views' pointers resumes
+        self.gwatch = None    # PtrWatch of the storage under slab.grad and gviews
         self.few = None       # with few params, they and gviews (_step.still_bound)
         self.few_ptrs = None  # and their pointers
         self.ptrs = []        # expected data_ptr per param
@@ -87,9 +85,7 @@ class _Slab:
         self.uniform = True   # every group's params at one step count and group state
         self.full = None      # (group rows, chunk table) when every param steps
         self.everyone = False  # the slab holds every param (step counts: one numpy op)
-        self.pstore = None    # the StorageImpl the params' .data share (its address)
-        self.puses = None     # its count of users when every param was last seen on it
-        self.check_at = 0     # where the rotating data-pointer check resumes
+        self.pwatch = None    # PtrWatch of the storage the params' .data share
         self.ema = None       # the flat parameter EMA (numpy) when ema_decay is set
         self.ema_views = []   # its views, per param
         self.run = None       # the step core's Run over these buffers (adamfast._core)
@@ -218,11 +214,11 @@ def layout(self):
             slab.gviews.append(gv)
             slab.gptrs.append(gv.data_ptr())
             slab.ptrs.append(pv.data_ptr())
-        slab.gstore = slab.grad.untyped_storage()._cdata
+        slab.gwatch = PtrWatch(slab.grad.untyped_storage()._cdata)
         if len(slab.params) <= _CHECK:
             slab.few = slab.params + slab.gviews
             slab.few_ptrs = slab.ptrs + slab.gptrs
-        slab.pstore = bases["param"].untyped_storage()._cdata
+        slab.pwatch = PtrWatch(bases["param"].untyped_storage()._cdata)
         slab.views = [v for *_, v in new_state]
         slab.run = Run(slab.kind_id, slab.np["param"], slab.np["grad"],
                        tuple(slab.np[n] for n in slab.names), None, slab.ema,

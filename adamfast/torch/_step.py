@@ -17,12 +17,11 @@ import torch
 from .. import _dispatch, _guard
 from . import _checkpoint
 from .._core import take_step
-from ._common import _CHECK, _NP, _SPARSE, _alone, _describe, _holders, _storage_uses
+from ._common import _NP, _SPARSE, _alone, _data_ptr, _describe, _holders
 from ._hyper import _plain
 from .._engine import chunk_table
 
 _grad_of = attrgetter("grad")
-_data_ptr = torch.Tensor.data_ptr
 
 def collect(self, slab, hps):
     """Which params of a slab step (their grads checked), before anything is written.
@@ -54,38 +53,22 @@ def collect(self, slab, hps):
     return inactive, foreign
 
 def check_views(slab):
-    """Whether every gradient view is still bound to the flat buffer.  A view whose
-    memory was rebound (``p.grad.data = x``) is given up: replaced by a fresh view,
-    and the rebound tensor, still ``p.grad``, is then read like any grad the
-    optimizer did not bind (and False is returned).
-
-    The views share one storage: while its count of users is the one last seen
-    with every view bound, none was rebound but for a rebinding that keeps the
-    old memory alive (a list of p.grad.data taken before ``p.grad.data =
-    averaged``), which _CHECK views per step, in rotation, find (such code
-    rebinds every grad, so at once).  Only when the count moved, or the rotation
-    found one, are all the pointers compared."""
+    """Whether every gradient view is still bound to the flat buffer (slab.gwatch).
+    A view whose memory was rebound (``p.grad.data = x``) is given up: replaced by
+    a fresh view, and the rebound tensor, still ``p.grad``, is then read like any
+    grad the optimizer did not bind (and False is returned).  Code that rebinds
+    while keeping the old memory alive (a list of p.grad.data taken before
+    ``p.grad.data = averaged``) rebinds every grad, so the rotation finds it at once."""
     views = slab.gviews
-    n = len(views)
-    if n <= _CHECK:  # the rotation would cover them all: compare them all
-        if list(map(_data_ptr, views)) == slab.gptrs:
-            return True
-    elif slab.guses is not None and _storage_uses(slab.gstore) == slab.guses:
-        lo = slab.gcheck_at
-        slab.gcheck_at = (lo + _CHECK) % n
-        if list(map(_data_ptr, views[lo:lo + _CHECK])) == slab.gptrs[lo:lo + _CHECK]:
-            return True
-    bound = True
-    for k, (v, ptr) in enumerate(zip(views, slab.gptrs)):
-        if v.data_ptr() != ptr:
-            lo, hi = slab.ranges[k]
-            views[k] = slab.grad[lo:hi].view(slab.params[k].shape)
-            bound = False
-    if not bound and slab.few is not None:
-        slab.few = slab.params + views
-    if n > _CHECK and _storage_uses is not None:
-        slab.guses = _storage_uses(slab.gstore)
-    return bound
+    moved = slab.gwatch.moved(views, slab.gptrs)
+    for k in moved:
+        lo, hi = slab.ranges[k]
+        views[k] = slab.grad[lo:hi].view(slab.params[k].shape)
+    if moved:
+        if slab.few is not None:
+            slab.few = slab.params + views
+        slab.gwatch.seen(len(views))
+    return not moved
 
 def still_bound(slab):
     """check_views and check_ptrs in one: with few params (slab.few: the params and
@@ -99,34 +82,16 @@ def still_bound(slab):
     return bound
 
 def check_ptrs(slab):
-    """Refuse a slab whose params' .data was rebound.
-
-    The params share one storage: while its count of users is the one last seen
-    with every param on it, none was rebound but for a rebinding that coincides
-    with a new tensor on that memory (``old = p.data; p.data = new``), which
-    _CHECK params per step, in rotation, find.  Only when the count moved are all
-    the pointers compared: p.data_ptr() costs as much as the rest of the
-    per-param work."""
-    params = slab.params
-    ptrs = slab.ptrs
-    lo = 0
-    n = len(params)
-    whole = n <= _CHECK or slab.puses is None or _storage_uses(slab.pstore) != slab.puses
-    if not whole:
-        lo = slab.check_at
-        slab.check_at = (lo + _CHECK) % n
-        params = params[lo:lo + _CHECK]
-        ptrs = ptrs[lo:lo + _CHECK]
-    if list(map(_data_ptr, params)) != ptrs:
-        k = lo + next(j for j, (p, ptr) in enumerate(zip(params, ptrs)) if p.data_ptr() != ptr)
+    """Refuse a slab whose params' .data was rebound (slab.pwatch)."""
+    moved = slab.pwatch.moved(slab.params, slab.ptrs)
+    if moved:
+        k = moved[0]
         raise RuntimeError(
             f"param {int(slab.index[k])} ({_describe(slab.params[k])}) no longer shares memory "
             f"with the optimizer's flat buffer: its .data was rebound after the optimizer was "
             f"built (module.to(), ZeroRedundancyOptimizer(parameters_as_bucket_view="
             f"True), FSDP, ...).  The step would update a buffer nobody reads; build the "
             f"optimizer after such changes")
-    if whole and n > _CHECK and _storage_uses is not None:
-        slab.puses = _storage_uses(slab.pstore)
 
 def check_grad(self, slab, k, hps):
     """A grad the optimizer has not bound: refused, naming what is wrong, unless the
