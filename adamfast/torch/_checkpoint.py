@@ -40,6 +40,29 @@ def step_count(value, where):
     return x
 
 
+def real_tensor(v, want, where):
+    """Refuse ``v`` unless it is a real tensor of ``want`` elements."""
+    if not isinstance(v, torch.Tensor) or v.is_complex():
+        raise TypeError(f"{where} must be a real tensor, got "
+                        f"{v.dtype if isinstance(v, torch.Tensor) else type(v).__name__}")
+    if v.numel() != want:
+        raise ValueError(f"{where} must have {want} elements, got shape {tuple(v.shape)}")
+
+
+def afresh(self, i, hp, step):
+    """Param ``i`` without state, as torch starts one: its buffers at their initial
+    values, its step count ``step`` (None: kept, a peer counting per group), its
+    group state reset, its entry gone from torch's dicts."""
+    slab, k = self._slab_of(i)
+    for name in slab.names:
+        slab.views[k][name].fill_(self._init_value(name, hp))
+    if step is not None:
+        self._steps_np[i] = step
+    self._gs.reset(i, self.spec)
+    self.__dict__["_torch_state"].pop(self._plist[i], None)
+    self._has_state[i] = self._filled[i] = False
+
+
 def load_state_dict(self, state_dict):
     """torch's format in; checked entirely, then copied into the existing views."""
     for hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -111,12 +134,7 @@ def load_state_dict(self, state_dict):
                     v = torch.tensor(float(v))
                 if v.numel() == 1 and not v.is_complex() and k in (spec.gstate or {}):
                     scalars[k] = spec.check_gstate(k, float(v), where)
-            if not isinstance(v, torch.Tensor) or v.is_complex():
-                raise TypeError(f"{where} must be a real tensor")
-            want = 1 if k in self._scalar_keys else p.numel()
-            if v.numel() != want:
-                raise ValueError(f"{where} must have {want} elements, got shape "
-                                 f"{tuple(v.shape)}")
+            real_tensor(v, 1 if k in self._scalar_keys else p.numel(), where)
         loaded[i] = (st, keys, scalars)
     ema_in = self._check_ema(state_dict, id_map, pindex)
     # Everything fits: write.  First torch's dicts owed by the last step, with the
@@ -151,12 +169,7 @@ def load_state_dict(self, state_dict):
         # timm counts per group: a param without state still has the group's count.
         counted = group_steps[gi] if spec.torch_step_in_group else None
         if entry is None:
-            for name in slab.names:
-                slab.views[k][name].fill_(self._init_value(name, hp))
-            self._steps_np[i] = 0.0 if counted is None else counted
-            self._gs.reset(i, spec)
-            self.state.pop(p, None)
-            self._has_state[i] = self._filled[i] = False
+            self._afresh(i, hp, 0.0 if counted is None else counted)
             continue
         st, keys, scalars = entry
         for name in slab.names:
@@ -282,7 +295,7 @@ def reconcile_state(self):
             _unchanged(ts, *seen[2:]):
         self.__dict__["_exposed"] = False
         return
-    plan = []
+    plan, fresh = [], []
     for i in np.flatnonzero(self._has_state if replaced else self._filled).tolist():
         p = self._plist[i]
         st = ts.get(p)
@@ -293,7 +306,7 @@ def reconcile_state(self):
         if not isinstance(st, Mapping) or not st:
             # Emptied, deleted or replaced: afresh, unless it keeps nothing anyway.
             if self._state_keys(hp):
-                plan.append((i, None, None))
+                fresh.append((i, hp))
             continue
         # The entries as the user left them, against the views they were filled with
         # (settings switched since may need more: the step fills those).
@@ -316,16 +329,12 @@ def reconcile_state(self):
             elif key in self._gs.views:
                 changes.append((key, own, spec.check_gstate(key, _one(v, where), where)))
             else:
-                if not isinstance(v, torch.Tensor) or v.is_complex():
-                    raise TypeError(f"{where} must be a real tensor, got {type(v).__name__}")
-                if v.numel() != own.numel():
-                    raise ValueError(f"{where} must have {own.numel()} elements, got shape "
-                                     f"{tuple(v.shape)}")
+                real_tensor(v, own.numel(), where)
                 changes.append((key, own, v))
         if changes:
             plan.append((i, st, changes))
     self.__dict__["_exposed"] = self.__dict__["_state_replaced"] = False
-    if not plan:
+    if not plan and not fresh:
         # What the next look compares with, in C loops (a log that reads opt.state
         # at every step then costs ~0.1 us per param, not the loop above).
         dicts = list(ts.values())
@@ -334,22 +343,10 @@ def reconcile_state(self):
                                             list(chain.from_iterable(map(dict.values, dicts))))
         return
     self.__dict__["_state_seen"] = None
-    touched = set()
     with torch.no_grad():
+        for i, hp in fresh:  # timm's count is the group's: kept
+            self._afresh(i, hp, None if spec.torch_step_in_group else 0.0)
         for i, st, changes in plan:
-            slab, k = self._slab_of(i)
-            touched.add(id(slab))
-            if changes is None:
-                hp = self._hp_cache[self._gidx[i]][1] if self._gidx[i] in self._hp_cache \
-                    else self._validate(self.param_groups[self._gidx[i]], "")
-                for name in slab.names:
-                    slab.views[k][name].fill_(self._init_value(name, hp))
-                if not spec.torch_step_in_group:  # timm's count is the group's
-                    self._steps_np[i] = 0.0
-                self._gs.reset(i, spec)
-                ts.pop(self._plist[i], None)
-                self._has_state[i] = self._filled[i] = False
-                continue
             for key, own, v in changes:
                 if key == "step":
                     self._steps_np[i] = v
@@ -360,8 +357,7 @@ def reconcile_state(self):
                     own.copy_(src.reshape(own.shape))
                 st[key] = own
     for slab in self._slabs:
-        if id(slab) in touched:
-            self._refresh(slab)
+        self._refresh(slab)
 
 
 def _unchanged(ts, dicts, values):

@@ -268,6 +268,7 @@ class Optimizer(torch.optim.Optimizer):
     _check_ema = _checkpoint.check_ema
     _copy_state = _checkpoint.copy_state
     _reconcile_state = _checkpoint.reconcile_state
+    _afresh = _checkpoint.afresh
 
     def state_dict(self):
         """torch's ``state_dict()``, plus, with ``ema_decay``, the top-level key ``"ema"``:
